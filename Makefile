@@ -1,0 +1,52 @@
+# Switchboard: `make run` starts a whole gateway, `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install run test lint bench lock redis-server clean
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The tests start their own private redis-server; make sure the binary exists.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server is missing: install it (sudo apt-get install redis-server, or brew install redis)"; exit 1; \
+	  fi; }
+
+run: install
+	@command -v redis-server >/dev/null 2>&1 || [ -n "$$REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
+	$(BIN)/switchboard dev
+
+test: install redis-server
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy schemas ingress workers
+
+bench: install redis-server
+	$(BIN)/python bench/overhead.py
+
+# Refresh the lock file from pyproject.toml (run after changing dependencies).
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/python -m pip install --quiet --upgrade pip
+	.lockenv/bin/python -m pip install --quiet -e '.[dev]'
+	.lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^switchboard' > requirements.lock
+	rm -rf .lockenv
+
+clean:
+	rm -rf $(VENV) .switchboard .pytest_cache

@@ -1,0 +1,1 @@
+"""The HTTP edge: authenticate, admit, enqueue, and relay frames to clients."""

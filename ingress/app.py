@@ -1,0 +1,117 @@
+"""The Quart-trio application: routes, the edge checks, and the one place errors render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from ingress.gateway import Gateway, new_request_id
+from ingress.openapi import openapi_document
+from schemas.errors import GatewayError
+from workers.logs import log_event
+
+_encode = msgspec.json.Encoder().encode
+JSON = "application/json"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(value if isinstance(value, bytes) else _encode(value), status,
+                    content_type=JSON)
+
+
+def bearer_secret() -> str | None:
+    """The access key from `Authorization: Bearer <key>`."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def create_app(gateway: Gateway) -> QuartTrio:
+    """The ingress application bound to one process's Gateway."""
+    app = QuartTrio("switchboard")
+    app.config.update(
+        MAX_CONTENT_LENGTH=gateway.config.limits.max_body_bytes,
+        RESPONSE_TIMEOUT=None,  # streams last as long as the upstream does
+        BODY_TIMEOUT=60,
+    )
+
+    @app.before_request
+    async def assign_request_id() -> None:
+        g.request_id = new_request_id()
+
+    @app.after_request
+    async def tag_response(response: Response) -> Response:
+        response.headers["x-request-id"] = getattr(g, "request_id", None) or new_request_id()
+        return response
+
+    @app.errorhandler(GatewayError)
+    async def render_error(error: GatewayError) -> Response:
+        response = json_response(error.encode(), error.status)
+        if error.retry_after is not None:
+            response.headers["retry-after"] = str(error.retry_after)
+        if error.status >= 400:
+            log_event("request_rejected", request_id=getattr(g, "request_id", ""),
+                      path=request.path, status=error.status, code=error.code)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def render_http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        message = {413: f"the body exceeds {gateway.config.limits.max_body_bytes} bytes"}.get(
+            status, error.description or error.name)
+        return await render_error(GatewayError(status, codes.get(status, "http_error"), message))
+
+    async def identity():  # type: ignore[no-untyped-def]
+        return await gateway.authenticate(bearer_secret())
+
+    @app.post("/v1/chat/completions")
+    @app.post("/v3/router/chat/completions")
+    async def chat_completions() -> Response:
+        caller = await identity()
+        body = await request.get_data(cache=False)
+        assert isinstance(body, bytes)
+        reply = await gateway.chat(caller, body, g.request_id)
+        if reply.events is None:
+            return json_response(reply.body, reply.status)
+        response = Response(reply.events, 200, content_type="text/event-stream",
+                            headers=SSE_HEADERS)
+        response.timeout = None
+        return response
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        await identity()
+        return json_response(gateway.catalog.model_list())
+
+    @app.get("/v1/router/models")
+    async def router_models() -> Response:
+        await identity()
+        return json_response(gateway.catalog.router_list())
+
+    @app.get("/v1/router/models/<path:model_id>/providers")
+    async def model_providers(model_id: str) -> Response:
+        await identity()
+        return json_response(gateway.catalog.providers_of(model_id))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        await gateway.redis_call(gateway.redis.ping())
+        if not gateway.hub.ready:
+            raise GatewayError(503, "service_unavailable", "the reply channel is not subscribed")
+        return json_response({"status": "ready"})
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return json_response(openapi_document())
+
+    return app

@@ -1,0 +1,126 @@
+"""The `switchboard` command: serve, worker, keys, models, dev."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from schemas.config import Config, ConfigError, load_config
+from workers.logs import setup as setup_logs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard", description="A self-hosted LLM gateway.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    serve = verbs.add_parser("serve", help="run the HTTP ingress")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+
+    worker = verbs.add_parser("worker", help="run worker groups")
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--provider", action="append", default=[],
+                        help="serve only this provider (repeatable); default: all")
+
+    keys = verbs.add_parser("keys", help="manage access keys")
+    key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
+    create = key_verbs.add_parser("create", help="create a key; prints the secret last")
+    create.add_argument("--config", required=True)
+    create.add_argument("--org", required=True)
+    create.add_argument("--project", default="")
+    create.add_argument("--plan", default="")
+    create.add_argument("--name", default="")
+    listing = key_verbs.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--config", required=True)
+    listing.add_argument("--org")
+    revoke = key_verbs.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("--config", required=True)
+    revoke.add_argument("key_id")
+
+    models = verbs.add_parser("models", help="print the catalog")
+    models.add_argument("--config", required=True)
+
+    dev = verbs.add_parser("dev", help="everything in one process, for `make run`")
+    dev.add_argument("--config", default=None)
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    setup_logs()
+    try:
+        if args.verb == "dev":
+            from ingress.dev import run_dev
+            return run_dev(args.config, args.host, args.port)
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.verb == "serve":
+            from ingress.server import run_ingress
+            trio.run(run_ingress, config, args.host, args.port)
+        elif args.verb == "worker":
+            from workers.service import run_workers
+            trio.run(run_workers, config, args.provider)
+        elif args.verb == "keys":
+            return trio.run(_keys, config, args)
+        elif args.verb == "models":
+            _print_models(config)
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _keys(config: Config, args: argparse.Namespace) -> int:
+    from ingress.keys import KeyStore
+    from workers.queue import connect
+
+    async with connect(config.redis_url) as redis:
+        store = KeyStore(redis)
+        if args.keys_verb == "create":
+            if args.plan and args.plan not in config.plans:
+                print(f"switchboard: plan {args.plan!r} is not in the config "
+                      f"(plans: {', '.join(config.plans) or 'none'})", file=sys.stderr)
+                return 2
+            record, secret = await store.create(args.org, args.project, args.plan, args.name)
+            if args.plan and record.plan != args.plan:
+                print(f"note: org {args.org!r} already has plan {record.plan!r}; kept it",
+                      file=sys.stderr)
+            print(f"created {record.key_id} for org {record.org} "
+                  f"(plan {record.plan or 'unlimited'}); the secret is shown once:")
+            print(secret)
+        elif args.keys_verb == "list":
+            print(f"{'KEY ID':22} {'ORG':16} {'PROJECT':12} {'PLAN':10} {'STATE':8} NAME")
+            for r in await store.list(args.org):
+                state = "revoked" if r.revoked else "active"
+                print(f"{r.key_id:22} {r.org:16} {r.project:12} {r.plan or '-':10} {state:8} {r.name}")
+        elif args.keys_verb == "revoke":
+            if not await store.revoke(args.key_id):
+                print(f"switchboard: no key {args.key_id!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+    return 0
+
+
+def _print_models(config: Config) -> None:
+    print(f"{'SLUG':28} {'NAME':28} ROUTES")
+    for model in config.models:
+        routes = ", ".join(
+            f"{r.provider}:{r.model}" + ("" if r.provider in config.providers else " (not configured)")
+            for r in model.routes)
+        print(f"{model.slug:28} {model.name:28} {routes}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

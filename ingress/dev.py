@@ -1,0 +1,134 @@
+"""`make run`: a whole gateway in one process, with a Redis it finds or starts.
+
+Redis: REDIS_URL if set, else 127.0.0.1:6379 if it answers, else a private
+redis-server for this session (under .switchboard/), stopped on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from schemas.config import Config, ConfigError, load_config
+
+BUILT_IN = Path(__file__).with_name("dev.toml")
+
+
+def redis_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a Redis server answers PING at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_private_redis(workdir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """Start redis-server on a free localhost port, keeping nothing on disk."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is not installed. Install it (Debian/Ubuntu: "
+            "`sudo apt-get install -y redis-server`; macOS: `brew install redis`) "
+            "or set REDIS_URL to a Redis you have.")
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not redis_answers("127.0.0.1", port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"redis-server did not start on port {port}")
+        time.sleep(0.05)
+    return process, port
+
+
+def _banner(port: int, secret: str) -> str:
+    base = f"http://127.0.0.1:{port}"
+    return f"""
+Switchboard is running on {base}  (Ctrl-C stops it)
+Development key (org "dev"):
+{secret}
+
+Try it:
+  curl {base}/v1/chat/completions \\
+    -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\
+    -d '{{"model": "mock-echo", "messages": [{{"role": "user", "content": "Hello, Switchboard"}}]}}'
+
+Or with the OpenAI SDK:
+  from openai import OpenAI
+  client = OpenAI(base_url="{base}/v1", api_key="{secret}")
+  print(client.chat.completions.create(model="mock-echo",
+        messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
+"""
+
+
+async def _serve_all(config: Config, host: str, port: int) -> None:
+    from ingress.keys import KeyStore
+    from ingress.server import run_ingress
+    from workers.queue import connect
+    from workers.service import run_workers
+
+    async with connect(config.redis_url) as redis:
+        _, secret = await KeyStore(redis).create("dev", "default", name="make run")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_workers, config)
+        binds = await nursery.start(run_ingress, config, host, port)
+        bound_port = int(binds[0].rsplit(":", 1)[1])
+        print(_banner(bound_port, secret), flush=True)
+
+
+def run_dev(config_path: str | None, host: str, port: int) -> int:
+    """Find or start Redis, then run ingress and workers until Ctrl-C."""
+    env = dict(os.environ)
+    redis_process = None
+    if not env.get("REDIS_URL"):
+        if redis_answers("127.0.0.1", 6379):
+            env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+            print("Using the Redis on 127.0.0.1:6379", file=sys.stderr)
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix="redis-", dir=_state_dir()))
+            try:
+                redis_process, redis_port = start_private_redis(workdir)
+            except RuntimeError as exc:
+                print(f"switchboard: {exc}", file=sys.stderr)
+                return 2
+            env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            print(f"Started a private redis-server on port {redis_port}", file=sys.stderr)
+    try:
+        config = load_config(config_path or BUILT_IN, env)
+        trio.run(_serve_all, config, host, port)
+    except ConfigError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
+    return 0
+
+
+def _state_dir() -> Path:
+    path = Path(".switchboard")
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,77 @@
+"""The OpenAPI document, generated from the Structs that validate and shape the wire."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from schemas.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    ModelList,
+    ModelProviderList,
+    RouterModelList,
+)
+from schemas.errors import ErrorBody
+
+_REF = "#/components/schemas/{name}"
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": _REF.format(name=name)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): {"description": "error", "content": _json("ErrorBody")} for s in statuses}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 for the gateway's endpoints."""
+    types = [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, RouterModelList,
+             ModelProviderList, ErrorBody]
+    _, components = msgspec.json.schema_components(types, ref_template=_REF)
+    secured = [{"bearer": []}]
+    chat = {
+        "post": {
+            "summary": "Create a chat completion (plain JSON or Server-Sent Events)",
+            "security": secured,
+            "requestBody": {"required": True, "content": _json("ChatRequest")},
+            "responses": {
+                "200": {"description": "A chat.completion, or with stream=true an event "
+                        "stream of chat.completion.chunk objects ending in `data: [DONE]`",
+                        "content": {**_json("ChatCompletion"), "text/event-stream": {
+                            "schema": {"$ref": _REF.format(name="ChatCompletionChunk")}}}},
+                **_errors(400, 401, 413, 422, 429, 502, 503, 504),
+            },
+        }
+    }
+
+    def listing(name: str, summary: str) -> dict[str, Any]:
+        return {"get": {"summary": summary, "security": secured, "responses": {
+            "200": {"description": "ok", "content": _json(name)}, **_errors(401, 503)}}}
+
+    health = {"get": {"responses": {"200": {"description": "ok"}, **_errors(503)}}}
+    providers = listing("ModelProviderList", "The providers that serve a model")
+    providers["get"]["parameters"] = [
+        {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Switchboard", "version": "0.1.0"},
+        "paths": {
+            "/v1/chat/completions": chat,
+            "/v3/router/chat/completions": chat,
+            "/v1/models": listing("ModelList", "The catalog in OpenAI's list shape"),
+            "/v1/router/models": listing("RouterModelList", "The catalog with names"),
+            "/v1/router/models/{model_id}/providers": providers,
+            "/healthz": health,
+            "/readyz": health,
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,90 @@
+"""Turning a request's frames into the HTTP answer: one JSON body, or an SSE stream.
+
+SSE framing lives here and only here: workers publish serialized chunks, this module
+wraps each in `data: ...` and ends a good stream with `data: [DONE]`. A stream that
+fails after it began ends with an error event and no `[DONE]` (invariant 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import trio
+
+from ingress.replies import Replies, RepliesLost
+from schemas.envelopes import Chunk, Done, Error, Frame, Head
+from schemas.errors import GatewayError
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def sse_event(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def lost_error() -> GatewayError:
+    return GatewayError(503, "service_unavailable",
+                        "the gateway lost its connection to Redis while waiting for the answer")
+
+
+def timeout_error() -> GatewayError:
+    return GatewayError(504, "upstream_timeout", "no answer before the request's deadline")
+
+
+async def first_frame(replies: Replies, deadline: float) -> Frame:
+    """The frame that decides the HTTP status (Head, Done or Error), by `deadline`."""
+    with trio.move_on_at(deadline):
+        try:
+            return await replies.next()
+        except RepliesLost:
+            raise lost_error() from None
+    raise timeout_error()
+
+
+class Outcome:
+    """How a stream ended, for the request log and for withdrawing an unfinished job."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.finished = False  # the worker published its last frame
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+
+async def stream_events(replies: Replies, deadline: float, outcome: Outcome) -> AsyncIterator[bytes]:
+    """The SSE body after the head frame: chunks as they come, then `[DONE]` or an error.
+
+    No `yield` happens inside a cancel scope: the scope covers only the wait.
+    """
+    while True:
+        frame: Frame | None = None
+        error: GatewayError | None = None
+        try:
+            with trio.move_on_at(deadline):
+                frame = await replies.next()
+            if frame is None:
+                error = timeout_error()
+        except RepliesLost:
+            error = lost_error()
+        except GatewayError as exc:
+            error = exc
+        if error is not None:
+            outcome.status = error.status
+            yield sse_event(error.encode())
+            return
+        match frame:
+            case Chunk(payloads=payloads):
+                yield b"".join([sse_event(p) for p in payloads])
+            case Done():
+                outcome.finished = True
+                outcome.prompt_tokens = frame.prompt_tokens
+                outcome.completion_tokens = frame.completion_tokens
+                yield DONE_EVENT
+                return
+            case Error(body=body, status=status):
+                outcome.finished = True
+                outcome.status = status
+                yield sse_event(body)
+                return
+            case Head() | None:
+                raise AssertionError("replies yield one head, first")

@@ -1,0 +1,160 @@
+"""The reply demultiplexer: one pub/sub channel per ingress process, frames routed to
+the request that waits for them, checked for order (invariant 1).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import coredis
+import msgspec
+import trio
+
+from schemas import names
+from schemas.envelopes import Chunk, Done, Error, Frame, Head, frame_decoder
+from schemas.errors import GatewayError
+from workers.logs import log_event
+from workers.queue import subscription
+
+BUFFER = 1024  # frames a slow client may fall behind before its stream is failed
+WATCH_S = 1.0
+
+
+class RepliesLost(Exception):
+    """The reply channel was interrupted: frames for this request may be lost."""
+
+
+class ReplyHub:
+    """Receives frames on `sb:reply:{ingress_id}` and hands each to its waiter."""
+
+    def __init__(self, redis: coredis.Redis[bytes], ingress_id: str | None = None) -> None:
+        self.redis = redis
+        self.ingress_id = ingress_id or uuid.uuid4().hex[:16]
+        self.channel = names.reply(self.ingress_id)
+        self.ready = False
+        self._subscribed = trio.Event()
+        self._waiters: dict[str, trio.MemorySendChannel[Frame]] = {}
+
+    def statistics(self) -> dict[str, int | bool]:
+        return {"waiting": len(self._waiters), "ready": self.ready}
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe and dispatch until cancelled; a watchdog fails waiters when Redis goes.
+
+        `started()` at once: requests see `ready` and answer 503 until subscribed.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch)
+            task_status.started()
+            await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        subscriptions = 0
+        async with subscription(self.redis, self.channel) as pubsub:
+            async for message in pubsub:
+                if message["type"] == "subscribe":
+                    subscriptions += 1
+                    if subscriptions > 1:  # re-subscribed after a drop: frames may be lost
+                        self._fail_all("reply channel was re-subscribed")
+                    self.ready = True
+                    self._subscribed.set()
+                elif message["type"] == "message":
+                    self._dispatch(message["data"])
+
+    async def wait_ready(self) -> None:
+        """Wait until the reply channel is subscribed for the first time."""
+        await self._subscribed.wait()
+
+    async def _watch(self) -> None:
+        while True:
+            await trio.sleep(WATCH_S)
+            try:
+                with trio.fail_after(WATCH_S * 2):
+                    await self.redis.ping()
+            except Exception:
+                if self.ready or self._waiters:
+                    log_event("redis_lost", ingress=self.ingress_id)
+                self.ready = False
+                self._fail_all("Redis is unreachable")
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            frame = frame_decoder.decode(data)
+        except msgspec.DecodeError:
+            log_event("frame_undecodable", size=len(data))
+            return
+        waiter = self._waiters.get(frame.request_id)
+        if waiter is None:
+            return  # the request already ended
+        try:
+            waiter.send_nowait(frame)
+        except trio.WouldBlock:  # the client reads too slowly: end its stream explicitly
+            self._waiters.pop(frame.request_id, None)
+            waiter.close()
+
+    def _fail_all(self, reason: str) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.close()
+        if waiters:
+            log_event("replies_lost", reason=reason, requests=len(waiters))
+
+    def register(self, request_id: str) -> Replies:
+        """Start receiving a request's frames (before its job is enqueued); close when done."""
+        if not self.ready:
+            raise GatewayError(503, "service_unavailable", "the gateway cannot reach Redis")
+        send, receive = trio.open_memory_channel[Frame](BUFFER)
+        self._waiters[request_id] = send
+        return Replies(self, request_id, receive)
+
+    def _unregister(self, request_id: str) -> None:
+        self._waiters.pop(request_id, None)
+
+
+class Replies:
+    """One request's frames, checked: one attempt only once output began, no gaps."""
+
+    def __init__(self, hub: ReplyHub, request_id: str,
+                 receive: trio.MemoryReceiveChannel[Frame]) -> None:
+        self._hub = hub
+        self._request_id = request_id
+        self._receive = receive
+        self.attempt: int | None = None  # the attempt whose output the client gets
+        self._next_seq = 0
+        self.provider = ""
+
+    def close(self) -> None:
+        """Stop receiving; frames that still arrive are dropped."""
+        self._hub._unregister(self._request_id)
+        self._receive.close()
+
+    async def next(self) -> Frame:
+        """The next frame in order. Raises RepliesLost or GatewayError (order broken)."""
+        while True:
+            try:
+                frame = await self._receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise RepliesLost from None
+            if isinstance(frame, Error):
+                return frame  # terminal from any attempt: the worker gave up
+            if self.attempt is None:
+                if isinstance(frame, Head | Done) and frame.seq == 0:
+                    self.attempt, self._next_seq = frame.attempt, 1
+                    self.provider = frame.provider
+                    return frame
+                continue  # the tail of an attempt that never began for this client
+            if frame.attempt != self.attempt:
+                if frame.attempt < self.attempt:
+                    continue  # a stale attempt; ignore it
+                raise GatewayError(502, "stream_restarted",
+                                   "the job was restarted after output began; the answer is incomplete")
+            if frame.seq != self._next_seq:
+                raise GatewayError(502, "stream_gap",
+                                   f"frame {self._next_seq} of the answer was lost")
+            self._next_seq += 1
+            match frame:
+                case Chunk() | Done():
+                    return frame
+                case Head():
+                    raise GatewayError(502, "stream_restarted",
+                                       "the job was restarted after output began")

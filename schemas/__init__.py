@@ -1,0 +1,1 @@
+"""Every shape that crosses a boundary, as msgspec Structs, and every Redis name."""

@@ -1,0 +1,85 @@
+"""The job and frame envelopes between ingress and workers (msgpack on the wire).
+
+Schema evolution: new fields get defaults and types never change, because ingress
+and workers may run different versions during a deploy. These envelopes are internal,
+so they may forbid nothing and ignore what they do not know.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+from schemas.config import Route
+
+
+class Job(Struct, kw_only=True):
+    """One client request on its way to a provider."""
+
+    request_id: str
+    org: str
+    project: str
+    key_id: str
+    model: str  # the slug the client sent; responses echo it
+    routes: list[Route]  # ordered: failover walks this list
+    route_index: int = 0
+    body: bytes  # the client's request body as received
+    stream: bool
+    include_usage: bool = False  # the client asked for the usage chunk
+    reply_to: str  # pub/sub channel of the ingress holding the client
+    deadline: float  # unix time after which nobody waits for the answer
+    attempt: int = 0  # how many upstream attempts came before this delivery
+
+    @property
+    def route(self) -> Route:
+        return self.routes[self.route_index]
+
+
+class Head(Struct, tag="head", kw_only=True):
+    """The attempt's output begins: after this frame no retry is possible."""
+
+    request_id: str
+    attempt: int
+    seq: int
+    provider: str
+    status: int = 200
+
+
+class Chunk(Struct, tag="chunk", kw_only=True):
+    """Client-ready chunk payloads (serialized chat.completion.chunk objects)."""
+
+    request_id: str
+    attempt: int
+    seq: int
+    payloads: list[bytes]
+
+
+class Done(Struct, tag="done", kw_only=True):
+    """The answer is complete. `body` is the whole JSON body for non-streamed jobs."""
+
+    request_id: str
+    attempt: int
+    seq: int
+    provider: str
+    body: bytes = b""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Error(Struct, tag="error", kw_only=True):
+    """The job failed; `body` is the rendered gateway error body."""
+
+    request_id: str
+    attempt: int
+    seq: int
+    status: int
+    body: bytes
+    provider: str = ""
+
+
+Frame = Head | Chunk | Done | Error
+
+job_encoder = msgspec.msgpack.Encoder()
+job_decoder = msgspec.msgpack.Decoder(Job)
+frame_encoder = job_encoder
+frame_decoder = msgspec.msgpack.Decoder(Frame)

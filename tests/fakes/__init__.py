@@ -1,0 +1,1 @@
+"""Fake upstreams that speak the providers' real wire formats and record what they got."""

@@ -1,0 +1,170 @@
+"""A fake OpenAI-compatible upstream: `POST .../chat/completions`, plain and streamed.
+
+By default it echoes the last user message like OpenAI would answer, with usage, and
+honours `stream_options.include_usage`. Tests queue `Behavior`s to script failures,
+delays and tool calls. Every request is recorded (path, headers, JSON body), and so
+is every client disconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+
+@dataclass
+class Behavior:
+    """How to answer one request. Unset fields mean: answer normally."""
+
+    status: int = 200
+    error: dict[str, Any] | None = None  # the error body for a non-200 status
+    delay_s: float = 0.0  # before the response starts
+    chunks: list[str] | None = None  # content pieces of a streamed answer
+    chunk_delay_s: float = 0.0
+    break_after: int | None = None  # drop the connection after this many chunks
+    tool_calls: list[dict[str, Any]] | None = None
+    extra_chunk_fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+class FakeOpenAI:
+    """The ASGI app. `base_url` is set by the fixture that serves it."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.behaviors: deque[Behavior] = deque()
+        self.disconnects: list[float] = []
+        self.base_url = ""
+
+    def then(self, *behaviors: Behavior) -> FakeOpenAI:
+        self.behaviors.extend(behaviors)
+        return self
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        request = json.loads(body) if body else {}
+        self.requests.append(Received(scope["path"], headers, request))
+        behavior = self.behaviors.popleft() if self.behaviors else Behavior()
+        await trio.sleep(behavior.delay_s)
+        if behavior.status != 200:
+            error = behavior.error or {"error": {"message": "upstream trouble", "type": "server_error",
+                                                 "code": None, "param": None}}
+            await _send_json(send, behavior.status, error)
+            return
+        if request.get("stream"):
+            await self._stream(request, behavior, receive, send)
+        else:
+            await _send_json(send, 200, self._completion(request, behavior))
+
+    def _answer(self, request: dict[str, Any]) -> str:
+        for message in reversed(request.get("messages", [])):
+            if message.get("role") == "user" and isinstance(message.get("content"), str):
+                return message["content"]
+        return "hello"
+
+    def _usage(self, request: dict[str, Any], answer: str) -> dict[str, int]:
+        prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+        completion = len(answer.split())
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
+
+    def _completion(self, request: dict[str, Any], behavior: Behavior) -> dict[str, Any]:
+        answer = self._answer(request)
+        message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}
+        finish = "stop"
+        if behavior.tool_calls:
+            message = {"role": "assistant", "content": None, "tool_calls": behavior.tool_calls}
+            finish = "tool_calls"
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                "model": request.get("model"), "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": finish}],
+                "usage": self._usage(request, answer)}
+
+    async def _stream(self, request: dict[str, Any], behavior: Behavior, receive: Any,
+                      send: Any) -> None:
+        answer = self._answer(request)
+        pieces = behavior.chunks if behavior.chunks is not None else [
+            w if i == 0 else " " + w for i, w in enumerate(answer.split(" "))]
+        include_usage = (request.get("stream_options") or {}).get("include_usage", False)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": request.get("model"),
+                "system_fingerprint": "fp_fake", **behavior.extra_chunk_fields}
+        if include_usage:
+            base["usage"] = None
+
+        async def event(payload: dict[str, Any] | str) -> None:
+            data = payload if isinstance(payload, str) else json.dumps(payload)
+            await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(),
+                        "more_body": True})
+
+        deltas: list[dict[str, Any]] = []
+        if behavior.tool_calls:
+            for i, call in enumerate(behavior.tool_calls):
+                deltas.append({"role": "assistant", "content": None, "tool_calls": [
+                    {"index": i, "id": call["id"], "type": "function",
+                     "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                deltas.append({"tool_calls": [{"index": i, "function": {
+                    "arguments": call["function"]["arguments"]}}]})
+        else:
+            deltas = [({"role": "assistant", "content": p} if i == 0 else {"content": p})
+                      for i, p in enumerate(pieces)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+            for i, delta in enumerate(deltas):
+                if behavior.break_after is not None and i == behavior.break_after:
+                    raise ConnectionAbortedError("fake upstream drops the connection")
+                if i:
+                    await trio.sleep(behavior.chunk_delay_s)
+                await event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                  "finish_reason": None}]})
+            finish = "tool_calls" if behavior.tool_calls else "stop"
+            await event({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                              "finish_reason": finish}]})
+            if include_usage:
+                await event({**base, "choices": [], "usage": self._usage(request, answer)})
+            await event("[DONE]")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            nursery.cancel_scope.cancel()
+
+    async def _watch_disconnect(self, receive: Any, scope: trio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnects.append(time.monotonic())
+                scope.cancel()
+                return
+
+
+async def _send_json(send: Any, status: int, payload: Any) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})

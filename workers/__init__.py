@@ -1,0 +1,1 @@
+"""The upstream side: consume jobs, call providers through adapters, publish frames."""

@@ -1,0 +1,93 @@
+"""One provider's consumer: read only as many jobs as there are free slots, run them.
+
+Waiting happens in Redis, not in worker memory (invariant 4): a job is read only when
+a slot is free for it. A heartbeat re-claims the running jobs' entries so their idle
+time never grows while they are healthy; entries idle past `reclaim_after_s` belong to
+a dead worker and are taken over (invariant 3).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from schemas.config import Config
+from workers.logs import log_event
+from workers.queue import Delivery, Queue
+from workers.runner import Runner
+
+READ_BLOCK_MS = 1000
+MAX_BATCH = 64
+
+
+class Consumer:
+    """Consumes `sb:q:{provider}` for one worker process."""
+
+    def __init__(self, provider: str, consumer_id: str, config: Config, queue: Queue,
+                 runner: Runner) -> None:
+        self.provider = provider
+        self.consumer_id = consumer_id
+        self.limits = config.limits
+        self.queue = queue
+        self.runner = runner
+        self.slots = trio.Semaphore(config.providers[provider].max_concurrency)
+        self.running: set[bytes] = set()
+
+    def statistics(self) -> dict[str, int]:
+        return {"running": len(self.running), "free_slots": self.slots.value}
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Consume until cancelled. Runs the heartbeat, the intake loop and every job.
+
+        `started()` once the consumer group exists. On cancellation running jobs are
+        cancelled too; their entries stay pending and another worker reclaims them.
+        """
+        await self.queue.ensure_group(self.provider)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeat)
+            task_status.started()
+            await self._intake(nursery)
+
+    async def _intake(self, jobs: trio.Nursery) -> None:
+        reclaim_every = max(self.limits.heartbeat_s, 0.05)
+        next_reclaim = 0.0
+        while True:
+            await self.slots.acquire()
+            taken = 1
+            while taken < MAX_BATCH and self.slots.value > 0:
+                self.slots.acquire_nowait()
+                taken += 1
+            deliveries: list[Delivery] = []
+            try:
+                if trio.current_time() >= next_reclaim:
+                    next_reclaim = trio.current_time() + reclaim_every
+                    deliveries = await self.queue.reclaim(
+                        self.provider, self.consumer_id,
+                        int(self.limits.reclaim_after_s * 1000), taken)
+                if len(deliveries) < taken:
+                    block = 1 if deliveries else READ_BLOCK_MS
+                    deliveries += await self.queue.read(
+                        self.provider, self.consumer_id, taken - len(deliveries), block)
+            except Exception as exc:  # Redis trouble: back off, keep the slots
+                log_event("intake_error", provider=self.provider, error=type(exc).__name__)
+                await trio.sleep(1)
+            for _ in range(taken - len(deliveries)):
+                self.slots.release()
+            for delivery in deliveries:
+                self.running.add(delivery.entry_id)
+                jobs.start_soon(self._run, delivery)
+
+    async def _run(self, delivery: Delivery) -> None:
+        try:
+            await self.runner.run(delivery)
+        finally:
+            self.running.discard(delivery.entry_id)
+            self.slots.release()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self.limits.heartbeat_s)
+            try:
+                with trio.fail_after(self.limits.heartbeat_s):
+                    await self.queue.heartbeat(self.provider, self.consumer_id, list(self.running))
+            except Exception as exc:
+                log_event("heartbeat_error", provider=self.provider, error=type(exc).__name__)

@@ -1,0 +1,147 @@
+"""Provider kind `openai`: any OpenAI-compatible server (OpenAI, vLLM, Ollama, ...).
+
+The client's body goes upstream as received except for `model` (the route's upstream
+model) and, for streams, `stream_options.include_usage` (so every stream can be
+metered). Answers come back with `model` set to the client's slug; the usage chunk
+reaches the client only if it asked for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import msgspec
+
+from schemas.chat import Usage
+from schemas.config import ProviderConfig
+from workers.base import Answer, Call, Emit, UpstreamFailure, read_credential, transport_failure
+from workers.sse import iter_events
+
+RawObject = dict[str, msgspec.Raw]
+
+_decode_object = msgspec.json.Decoder(RawObject).decode
+_decode_usage = msgspec.json.Decoder(Usage | None).decode
+_encode = msgspec.json.Encoder().encode
+_NULL = msgspec.Raw(b"null")
+_INCLUDE_USAGE = msgspec.Raw(b'{"include_usage":true}')
+
+# Upstream statuses that are the client's fault: relayed as they are, never retried.
+CLIENT_FAULT = frozenset({400, 413, 422})
+
+
+class _UpstreamError(msgspec.Struct):
+    message: str = ""
+    code: str | int | None = None
+
+
+class _UpstreamErrorBody(msgspec.Struct):
+    error: _UpstreamError | str | None = None
+
+
+_decode_error = msgspec.json.Decoder(_UpstreamErrorBody).decode
+
+
+class OpenAIAdapter:
+    """Calls `POST {base_url}/chat/completions` with the provider's bearer token."""
+
+    def __init__(self, name: str, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+        self.name = name
+        self.url = (config.base_url or "https://api.openai.com/v1").rstrip("/") + "/chat/completions"
+        self.http = http
+        credential = read_credential(name, config)
+        self.headers = {"content-type": "application/json"}
+        if credential:
+            self.headers["authorization"] = f"Bearer {credential}"
+
+    def _body(self, call: Call) -> bytes:
+        body = _decode_object(call.job.body)
+        body["model"] = msgspec.Raw(_encode(call.upstream_model))
+        if call.job.stream:
+            options: dict[str, Any] = {}
+            if "stream_options" in body and body["stream_options"] != _NULL:
+                options = msgspec.json.decode(body["stream_options"])
+            options["include_usage"] = True
+            body["stream_options"] = msgspec.Raw(_encode(options)) if len(options) > 1 else _INCLUDE_USAGE
+        return _encode(body)
+
+    async def complete(self, call: Call) -> Answer:
+        """Non-streamed call: one JSON body back, `model` replaced by the slug."""
+        try:
+            response = await self.http.post(self.url, content=self._body(call), headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.name, exc) from exc
+        if response.status_code != 200:
+            raise self._failure(response.status_code, response.content)
+        try:
+            answer = _decode_object(response.content)
+            usage = _decode_usage(answer.get("usage", _NULL)) or Usage()
+        except msgspec.DecodeError as exc:
+            raise UpstreamFailure(502, "upstream_error", f"provider {self.name!r} sent malformed JSON",
+                                  provider=self.name, retryable=True) from exc
+        answer["model"] = msgspec.Raw(_encode(call.job.model))
+        return Answer(_encode(answer), usage)
+
+    async def stream(self, call: Call, emit: Emit) -> Usage:
+        """Streamed call: each upstream chunk is re-emitted with the slug as `model`."""
+        usage = Usage()
+        model = msgspec.Raw(_encode(call.job.model))
+        request = self.http.build_request("POST", self.url, content=self._body(call),
+                                          headers=self.headers)
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.name, exc) from exc
+        try:
+            if response.status_code != 200:
+                raise self._failure(response.status_code, await response.aread())
+            async for event in iter_events(response.aiter_bytes()):
+                if event.data == b"[DONE]":
+                    return usage
+                chunk = self._decode_chunk(event.data)
+                if "error" in chunk:
+                    raise self._failure(502, event.data)
+                if "usage" in chunk:
+                    usage = _decode_usage(chunk["usage"]) or usage
+                    if not call.job.include_usage:
+                        if chunk.get("choices") == msgspec.Raw(b"[]"):
+                            continue  # the usage-only chunk the client did not ask for
+                        del chunk["usage"]
+                chunk["model"] = model
+                emit(_encode(chunk))
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.name, exc) from exc
+        finally:
+            await response.aclose()
+        raise UpstreamFailure(502, "upstream_error",
+                              f"provider {self.name!r} ended the stream before [DONE]",
+                              provider=self.name, retryable=True)
+
+    def _decode_chunk(self, data: bytes) -> RawObject:
+        try:
+            return _decode_object(data)
+        except msgspec.DecodeError as exc:
+            raise UpstreamFailure(502, "upstream_error",
+                                  f"provider {self.name!r} sent a malformed chunk",
+                                  provider=self.name) from exc
+
+    def _failure(self, status: int, content: bytes) -> UpstreamFailure:
+        message, code = "", None
+        try:
+            error = _decode_error(content).error
+            if isinstance(error, _UpstreamError):
+                message, code = error.message, error.code
+            elif isinstance(error, str):
+                message = error
+        except msgspec.DecodeError:
+            pass
+        if status in CLIENT_FAULT:
+            # The client's own mistake (context too long, bad parameter): relay it.
+            failure = UpstreamFailure(status, str(code or "upstream_invalid_request"),
+                                      message or f"provider {self.name!r} rejected the request",
+                                      provider=self.name, upstream_status=status, failover=False)
+            return failure
+        retryable = status in (408, 409, 429) or status >= 500
+        return UpstreamFailure(502, "upstream_error",
+                               f"provider {self.name!r} answered {status}",
+                               provider=self.name, upstream_status=status, retryable=retryable)

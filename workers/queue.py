@@ -1,0 +1,222 @@
+"""Redis streams as the job queue: admission, reading, reclaiming, finishing.
+
+The ingress calls `admit`; workers call the rest. Every multi-step change is one Lua
+script or one MULTI, so a crash between steps cannot leave a job half-moved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import coredis
+import msgspec
+from coredis.patterns.pubsub import PubSub
+
+from schemas import names
+from schemas.envelopes import Frame, Job, frame_encoder, job_decoder, job_encoder
+from workers.logs import log_event
+
+# Quota check and bounded XADD in one step (invariant 4). Entries stay in the stream
+# until acknowledged, so "waiting" is the length minus those delivered and running.
+_ADMIT = """
+local limit = tonumber(ARGV[2])
+if limit >= 0 then
+  local used = tonumber(redis.call('HGET', KEYS[2], 'tokens') or '0')
+  if used >= limit then return {0} end
+end
+local max = tonumber(ARGV[1])
+local len = redis.call('XLEN', KEYS[1])
+if len >= max then
+  local ok, pend = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[4])
+  local running = 0
+  if ok then running = pend[1] end
+  if len - running >= max then return {-1} end
+end
+return {1, redis.call('XADD', KEYS[1], '*', 'j', ARGV[3])}
+"""
+
+# Take over entries whose worker stopped heartbeating; return each with its count of
+# earlier deliveries so the new run can number its attempt. Deleted entries (their
+# client left) are acknowledged away.
+_RECLAIM = """
+local pend = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
+local out = {}
+for _, p in ipairs(pend) do
+  local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
+  if #claimed > 0 and claimed[1][2] then
+    local fields = claimed[1][2]
+    table.insert(out, {claimed[1][1], fields[2], p[4]})
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], p[1])
+  end
+end
+return out
+"""
+
+ADMITTED, OVER_QUOTA, QUEUE_FULL = 1, 0, -1
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A job read from a stream, with how many times it was delivered before."""
+
+    entry_id: bytes
+    job: Job
+    earlier_deliveries: int
+
+
+def connect(url: str, *, max_connections: int = 256, timeout: float = 5.0) -> coredis.Redis[bytes]:
+    """A Redis client (use it as an async context manager)."""
+    return coredis.Redis.from_url(
+        url,
+        max_connections=max_connections,
+        connect_timeout=timeout,
+        stream_timeout=None,
+        pool_timeout=timeout,
+    )
+
+
+@asynccontextmanager
+async def subscription(redis: coredis.Redis[bytes], channel: str) -> AsyncIterator[PubSub[bytes]]:
+    """A pub/sub subscription to one channel (re-subscribed by coredis after drops).
+
+    coredis tries to UNSUBSCRIBE on a connection it already closed when the
+    subscriber is cancelled; that error means only "we are shutting down".
+    """
+    try:
+        async with redis.pubsub(channels=[channel]) as pubsub:
+            yield pubsub
+    except* anyio.ClosedResourceError:
+        pass
+
+
+def month(now: float | None = None) -> str:
+    """The calendar month (UTC) usage is metered into, as `YYYY-MM`."""
+    return time.strftime("%Y-%m", time.gmtime(now))
+
+
+class Queue:
+    """The job streams of all providers, seen through one Redis client."""
+
+    def __init__(self, redis: coredis.Redis[bytes]) -> None:
+        self.redis = redis
+        self._admit = redis.register_script(_ADMIT)
+        self._reclaim = redis.register_script(_RECLAIM)
+
+    async def ensure_group(self, provider: str) -> None:
+        """Create the provider's stream and consumer group if they do not exist."""
+        try:
+            await self.redis.xgroup_create(names.queue(provider), names.GROUP, "0", mkstream=True)
+        except coredis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def admit(self, job: Job, *, max_queue: int, token_limit: int | None) -> tuple[int, bytes]:
+        """Enqueue `job` unless the org is over quota or the queue is full.
+
+        Returns (ADMITTED, entry id), (OVER_QUOTA, b"") or (QUEUE_FULL, b"").
+        """
+        provider = job.route.provider
+        result: Any = await self._admit(
+            keys=[names.queue(provider), names.usage(job.org, month())],
+            args=[max_queue, -1 if token_limit is None else token_limit,
+                  job_encoder.encode(job), names.GROUP],
+        )
+        code = int(result[0])
+        return code, (result[1] if code == ADMITTED else b"")
+
+    async def withdraw(self, provider: str, entry_id: bytes, request_id: str) -> None:
+        """The client left: drop its queued job and tell a worker running it to stop."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xdel(names.queue(provider), [entry_id])
+            pipe.publish(names.CANCEL_CHANNEL, request_id.encode())
+
+    async def read(self, provider: str, consumer: str, count: int, block_ms: int) -> list[Delivery]:
+        """Read up to `count` new jobs, waiting at most `block_ms` for the first."""
+        reply = await self.redis.xreadgroup(
+            names.GROUP, consumer, streams={names.queue(provider): ">"},
+            count=count, block=block_ms,
+        )
+        out: list[Delivery] = []
+        for entries in (reply or {}).values():
+            for entry in entries:
+                payload = entry.field_values.get(b"j")
+                if payload is None:  # deleted while queued: the client left
+                    await self.ack(provider, [entry.identifier])
+                    continue
+                job = _decode_job(payload)
+                if job is None:  # written by something else: never retried
+                    await self.ack(provider, [entry.identifier])
+                    continue
+                out.append(Delivery(entry.identifier, job, 0))
+        return out
+
+    async def reclaim(self, provider: str, consumer: str, idle_ms: int, count: int) -> list[Delivery]:
+        """Take over up to `count` jobs whose worker has not heartbeated for `idle_ms`."""
+        rows: Any = await self._reclaim(
+            keys=[names.queue(provider)], args=[names.GROUP, consumer, idle_ms, count]
+        )
+        out: list[Delivery] = []
+        for entry_id, payload, deliveries in rows:
+            job = _decode_job(payload)
+            if job is None:
+                await self.ack(provider, [entry_id])
+                continue
+            out.append(Delivery(entry_id, job, int(deliveries)))
+        return out
+
+    async def heartbeat(self, provider: str, consumer: str, entry_ids: Sequence[bytes]) -> None:
+        """Reset the idle time of the jobs this worker runs, so nobody reclaims them."""
+        if entry_ids:
+            await self.redis.xclaim(
+                names.queue(provider), names.GROUP, consumer, 0, list(entry_ids), justid=True
+            )
+
+    async def ack(self, provider: str, entry_ids: Sequence[bytes]) -> None:
+        """Remove finished entries from the stream and the pending list."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(names.queue(provider), names.GROUP, list(entry_ids))
+            pipe.xdel(names.queue(provider), list(entry_ids))
+
+    async def publish(self, channel: str, frame: Frame) -> int:
+        """Publish one frame; returns how many ingress processes heard it."""
+        return await self.redis.publish(channel, frame_encoder.encode(frame))
+
+    async def finish(self, delivery: Delivery, frame: Frame | None, *,
+                     usage: dict[str, int] | None = None, forward: Job | None = None) -> None:
+        """Publish the outcome, meter usage, and acknowledge: all or nothing (invariant 3).
+
+        With `forward`, the job moves to another provider's stream instead of publishing;
+        with neither (the client left) it is only acknowledged.
+        """
+        job = delivery.job
+        stream = names.queue(job.route.provider)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if forward is not None:
+                pipe.xadd(names.queue(forward.route.provider), {"j": job_encoder.encode(forward)})
+            elif frame is not None:
+                pipe.publish(job.reply_to, frame_encoder.encode(frame))
+            if usage:
+                key = names.usage(job.org, month())
+                for field, amount in usage.items():
+                    pipe.hincrby(key, field, amount)
+            pipe.xack(stream, names.GROUP, [delivery.entry_id])
+            pipe.xdel(stream, [delivery.entry_id])
+
+    async def usage(self, org: str, when: str | None = None) -> dict[str, int]:
+        """An org's metered usage for a month (default: this one)."""
+        raw = await self.redis.hgetall(names.usage(org, when or month()))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _decode_job(payload: bytes) -> Job | None:
+    try:
+        return job_decoder.decode(payload)
+    except msgspec.DecodeError:
+        log_event("job_undecodable", size=len(payload))
+        return None
