@@ -33,6 +33,7 @@ class ReplyHub:
         self.channel = names.reply(self.ingress_id)
         self.ready = False
         self._subscribed = trio.Event()
+        self._subscription = trio.CancelScope()
         self._waiters: dict[str, trio.MemorySendChannel[Frame]] = {}
 
     def statistics(self) -> dict[str, int | bool]:
@@ -46,7 +47,13 @@ class ReplyHub:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch)
             task_status.started()
-            await self._subscribe()
+            while True:
+                with trio.CancelScope() as self._subscription:
+                    try:
+                        await self._subscribe()
+                    except Exception as exc:
+                        log_event("reply_channel_error", error=type(exc).__name__)
+                await trio.sleep(WATCH_S / 2)
 
     async def _subscribe(self) -> None:
         subscriptions = 0
@@ -66,16 +73,31 @@ class ReplyHub:
         await self._subscribed.wait()
 
     async def _watch(self) -> None:
+        """Every second, ask Redis whether our channel still has its subscriber.
+
+        A reconnecting subscriber misses frames; requests that wait meanwhile are failed
+        (503) rather than left hanging, and new ones are refused until it is back.
+        """
+        misses = 0
         while True:
             await trio.sleep(WATCH_S)
             try:
                 with trio.fail_after(WATCH_S * 2):
-                    await self.redis.ping()
+                    subscribers = await self.redis.pubsub_numsub(self.channel)
+                listening = subscribers.get(self.channel.encode(), 0) > 0
             except Exception:
-                if self.ready or self._waiters:
-                    log_event("redis_lost", ingress=self.ingress_id)
+                listening = False
+            if not listening:
+                if self.ready:
+                    log_event("reply_channel_lost", ingress=self.ingress_id)
+                misses += 1
+                if misses % 3 == 0 or self.ready:
+                    self._subscription.cancel()  # a stuck subscriber: start a fresh one
                 self.ready = False
-                self._fail_all("Redis is unreachable")
+                self._fail_all("the reply channel is not subscribed")
+            else:
+                misses = 0
+                self.ready = self._subscribed.is_set()
 
     def _dispatch(self, data: bytes) -> None:
         try:

@@ -27,6 +27,7 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
         server = HypercornConfig()
         server.bind = [f"{host}:{port}"]
         server.accesslog = None
+        server.backlog = 4096  # bursts of new connections must queue, not be reset
         server.keep_alive_timeout = 75
         server.graceful_timeout = 5
         async with trio.open_nursery() as nursery:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-ProviderKind = Literal["openai", "mock"]
+ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]
 
 
 class ProviderConfig(Struct, forbid_unknown_fields=True):
@@ -27,6 +27,9 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     max_queue: Annotated[int, Meta(ge=1)] = 10000
     timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     max_retries: Annotated[int, Meta(ge=0, le=10)] = 1
+    # anthropic only: Anthropic requires max_tokens; used when the client sends none
+    default_max_tokens: Annotated[int, Meta(ge=1)] = 4096
+    anthropic_version: str = "2023-06-01"
     # mock provider only
     latency_ms: Annotated[float, Meta(ge=0)] = 0.0
     chunks: Annotated[int, Meta(ge=1)] = 8

@@ -149,3 +149,11 @@ async def openai_gateway(nursery: trio.Nursery, redis_url: str,
          {"slug": "echo", "routes": [{"provider": "local", "model": "echo"}]}],
     )
     yield await start_gateway(nursery, config)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def structured_logs() -> None:
+    """Show the gateway's JSON log lines in the output of failing tests."""
+    from workers.logs import setup
+
+    setup()

@@ -8,6 +8,8 @@ a dead worker and are taken over (invariant 3).
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 
 from schemas.config import Config
@@ -67,9 +69,11 @@ class Consumer:
                     block = 1 if deliveries else READ_BLOCK_MS
                     deliveries += await self.queue.read(
                         self.provider, self.consumer_id, taken - len(deliveries), block)
-            except Exception as exc:  # Redis trouble: back off, keep the slots
+            except Exception as exc:  # Redis trouble: back off, then make sure the group exists
                 log_event("intake_error", provider=self.provider, error=type(exc).__name__)
-                await trio.sleep(1)
+                await trio.sleep(0.5)
+                with contextlib.suppress(Exception):  # a restarted Redis may have lost it
+                    await self.queue.ensure_group(self.provider)
             for _ in range(taken - len(deliveries)):
                 self.slots.release()
             for delivery in deliveries:
@@ -87,7 +91,7 @@ class Consumer:
         while True:
             await trio.sleep(self.limits.heartbeat_s)
             try:
-                with trio.fail_after(self.limits.heartbeat_s):
+                with trio.fail_after(self.limits.reclaim_after_s):
                     await self.queue.heartbeat(self.provider, self.consumer_id, list(self.running))
             except Exception as exc:
                 log_event("heartbeat_error", provider=self.provider, error=type(exc).__name__)

@@ -28,14 +28,13 @@ class StreamPublisher:
         self.attempt = attempt
         self.provider = provider
         self.seq = 0
-        self.started = False  # a chunk exists: from now on no retry is possible
+        self.started = False  # output may have reached the client: no retry from now on
         self._pending: list[bytes] = []
         self._wake = trio.Event()
         self._closed = False
 
     def emit(self, payload: bytes) -> None:
         """Queue one client-ready chunk for publishing."""
-        self.started = True
         self._pending.append(payload)
         self._wake.set()
 
@@ -51,6 +50,7 @@ class StreamPublisher:
             self._wake = trio.Event()
             if self._pending:
                 if self.seq == 0:
+                    self.started = True  # set before the await: the publish may land
                     await self._publish(Head(request_id=self.request_id, attempt=self.attempt,
                                              seq=0, provider=self.provider))
                 batch, self._pending = self._pending, []

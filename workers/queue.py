@@ -16,6 +16,7 @@ import anyio
 import coredis
 import msgspec
 from coredis.patterns.pubsub import PubSub
+from coredis.retry import CompositeRetryPolicy, ConstantRetryPolicy
 
 from schemas import names
 from schemas.envelopes import Frame, Job, frame_encoder, job_decoder, job_encoder
@@ -44,15 +45,17 @@ return {1, redis.call('XADD', KEYS[1], '*', 'j', ARGV[3])}
 # earlier deliveries so the new run can number its attempt. Deleted entries (their
 # client left) are acknowledged away.
 _RECLAIM = """
-local pend = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
+local pend = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', 1000)
 local out = {}
 for _, p in ipairs(pend) do
-  local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
-  if #claimed > 0 and claimed[1][2] then
-    local fields = claimed[1][2]
-    table.insert(out, {claimed[1][1], fields[2], p[4]})
-  else
-    redis.call('XACK', KEYS[1], ARGV[1], p[1])
+  -- Our own entries are skipped: we are alive, so they are running.
+  if p[2] ~= ARGV[2] and #out < tonumber(ARGV[4]) then
+    local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
+    if #claimed > 0 and claimed[1][2] then
+      table.insert(out, {claimed[1][1], claimed[1][2][2], p[4]})
+    else
+      redis.call('XACK', KEYS[1], ARGV[1], p[1])
+    end
   end
 end
 return out
@@ -88,8 +91,12 @@ async def subscription(redis: coredis.Redis[bytes], channel: str) -> AsyncIterat
     coredis tries to UNSUBSCRIBE on a connection it already closed when the
     subscriber is cancelled; that error means only "we are shutting down".
     """
+    # Re-subscribe at a steady pace after a drop, so service resumes soon after Redis does.
+    retry = CompositeRetryPolicy(
+        ConstantRetryPolicy((coredis.exceptions.ConnectionError,), retries=None, delay=0.5),
+        ConstantRetryPolicy((TimeoutError,), retries=2, delay=0.1))
     try:
-        async with redis.pubsub(channels=[channel]) as pubsub:
+        async with redis.pubsub(channels=[channel], retry_policy=retry) as pubsub:
             yield pubsub
     except* anyio.ClosedResourceError:
         pass
@@ -112,9 +119,8 @@ class Queue:
         """Create the provider's stream and consumer group if they do not exist."""
         try:
             await self.redis.xgroup_create(names.queue(provider), names.GROUP, "0", mkstream=True)
-        except coredis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        except coredis.exceptions.StreamDuplicateConsumerGroupError:
+            pass  # another process created it first
 
     async def admit(self, job: Job, *, max_queue: int, token_limit: int | None) -> tuple[int, bytes]:
         """Enqueue `job` unless the org is over quota or the queue is full.

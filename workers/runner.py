@@ -130,10 +130,18 @@ class Runner:
         raise AssertionError("unreachable")
 
     async def _stream(self, adapter: Adapter, call: Call, publisher: StreamPublisher) -> Usage:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(publisher.pump)
-            usage = await adapter.stream(call, publisher.emit)
-            publisher.close()
+        """The adapter reads upstream while the publisher's pump publishes frames."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publisher.pump)
+                usage = await adapter.stream(call, publisher.emit)
+                publisher.close()
+        except BaseExceptionGroup as group:
+            # One side failed and the other was cancelled: surface the one real failure.
+            failures = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+            if len(failures) == 1:
+                raise failures[0] from None
+            raise
         return usage
 
     def _error(self, delivery: Delivery, attempt: int, failure: GatewayError) -> Error:
@@ -157,3 +165,10 @@ class Runner:
                           error=type(exc).__name__)
         if scope.cancelled_caught:
             log_event("job_finish_timeout", request_id=delivery.job.request_id)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

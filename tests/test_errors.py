@@ -1,0 +1,222 @@
+"""Every error of the documented table, as the official SDK sees it; bad input changes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+import trio
+
+from tests.conftest import Gateway, make_config, start_gateway
+from tests.fakes.openai_upstream import Behavior, FakeOpenAI
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(autouse=True)
+def upstream_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_UP_KEY", "sk-never-shown-42")
+
+
+async def assert_nothing_changed(gateway: Gateway) -> None:
+    """Bad input leaves no job on any stream and no metered usage."""
+    for provider in gateway.config.providers:
+        assert await gateway.redis.xlen(f"sb:q:{provider}") == 0
+    assert await gateway.usage() == {}
+
+
+async def test_missing_unknown_and_revoked_keys_are_401(openai_gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=openai_gateway.base_url) as http:
+        anonymous = await http.post("/v1/chat/completions", json={"model": "echo", "messages": HI})
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
+    with pytest.raises(openai.AuthenticationError) as caught:
+        await openai_gateway.client(api_key="sb-not-a-key").chat.completions.create(
+            model="echo", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.status_code == 401
+    assert caught.value.body["code"] == "unauthorized"  # type: ignore[index]
+    from ingress.keys import KeyStore
+    assert await KeyStore(openai_gateway.redis).revoke(openai_gateway.key_id)
+    with pytest.raises(openai.AuthenticationError):
+        await openai_gateway.client().chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+    await assert_nothing_changed(openai_gateway)
+
+
+async def test_keys_are_stored_hashed(openai_gateway: Gateway) -> None:
+    for key in await openai_gateway.redis.keys("sb:*"):
+        assert openai_gateway.secret.encode() not in key
+        if (await openai_gateway.redis.type(key)) == b"hash":
+            values = await openai_gateway.redis.hgetall(key)
+            assert all(openai_gateway.secret.encode() not in v for v in values.values())
+
+
+async def test_invalid_json_is_400(openai_gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=openai_gateway.base_url) as http:
+        reply = await http.post("/v1/chat/completions", content=b'{"model": "echo", ',
+                                headers={"authorization": f"Bearer {openai_gateway.secret}"})
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_json" and error["type"] == "invalid_request_error"
+    assert reply.headers["x-request-id"]
+    await assert_nothing_changed(openai_gateway)
+
+
+async def test_missing_messages_is_422(openai_gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=openai_gateway.base_url) as http:
+        reply = await http.post("/v1/chat/completions", json={"model": "echo"},
+                                headers={"authorization": f"Bearer {openai_gateway.secret}"})
+    assert reply.status_code == 422
+    assert "messages" in reply.json()["error"]["message"]
+    await assert_nothing_changed(openai_gateway)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"model": "echo", "messages": []}, "$.messages"),
+    ({"model": "echo", "messages": [{"role": "robot", "content": "x"}]}, "$.messages[0].role"),
+    ({"model": "echo", "messages": HI, "temperature": "hot"}, "$.temperature"),
+    ({"model": "echo", "messages": HI, "stop": 5}, "$.stop"),
+    ({"model": "echo", "messages": HI, "tool_choice": 3}, "$.tool_choice"),
+    ({"model": "echo", "messages": HI, "n": 0}, "$.n"),
+])
+async def test_schema_violations_are_422_naming_the_field(openai_gateway: Gateway,
+                                                          body: dict[str, object], field: str) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        await openai_gateway.client().chat.completions.create(**body)  # type: ignore[call-overload]
+    error = caught.value.body
+    assert error["code"] == "validation_error"  # type: ignore[index]
+    assert error["details"]["field"] == field  # type: ignore[index]
+    await assert_nothing_changed(openai_gateway)
+
+
+async def test_unknown_slug_and_slug_without_provider_are_400(nursery: trio.Nursery,
+                                                               redis_url: str) -> None:
+    config = make_config(redis_url, {"local": {"kind": "mock"}}, [
+        {"slug": "echo", "routes": [{"provider": "local", "model": "m"}]},
+        {"slug": "orphan", "routes": [{"provider": "elsewhere", "model": "m"}]}])
+    gateway = await start_gateway(nursery, config)
+    client = gateway.client()
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="no-such-model", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
+    assert "no-such-model" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="orphan", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.body["code"] == "no_provider"  # type: ignore[index]
+    await assert_nothing_changed(gateway)
+
+
+async def test_body_over_limit_is_413(nursery: trio.Nursery, redis_url: str) -> None:
+    config = make_config(redis_url, {"local": {"kind": "mock"}},
+                         [{"slug": "echo", "routes": [{"provider": "local", "model": "m"}]}],
+                         limits={"max_body_bytes": 4096})
+    gateway = await start_gateway(nursery, config)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await gateway.client().chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "x" * 10_000}])
+    assert caught.value.status_code == 413
+    assert caught.value.body["code"] == "request_too_large"  # type: ignore[index]
+    await assert_nothing_changed(gateway)
+
+
+async def test_plan_used_up_is_429_subscription_limit(nursery: trio.Nursery, redis_url: str) -> None:
+    config = make_config(redis_url, {"local": {"kind": "mock"}},
+                         [{"slug": "echo", "routes": [{"provider": "local", "model": "m"}]}],
+                         plans={"tiny": {"monthly_tokens": 5}})
+    gateway = await start_gateway(nursery, config, plan="tiny")
+    client = gateway.client()
+    await client.chat.completions.create(model="echo", messages=[
+        {"role": "user", "content": "one two three four"}])  # 8 tokens: over the plan now
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.body["code"] == "subscription_limit"  # type: ignore[index]
+    assert (await gateway.usage())["tokens"] == 8  # the refused request metered nothing
+
+
+async def test_full_queue_is_429_with_retry_after_and_keeps_accepted_jobs(
+        nursery: trio.Nursery, redis_url: str) -> None:
+    config = make_config(redis_url, {"local": {"kind": "mock", "max_queue": 2}},
+                         [{"slug": "echo", "routes": [{"provider": "local", "model": "m"}]}])
+    gateway = await start_gateway(nursery, config, workers=False)  # nobody drains the queue
+    client = gateway.client()
+    async with trio.open_nursery() as waiting:
+        for _ in range(2):
+            waiting.start_soon(lambda: client.chat.completions.create(model="echo", messages=HI))
+        while await gateway.redis.xlen("sb:q:local") < 2:
+            await trio.sleep(0.01)
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+        assert caught.value.response.headers["retry-after"] == "1"
+        assert caught.value.body["code"] == "queue_full"  # type: ignore[index]
+        assert await gateway.redis.xlen("sb:q:local") == 2  # nothing accepted was trimmed
+        await gateway.start_worker()  # the queued two are served
+    assert (await gateway.usage())["requests"] == 2
+
+
+async def test_upstream_failure_is_502_naming_provider_not_credential(
+        openai_gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    fake_openai.then(Behavior(status=500))
+    with pytest.raises(openai.InternalServerError) as caught:
+        await openai_gateway.client().chat.completions.create(model="gpt-test", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.status_code == 502
+    body = caught.value.body
+    assert body["code"] == "upstream_error"  # type: ignore[index]
+    assert body["details"] == {"provider": "up", "status": 500}  # type: ignore[index]
+    assert "sk-never-shown-42" not in caught.value.response.text
+
+
+async def test_upstream_timeout_is_504(nursery: trio.Nursery, redis_url: str,
+                                       fake_openai: FakeOpenAI) -> None:
+    config = make_config(redis_url, {"up": {"kind": "openai", "base_url": fake_openai.base_url,
+                                            "timeout_s": 0.3, "max_retries": 0}},
+                         [{"slug": "slow", "routes": [{"provider": "up", "model": "m"}]}])
+    gateway = await start_gateway(nursery, config)
+    fake_openai.then(Behavior(delay_s=5))
+    with pytest.raises(openai.APIStatusError) as caught:
+        await gateway.client().chat.completions.create(model="slow", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.status_code == 504
+    assert caught.value.body["code"] == "upstream_timeout"  # type: ignore[index]
+
+
+async def test_upstream_client_fault_is_relayed_with_its_status_and_message(
+        openai_gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    fake_openai.then(Behavior(status=400, error={"error": {
+        "message": "This model's maximum context length is 8192 tokens.",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}))
+    with pytest.raises(openai.BadRequestError) as caught:
+        await openai_gateway.client().chat.completions.create(model="gpt-test", messages=HI)  # type: ignore[arg-type]
+    assert "maximum context length" in caught.value.message
+    assert caught.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+    assert len(fake_openai.requests) == 1  # the client's fault is not retried
+
+
+async def test_failure_mid_stream_ends_with_error_event_and_no_done(
+        openai_gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    fake_openai.then(Behavior(chunks=["a", "b", "c", "d"], break_after=2, chunk_delay_s=0.1))
+    async with httpx.AsyncClient(base_url=openai_gateway.base_url) as http:
+        reply = await http.post("/v1/chat/completions", json={
+            "model": "gpt-test", "stream": True, "messages": HI},
+            headers={"authorization": f"Bearer {openai_gateway.secret}"})
+    events = [e for e in reply.text.split("\n\n") if e]
+    assert reply.status_code == 200
+    assert "[DONE]" not in reply.text
+    payloads = [json.loads(e.removeprefix("data: ")) for e in events]
+    assert [p["choices"][0]["delta"]["content"] for p in payloads[:2]] == ["a", "b"]
+    assert payloads[-1]["error"]["code"] == "upstream_error"
+    assert len(payloads) == 3
+    # and the SDK surfaces it as an error instead of a short answer
+    fake_openai.then(Behavior(chunks=["a", "b", "c"], break_after=1, chunk_delay_s=0.1))
+    stream = await openai_gateway.client().chat.completions.create(
+        model="gpt-test", stream=True, messages=HI)  # type: ignore[arg-type]
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+
+
+async def test_unknown_path_and_method_use_the_error_shape(openai_gateway: Gateway) -> None:
+    async with httpx.AsyncClient(base_url=openai_gateway.base_url) as http:
+        missing = await http.get("/v1/nothing")
+        wrong = await http.get("/v1/chat/completions")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    assert missing.headers["x-request-id"] and wrong.headers["x-request-id"]

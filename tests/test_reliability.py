@@ -1,0 +1,323 @@
+"""Faults: retries, failover, dead workers, heartbeats, cancellation, deadlines, Redis trouble.
+
+Each test pins one invariant of DESIGN.md and fails when it breaks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import trio
+
+from ingress.dev import start_private_redis
+from ingress.keys import KeyStore
+from tests.conftest import Gateway, RedisServer, make_config, start_gateway
+from tests.fakes.openai_upstream import Behavior, FakeOpenAI
+from tests.fakes.server import serve_asgi
+
+HI = [{"role": "user", "content": "hi there"}]
+
+
+def upstream(fake: FakeOpenAI, **options: Any) -> dict[str, Any]:
+    return {"kind": "openai", "base_url": fake.base_url, "timeout_s": 10, "max_retries": 0,
+            **options}
+
+
+async def second_fake(nursery: trio.Nursery) -> FakeOpenAI:
+    fake = FakeOpenAI()
+    fake.base_url = await nursery.start(serve_asgi, fake) + "/v1"
+    return fake
+
+
+async def sse_payloads(gateway: Gateway, body: dict[str, Any]) -> list[Any]:
+    """POST a streamed request and return each event's data (JSON, or the string [DONE])."""
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http:
+        reply = await http.post("/v1/chat/completions", json={**body, "stream": True},
+                                headers={"authorization": f"Bearer {gateway.secret}"})
+    assert reply.status_code == 200, reply.text
+    events = [e.removeprefix("data: ") for e in reply.text.split("\n\n") if e]
+    return [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+async def test_retry_before_first_byte_is_invisible(nursery: trio.Nursery, redis_url: str,
+                                                    fake_openai: FakeOpenAI) -> None:
+    config = make_config(redis_url, {"up": upstream(fake_openai, max_retries=1)},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}])
+    gateway = await start_gateway(nursery, config)
+    fake_openai.then(Behavior(status=503), Behavior(chunks=["x", "y"]))
+    stream = await gateway.client().chat.completions.create(model="m", stream=True, messages=HI)  # type: ignore[arg-type]
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "xy"  # one complete answer, no trace of the failed try
+    assert len(fake_openai.requests) == 2
+
+
+async def test_failover_to_next_route_plain_and_streamed(nursery: trio.Nursery, redis_url: str,
+                                                         fake_openai: FakeOpenAI) -> None:
+    backup = await second_fake(nursery)
+    config = make_config(
+        redis_url, {"primary": upstream(fake_openai), "backup": upstream(backup)},
+        [{"slug": "m", "routes": [{"provider": "primary", "model": "p"},
+                                  {"provider": "backup", "model": "b"}]}])
+    gateway = await start_gateway(nursery, config)
+    fake_openai.then(Behavior(status=500), Behavior(status=429))
+    answer = await gateway.client().chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "hi there" and answer.model == "m"
+    payloads = await sse_payloads(gateway, {"model": "m", "messages": HI})
+    assert payloads[-1] == "[DONE]"
+    assert [r.body["model"] for r in backup.requests] == ["b", "b"]
+    assert len(fake_openai.requests) == 2
+
+
+async def test_no_failover_after_output_began(nursery: trio.Nursery, redis_url: str,
+                                              fake_openai: FakeOpenAI) -> None:
+    backup = await second_fake(nursery)
+    config = make_config(
+        redis_url, {"primary": upstream(fake_openai, max_retries=2), "backup": upstream(backup)},
+        [{"slug": "m", "routes": [{"provider": "primary", "model": "p"},
+                                  {"provider": "backup", "model": "b"}]}])
+    gateway = await start_gateway(nursery, config)
+    fake_openai.then(Behavior(chunks=["a", "b", "c"], break_after=2, chunk_delay_s=0.1))
+    payloads = await sse_payloads(gateway, {"model": "m", "messages": HI})
+    assert [p["choices"][0]["delta"]["content"] for p in payloads[:2]] == ["a", "b"]
+    assert "error" in payloads[-1] and "[DONE]" not in payloads
+    assert len(fake_openai.requests) == 1 and backup.requests == []
+
+
+async def test_dead_worker_job_is_reclaimed_and_answered_once(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    config = make_config(redis_url, {"up": upstream(fake_openai)},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}])
+    gateway = await start_gateway(nursery, config, workers=False)
+    doomed = await gateway.start_worker()
+    fake_openai.then(Behavior(delay_s=30))  # the first worker hangs upstream, then dies
+    result: list[Any] = []
+
+    async def ask() -> None:
+        result.append(await gateway.client().chat.completions.create(model="m", messages=HI))  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(ask)
+        while not fake_openai.requests:
+            await trio.sleep(0.01)
+        doomed.cancel()  # no ack: the job stays pending in Redis
+        started = time.monotonic()
+        await gateway.start_worker()
+    assert result[0].choices[0].message.content == "hi there"
+    assert time.monotonic() - started < 5  # reclaimed promptly (reclaim_after_s = 1)
+    assert len(fake_openai.requests) == 2
+    assert await gateway.redis.xlen("sb:q:up") == 0  # acknowledged and removed
+
+
+async def test_worker_dying_mid_stream_ends_stream_with_error(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    config = make_config(redis_url, {"up": upstream(fake_openai)},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}])
+    gateway = await start_gateway(nursery, config, workers=False)
+    doomed = await gateway.start_worker()
+    fake_openai.then(Behavior(chunks=["a", "b", "c", "d"], chunk_delay_s=0.5),
+                     Behavior(chunks=["A", "B"]))
+    events: list[str] = []
+
+    async def read() -> None:
+        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http, http.stream(
+                "POST", "/v1/chat/completions",
+                json={"model": "m", "stream": True, "messages": HI},
+                headers={"authorization": f"Bearer {gateway.secret}"}) as reply:
+            async for line in reply.aiter_lines():
+                if line:
+                    events.append(line.removeprefix("data: "))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(read)
+        while not events:
+            await trio.sleep(0.01)
+        doomed.cancel()
+        await gateway.start_worker()
+    contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert contents and "A" not in contents  # nothing of the second run was mixed in
+    assert json.loads(events[-1])["error"]["code"] == "stream_restarted"
+    assert "[DONE]" not in events
+
+
+async def test_heartbeat_keeps_long_stream_from_being_stolen(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    config = make_config(redis_url, {"up": upstream(fake_openai)},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}])
+    gateway = await start_gateway(nursery, config)
+    await gateway.start_worker()  # a second, idle worker that keeps trying to reclaim
+    pieces = [f"w{i} " for i in range(12)]
+    fake_openai.then(Behavior(chunks=pieces, chunk_delay_s=0.25))  # 3 s > reclaim_after_s
+    payloads = await sse_payloads(gateway, {"model": "m", "messages": HI})
+    assert payloads[-1] == "[DONE]"
+    contents = [p["choices"][0]["delta"].get("content") for p in payloads[:-1] if p["choices"]]
+    assert [c for c in contents if c] == pieces  # every chunk once, in order
+    assert len(fake_openai.requests) == 1
+
+
+async def test_client_disconnect_cancels_upstream_stream_within_a_second(
+        openai_gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    fake_openai.then(Behavior(chunks=[f"c{i}" for i in range(100)], chunk_delay_s=0.1))
+    async with httpx.AsyncClient(base_url=openai_gateway.base_url) as http, http.stream(
+            "POST", "/v1/chat/completions",
+            json={"model": "gpt-test", "stream": True, "messages": HI},
+            headers={"authorization": f"Bearer {openai_gateway.secret}"}) as reply:
+        async for line in reply.aiter_lines():
+            if line:
+                break
+    left = time.monotonic()
+    with trio.fail_after(5):
+        while not fake_openai.disconnects:
+            await trio.sleep(0.02)
+    assert fake_openai.disconnects[0] - left < 1.0
+
+
+async def test_client_disconnect_cancels_plain_request_upstream(
+        openai_gateway: Gateway, fake_openai: FakeOpenAI) -> None:
+    fake_openai.then(Behavior(delay_s=10))
+    with trio.move_on_after(0.5):
+        await openai_gateway.client().chat.completions.create(model="gpt-test", messages=HI)  # type: ignore[arg-type]
+    left = time.monotonic()
+    with trio.fail_after(5):
+        while await openai_gateway.redis.xlen("sb:q:up") != 0:
+            await trio.sleep(0.02)
+    assert time.monotonic() - left < 1.0  # the job was cancelled and acknowledged
+
+
+async def test_queued_job_of_a_departed_client_never_runs(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    config = make_config(redis_url, {"up": upstream(fake_openai)},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}])
+    gateway = await start_gateway(nursery, config, workers=False)
+    with trio.move_on_after(0.3):
+        await gateway.client().chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+    with trio.fail_after(1):  # withdrawn from the queue within a second
+        while await gateway.redis.xlen("sb:q:up") != 0:
+            await trio.sleep(0.02)
+    await gateway.start_worker()
+    await trio.sleep(0.5)
+    assert fake_openai.requests == []
+
+
+async def test_job_past_its_deadline_is_not_started(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    config = make_config(redis_url, {"up": upstream(fake_openai)},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}],
+                         limits={"request_timeout_s": 0.5})
+    gateway = await start_gateway(nursery, config, workers=False)
+    # Keep the job queued past its deadline while the client still waits (grace period).
+    async with trio.open_nursery() as inner:
+        failures: list[BaseException] = []
+
+        async def ask() -> None:
+            try:
+                await gateway.client().chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+            except openai.APIStatusError as exc:
+                failures.append(exc)
+
+        inner.start_soon(ask)
+        await trio.sleep(1.0)
+        await gateway.start_worker()
+    assert fake_openai.requests == []
+    assert failures and failures[0].status_code == 504  # type: ignore[attr-defined]
+
+
+async def test_redis_hang_is_503_within_timeout_and_service_resumes(
+        nursery: trio.Nursery, tmp_path: Any) -> None:
+    process, port = start_private_redis(tmp_path)
+    try:
+        config = make_config(f"redis://127.0.0.1:{port}/0", {"local": {"kind": "mock"}},
+                             [{"slug": "echo", "routes": [{"provider": "local", "model": "m"}]}],
+                             limits={"redis_timeout_s": 1.0})
+        gateway = await start_gateway(nursery, config)
+        client = gateway.client(timeout=10)
+        await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+        os.kill(process.pid, signal.SIGSTOP)  # Redis stops answering, sockets stay open
+        try:
+            asked = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as caught:
+                await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+            assert caught.value.status_code == 503
+            assert caught.value.body["code"] == "service_unavailable"  # type: ignore[index]
+            assert time.monotonic() - asked < 3.0
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        with trio.fail_after(15):
+            while True:
+                try:
+                    answer = await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+                    break
+                except openai.APIStatusError as exc:
+                    assert exc.status_code == 503
+                    await trio.sleep(0.2)
+        assert answer.choices[0].message.content == "hi there"
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_redis_restart_service_resumes_by_itself(nursery: trio.Nursery, tmp_path: Any) -> None:
+    process, port = start_private_redis(tmp_path)
+    config = make_config(f"redis://127.0.0.1:{port}/0", {"local": {"kind": "mock"}},
+                         [{"slug": "echo", "routes": [{"provider": "local", "model": "m"}]}],
+                         limits={"redis_timeout_s": 1.0})
+    try:
+        gateway = await start_gateway(nursery, config)
+        client = gateway.client(timeout=10)
+        await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+        process.terminate()
+        process.wait()
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+        assert caught.value.status_code == 503
+        process, _ = start_private_redis(tmp_path, port)  # an empty Redis on the same port
+        _, secret = await KeyStore(gateway.redis).create("acme")
+        client = gateway.client(api_key=secret, timeout=10)
+        with trio.fail_after(20):
+            while True:
+                try:
+                    answer = await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+                    break
+                except openai.APIStatusError as exc:
+                    assert exc.status_code == 503
+                    await trio.sleep(0.25)
+        assert answer.choices[0].message.content == "hi there"
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_hundreds_of_concurrent_streams_complete_in_order(
+        nursery: trio.Nursery, redis_url: str, redis_server: RedisServer) -> None:
+    config = make_config(redis_url, {"local": {"kind": "mock", "chunks": 8, "chunk_delay_ms": 5}},
+                         [{"slug": "echo", "routes": [{"provider": "local", "model": "m"}]}])
+    gateway = await start_gateway(nursery, config)
+    count = 300
+    results: dict[int, list[str]] = {}
+
+    async def one(http: httpx.AsyncClient, i: int) -> None:
+        words = " ".join(f"r{i}w{j}" for j in range(8))
+        reply = await http.post("/v1/chat/completions", json={
+            "model": "echo", "stream": True, "messages": [{"role": "user", "content": words}]})
+        assert reply.status_code == 200, reply.text
+        events = [e.removeprefix("data: ") for e in reply.text.split("\n\n") if e]
+        assert events[-1] == "[DONE]"
+        pieces = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
+        results[i] = [p for p in pieces if p]
+        assert "".join(results[i]) == words
+
+    limits = httpx.Limits(max_connections=count + 10)
+    async with httpx.AsyncClient(base_url=gateway.base_url, limits=limits, timeout=60,
+                                 headers={"authorization": f"Bearer {gateway.secret}"}) as http:
+        async with trio.open_nursery() as inner:
+            for i in range(count):
+                inner.start_soon(one, http, i)
+    assert len(results) == count
+    assert all(len(pieces) == 8 for pieces in results.values())
+    assert (await gateway.usage())["requests"] == count
