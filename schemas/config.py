@@ -102,6 +102,18 @@ def load_config(path: str | Path, environ: os._Environ[str] | dict[str, str] | N
 
 def parse_config(raw: dict[str, Any], source: str, env: Any = None) -> Config:
     """Validate an already-parsed TOML document; `source` names it in errors."""
+    # Tables keyed by name are checked one by one so errors can name the entry.
+    for table, shape in (("providers", ProviderConfig), ("plans", Plan)):
+        entries = raw.get(table)
+        for name, value in (entries.items() if isinstance(entries, dict) else ()):
+            try:
+                msgspec.convert(value, shape)
+            except msgspec.ValidationError as exc:
+                where = f"$.{table}.{name}"
+                message = str(exc).replace("at `$", f"at `{where}")
+                if "at `" not in message:
+                    message += f" - at `{where}`"
+                raise ConfigError(f"{source}: {message}") from exc
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:

@@ -26,7 +26,7 @@ _TYPES = {
 }
 
 
-class ErrorDetail(msgspec.Struct, omit_defaults=True):
+class ErrorDetail(msgspec.Struct):
     message: str
     type: str
     code: str

@@ -1,0 +1,118 @@
+"""Fast tests of pure pieces: SSE parsing, config errors, frame ordering, mock splitting."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ingress.replies import ReplyHub
+from schemas.config import ConfigError, parse_config
+from schemas.envelopes import Chunk, Done, Error, Frame, Head, frame_encoder
+from schemas.errors import GatewayError
+from workers.mock import _pieces
+from workers.sse import iter_events
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_sse_events_split_across_reads_and_line_endings() -> None:
+    stream = _chunks(b"data: {\"a\"", b":1}\r\n\r\n: comment\n\nevent: ping\ndata: x\n",
+                     b"data: y\n\n", b"data:[DONE]\r\r", b"data: partial")
+    events = [e async for e in iter_events(stream)]
+    assert [(e.event, e.data) for e in events] == [
+        ("message", b'{"a":1}'), ("ping", b"x\ny"), ("message", b"[DONE]")]
+
+
+def test_config_errors_name_the_field_and_source() -> None:
+    with pytest.raises(ConfigError, match=r"cfg.toml.*providers\.a\.max_queue"):
+        parse_config({"providers": {"a": {"kind": "mock", "max_queue": 0}}}, "cfg.toml")
+    with pytest.raises(ConfigError, match="models"):
+        parse_config({"models": [{"slug": "x", "routes": [{"provider": "p", "model": "m"}]},
+                                 {"slug": "x", "routes": [{"provider": "p", "model": "m"}]}]}, "c")
+    with pytest.raises(ConfigError, match="unknown_thing"):
+        parse_config({"unknown_thing": 1}, "c")
+
+
+def test_redis_url_from_environment_wins() -> None:
+    config = parse_config({"redis_url": "redis://a:1/0"}, "c", {"REDIS_URL": "redis://b:2/0"})
+    assert config.redis_url == "redis://b:2/0"
+
+
+def test_mock_pieces_join_back() -> None:
+    text = "one two three four five"
+    for count in (1, 2, 3, 5, 9):
+        pieces = _pieces(text, count)
+        assert "".join(pieces) == text and len(pieces) == min(count, 5)
+
+
+def test_error_renders_in_the_documented_shape() -> None:
+    error = GatewayError(429, "queue_full", "busy", details={"provider": "p"}, retry_after=1)
+    assert error.encode() == (b'{"error":{"message":"busy","type":"rate_limit_error",'
+                              b'"code":"queue_full","param":null,"details":{"provider":"p"}}}')
+    assert GatewayError(502, "upstream_error", "x").type == "server_error"
+
+
+def _hub() -> ReplyHub:
+    hub = ReplyHub(redis=None, ingress_id="test")  # type: ignore[arg-type]
+    hub.ready = True
+    return hub
+
+
+def _send(hub: ReplyHub, *frames: Frame) -> None:
+    for frame in frames:
+        hub._dispatch(frame_encoder.encode(frame))
+
+
+def _chunk(seq: int, attempt: int = 0, text: bytes = b"x") -> Chunk:
+    return Chunk(request_id="r", attempt=attempt, seq=seq, payloads=[text])
+
+
+async def test_frames_in_order_pass() -> None:
+    hub = _hub()
+    replies = hub.register("r")
+    _send(hub, Head(request_id="r", attempt=0, seq=0, provider="p"), _chunk(1), _chunk(2),
+          Done(request_id="r", attempt=0, seq=3, provider="p"))
+    kinds = [type(await replies.next()).__name__ for _ in range(4)]
+    assert kinds == ["Head", "Chunk", "Chunk", "Done"]
+
+
+async def test_a_gap_or_a_duplicate_is_an_error_not_silence() -> None:
+    for broken in ([_chunk(2)], [_chunk(1), _chunk(1)]):
+        hub = _hub()
+        replies = hub.register("r")
+        _send(hub, Head(request_id="r", attempt=0, seq=0, provider="p"), *broken)
+        await replies.next()
+        if len(broken) == 2:
+            await replies.next()
+        with pytest.raises(GatewayError) as caught:
+            await replies.next()
+        assert caught.value.code == "stream_gap"
+
+
+async def test_stale_attempts_are_ignored_and_restarts_after_output_fail() -> None:
+    hub = _hub()
+    replies = hub.register("r")
+    _send(hub, _chunk(3, attempt=0),  # tail of an attempt that never began for this client
+          Head(request_id="r", attempt=1, seq=0, provider="p"), _chunk(1, attempt=1),
+          _chunk(4, attempt=0),  # a late frame of an older attempt
+          Head(request_id="r", attempt=2, seq=0, provider="p"))
+    assert isinstance(await replies.next(), Head)
+    assert isinstance(await replies.next(), Chunk)
+    with pytest.raises(GatewayError) as caught:
+        await replies.next()
+    assert caught.value.code == "stream_restarted"
+
+
+async def test_error_frame_ends_any_attempt_and_frames_for_others_are_dropped() -> None:
+    hub = _hub()
+    replies = hub.register("r")
+    _send(hub, Chunk(request_id="someone-else", attempt=0, seq=0, payloads=[b"x"]),
+          Error(request_id="r", attempt=0, seq=0, status=502, body=b"{}"))
+    frame = await replies.next()
+    assert isinstance(frame, Error) and frame.status == 502
+    replies.close()
+    assert hub.statistics()["waiting"] == 0
