@@ -34,7 +34,7 @@ def openapi_document() -> dict[str, Any]:
     types = [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, RouterModelList,
              ModelProviderList, ErrorBody]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
-    secured = [{"bearer": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     chat = {
         "post": {
             "summary": "Create a chat completion (plain JSON or Server-Sent Events)",

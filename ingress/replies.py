@@ -65,7 +65,7 @@ class ReplyHub:
                         self._fail_all("reply channel was re-subscribed")
                     self.ready = True
                     self._subscribed.set()
-                elif message["type"] == "message":
+                elif message["type"] == "message" and isinstance(message["data"], bytes):
                     self._dispatch(message["data"])
 
     async def wait_ready(self) -> None:

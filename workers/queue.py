@@ -151,15 +151,13 @@ class Queue:
         out: list[Delivery] = []
         for entries in (reply or {}).values():
             for entry in entries:
+                entry_id = _bytes(entry.identifier)
                 payload = entry.field_values.get(b"j")
-                if payload is None:  # deleted while queued: the client left
-                    await self.ack(provider, [entry.identifier])
-                    continue
-                job = _decode_job(payload)
+                job = None if payload is None else _decode_job(_bytes(payload))
                 if job is None:  # written by something else: never retried
-                    await self.ack(provider, [entry.identifier])
+                    await self.ack(provider, [entry_id])
                     continue
-                out.append(Delivery(entry.identifier, job, 0))
+                out.append(Delivery(entry_id, job, 0))
         return out
 
     async def reclaim(self, provider: str, consumer: str, idle_ms: int, count: int) -> list[Delivery]:
@@ -168,12 +166,13 @@ class Queue:
             keys=[names.queue(provider)], args=[names.GROUP, consumer, idle_ms, count]
         )
         out: list[Delivery] = []
-        for entry_id, payload, deliveries in rows:
+        for row in rows:
+            entry_id, payload, deliveries = bytes(row[0]), bytes(row[1]), int(row[2])
             job = _decode_job(payload)
             if job is None:
                 await self.ack(provider, [entry_id])
                 continue
-            out.append(Delivery(entry_id, job, int(deliveries)))
+            out.append(Delivery(entry_id, job, deliveries))
         return out
 
     async def heartbeat(self, provider: str, consumer: str, entry_ids: Sequence[bytes]) -> None:
@@ -218,6 +217,11 @@ class Queue:
         """An org's metered usage for a month (default: this one)."""
         raw = await self.redis.hgetall(names.usage(org, when or month()))
         return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _bytes(value: str | bytes) -> bytes:
+    """The client is made with decode_responses=False: values arrive as bytes."""
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _decode_job(payload: bytes) -> Job | None:

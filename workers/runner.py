@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 
 from schemas.chat import Usage
 from schemas.config import Config
-from schemas.envelopes import Done, Error
+from schemas.envelopes import Done, Error, Job
 from schemas.errors import GatewayError
 from workers.base import Adapter, Call, UpstreamFailure
 from workers.logs import log_event
@@ -47,7 +48,7 @@ class Runner:
         started = time.monotonic()
         outcome: Done | Error | None = None
         usage: Usage | None = None
-        forward = None
+        forward: Job | None = None
         with trio.CancelScope() as scope:
             self.running[job.request_id] = scope
             try:
@@ -55,8 +56,8 @@ class Runner:
             except UpstreamFailure as failure:
                 next_index = job.route_index + 1
                 if failure.failover and next_index < len(job.routes):
-                    forward = job.__copy__()
-                    forward.route_index, forward.attempt = next_index, attempt + 1
+                    forward = msgspec.structs.replace(job, route_index=next_index,
+                                                      attempt=attempt + 1)
                     log_event("job_failover", request_id=job.request_id,
                               provider=job.route.provider, code=failure.code,
                               to=job.routes[next_index].provider)
@@ -151,7 +152,7 @@ class Runner:
                      body=failure.encode(), provider=job.route.provider)
 
     async def _finish(self, delivery: Delivery, outcome: Done | Error | None,
-                      usage: Usage | None, forward: object) -> None:
+                      usage: Usage | None, forward: Job | None) -> None:
         metered = None
         if usage is not None and isinstance(outcome, Done | type(None)):
             metered = {"tokens": usage.prompt_tokens + usage.completion_tokens,
@@ -159,7 +160,7 @@ class Runner:
                        "completion_tokens": usage.completion_tokens, "requests": 1}
         with trio.CancelScope(shield=True), trio.move_on_after(self.redis_timeout_s) as scope:
             try:
-                await self.queue.finish(delivery, outcome, usage=metered, forward=forward)  # type: ignore[arg-type]
+                await self.queue.finish(delivery, outcome, usage=metered, forward=forward)
             except Exception as exc:  # Redis trouble: the job stays pending and is reclaimed
                 log_event("job_finish_failed", request_id=delivery.job.request_id,
                           error=type(exc).__name__)

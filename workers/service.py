@@ -59,5 +59,5 @@ async def _listen_for_cancels(redis: coredis.Redis[bytes], runner: Runner, *,
     async with subscription(redis, names.CANCEL_CHANNEL) as pubsub:
         task_status.started()
         async for message in pubsub:
-            if message["type"] == "message":
+            if message["type"] == "message" and isinstance(message["data"], bytes):
                 runner.cancel(message["data"].decode())
