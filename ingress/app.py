@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -9,7 +10,8 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ingress.gateway import Gateway, new_request_id
+from ingress.gateway import Gateway, Submission, new_request_id
+from ingress.keys import Identity
 from ingress.openapi import openapi_document
 from schemas.errors import GatewayError
 from workers.logs import log_event
@@ -24,11 +26,15 @@ def json_response(value: Any, status: int = 200) -> Response:
                     content_type=JSON)
 
 
-def bearer_secret() -> str | None:
-    """The access key from `Authorization: Bearer <key>`."""
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() or None if scheme.lower() == "bearer" else None
+def access_key() -> str | None:
+    """The access key, from whichever header the caller's SDK uses.
+
+    `Authorization: Bearer` (OpenAI), `x-api-key` (Anthropic), `x-goog-api-key` (Gemini).
+    """
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or None
 
 
 def create_app(gateway: Gateway) -> QuartTrio:
@@ -67,22 +73,43 @@ def create_app(gateway: Gateway) -> QuartTrio:
             status, error.description or error.name)
         return await render_error(GatewayError(status, codes.get(status, "http_error"), message))
 
-    async def identity():  # type: ignore[no-untyped-def]
-        return await gateway.authenticate(bearer_secret())
+    async def identity() -> Identity:
+        return await gateway.authenticate(access_key())
 
-    @app.post("/v1/chat/completions")
-    @app.post("/v3/router/chat/completions")
-    async def chat_completions() -> Response:
+    async def relay(make: Callable[[bytes], Submission]) -> Response:
+        """Authenticate, validate, submit and answer: the same path for every endpoint."""
         caller = await identity()
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
-        reply = await gateway.chat(caller, body, g.request_id)
+        pin = request.headers.get("vendor") or None
+        reply = await gateway.submit(caller, make(body), g.request_id, pin)
         if reply.events is None:
             return json_response(reply.body, reply.status)
         response = Response(reply.events, 200, content_type="text/event-stream",
                             headers=SSE_HEADERS)
         response.timeout = None
         return response
+
+    @app.post("/v1/chat/completions")
+    @app.post("/v3/router/chat/completions")
+    async def chat_completions() -> Response:
+        return await relay(gateway.chat)
+
+    @app.post("/v1/embeddings")
+    async def embeddings() -> Response:
+        return await relay(gateway.embeddings)
+
+    @app.post("/anthropic/v1/messages")
+    async def anthropic_messages() -> Response:
+        return await relay(gateway.anthropic_messages)
+
+    @app.post("/gemini/v1beta/models/<path:target>")
+    async def gemini_generate(target: str) -> Response:
+        model, _, method = target.rpartition(":")
+        if method not in ("generateContent", "streamGenerateContent") or not model:
+            raise GatewayError(404, "not_found", f"unknown Gemini method {method!r}")
+        stream = method == "streamGenerateContent"
+        return await relay(lambda body: gateway.gemini_generate(model, stream, body))
 
     @app.get("/v1/models")
     async def list_models() -> Response:

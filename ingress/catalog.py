@@ -1,10 +1,32 @@
-"""The model catalog: slug to the ordered routes this deployment can serve."""
+"""The model catalog: slug to the ordered routes this deployment can serve.
+
+Resolution order: catalog slugs first; then, with `open_routing = true`, a
+`provider/model` slug goes to that configured provider with the model as is, and a
+well-known model name (`claude-…`, `gemini-…`, `gpt-…`, `o3…`) goes to the configured
+providers of its family. A `vendor` header pins one provider.
+"""
 
 from __future__ import annotations
 
-from schemas.chat import ModelCard, ModelList, ModelProvider, ModelProviderList, RouterModel, RouterModelList
+from collections.abc import Collection
+
+from schemas.chat import (
+    ModelCard,
+    ModelList,
+    ModelProvider,
+    ModelProviderList,
+    RouterModel,
+    RouterModelList,
+)
 from schemas.config import Config, ModelConfig, Route
 from schemas.errors import GatewayError
+
+# Model-name prefixes of each provider kind's family (data, not branching on names).
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "anthropic": ("claude-",),
+    "gemini": ("gemini-", "gemma-"),
+    "openai": ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-"),
+}
 
 
 class Catalog:
@@ -15,19 +37,48 @@ class Catalog:
         self.created = created
         self.models: dict[str, ModelConfig] = {m.slug: m for m in config.models}
 
-    def routes(self, slug: str) -> list[Route]:
-        """The usable routes of a slug, in failover order; 400 if there are none."""
-        model = self.models.get(slug)
-        if model is None:
-            raise GatewayError(400, "model_not_found",
-                               f"model {slug!r} is not in the catalog; GET /v1/models lists them",
-                               param="model")
-        usable = [r for r in model.routes if r.provider in self.config.providers]
+    def routes(self, slug: str, *, pin: str | None = None,
+               kinds: Collection[str] | None = None) -> list[Route]:
+        """The usable routes of a slug in failover order, or a 400 that says why not.
+
+        `pin` (the `vendor` header) keeps only that provider; `kinds` keeps only
+        providers of those kinds (native endpoints speak one provider's API).
+        """
+        if pin == "auto":
+            pin = None
+        if pin is not None and pin not in self.config.providers:
+            raise GatewayError(400, "unknown_vendor",
+                               f"vendor {pin!r} is not a configured provider", param="vendor")
+        routes = self._candidates(slug)
+        usable = [r for r in routes if r.provider in self.config.providers
+                  and (kinds is None or self.config.providers[r.provider].kind in kinds)]
         if not usable:
+            where = f" of kind {'/'.join(sorted(kinds))}" if kinds else ""
             raise GatewayError(400, "no_provider",
-                               f"model {slug!r} has no route to a provider configured here",
+                               f"model {slug!r} has no route to a provider{where} configured here",
                                param="model")
+        if pin is not None:
+            usable = [r for r in usable if r.provider == pin]
+            if not usable:
+                raise GatewayError(400, "vendor_cannot_serve",
+                                   f"vendor {pin!r} cannot serve model {slug!r}", param="vendor")
         return usable
+
+    def _candidates(self, slug: str) -> list[Route]:
+        model = self.models.get(slug)
+        if model is not None:
+            return model.routes
+        if self.config.open_routing:
+            provider, sep, upstream = slug.partition("/")
+            if sep and upstream and provider in self.config.providers:
+                return [Route(provider, upstream)]
+            family = [Route(name, slug) for name, p in self.config.providers.items()
+                      if slug.startswith(FAMILIES.get(p.kind, ()))]
+            if family:
+                return family
+        raise GatewayError(400, "model_not_found",
+                           f"model {slug!r} is not in the catalog; GET /v1/models lists them",
+                           param="model")
 
     def model_list(self) -> ModelList:
         return ModelList([ModelCard(m.slug, self.created, "switchboard") for m in self.models.values()])

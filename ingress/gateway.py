@@ -14,17 +14,19 @@ import trio
 
 from ingress.catalog import Catalog
 from ingress.keys import Identity, KeyStore
-from ingress.relay import Outcome, first_frame, stream_events
+from ingress.relay import DIALECTS, Outcome, first_frame, stream_events
 from ingress.replies import Replies, ReplyHub
-from schemas.chat import ChatRequest, request_decoder
+from schemas.chat import embedding_decoder, request_decoder
 from schemas.config import Config
-from schemas.envelopes import Done, Error, Head, Job
+from schemas.envelopes import Done, Endpoint, Error, Head, Job
 from schemas.errors import GatewayError
+from schemas.native import anthropic_decoder, gemini_decoder
 from workers.logs import log_event
 from workers.queue import ADMITTED, OVER_QUOTA, Queue
 
 GRACE_S = 2.0  # how much longer than the job's deadline the ingress waits for a frame
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 @dataclass(slots=True)
@@ -48,10 +50,22 @@ class Ticket:
     provider: str = ""
 
 
-def decode_request(body: bytes) -> ChatRequest:
-    """Validate a chat request body: 400 for bad JSON, 422 naming the field for bad shapes."""
+@dataclass(slots=True)
+class Submission:
+    """A validated request of any endpoint, ready to become a job."""
+
+    endpoint: Endpoint
+    model: str
+    body: bytes
+    stream: bool = False
+    include_usage: bool = False
+    kinds: frozenset[str] | None = None  # native endpoints: the provider kinds that speak it
+
+
+def decode_body(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
+    """Validate a body: 400 for bad JSON, 422 naming the field for a bad shape."""
     try:
-        return request_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         message = str(exc)
         reason, _, where = message.partition(" - at `")
@@ -87,13 +101,34 @@ class Gateway:
         """The caller's identity, or 401 / 503."""
         return await self.redis_call(self.keys.authenticate(secret))
 
-    async def chat(self, identity: Identity, body: bytes, request_id: str) -> Reply:
-        """Run one chat completion through the queue. Raises GatewayError before output."""
-        request = decode_request(body)
-        routes = self.catalog.routes(request.model)
+    def chat(self, body: bytes) -> Submission:
+        """An OpenAI chat completion request."""
+        request = decode_body(request_decoder, body)
+        return Submission("chat", request.model, body, request.stream, request.include_usage)
+
+    def embeddings(self, body: bytes) -> Submission:
+        """An OpenAI embeddings request."""
+        return Submission("embeddings", decode_body(embedding_decoder, body).model, body)
+
+    def anthropic_messages(self, body: bytes) -> Submission:
+        """A native Anthropic Messages request, relayed as is to an `anthropic` provider."""
+        request = decode_body(anthropic_decoder, body)
+        return Submission("anthropic_messages", request.model, body, request.stream,
+                          kinds=frozenset({"anthropic"}))
+
+    def gemini_generate(self, model: str, stream: bool, body: bytes) -> Submission:
+        """A native Gemini generateContent request, relayed as is to a `gemini` provider."""
+        decode_body(gemini_decoder, body)
+        return Submission("gemini_generate", model, body, stream, kinds=frozenset({"gemini"}))
+
+    async def submit(self, identity: Identity, submission: Submission, request_id: str,
+                     pin: str | None = None) -> Reply:
+        """Run one request through the queue. Raises GatewayError before output."""
+        routes = self.catalog.routes(submission.model, pin=pin, kinds=submission.kinds)
         job = Job(request_id=request_id, org=identity.org, project=identity.project,
-                  key_id=identity.key_id, model=request.model, routes=routes, body=body,
-                  stream=request.stream, include_usage=request.include_usage,
+                  key_id=identity.key_id, model=submission.model, routes=routes,
+                  body=submission.body, stream=submission.stream,
+                  include_usage=submission.include_usage, endpoint=submission.endpoint,
                   reply_to=self.hub.channel,
                   deadline=time.time() + self.config.limits.request_timeout_s)
         replies = self.hub.register(request_id)
@@ -143,7 +178,8 @@ class Gateway:
     async def _stream(self, ticket: Ticket) -> AsyncIterator[bytes]:
         outcome = Outcome()
         try:
-            async for event in stream_events(ticket.replies, ticket.wait_until, outcome):
+            dialect = DIALECTS[ticket.job.endpoint]
+            async for event in stream_events(ticket.replies, ticket.wait_until, outcome, dialect):
                 yield event
         finally:
             ticket.replies.close()

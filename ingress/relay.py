@@ -8,6 +8,7 @@ fails after it began ends with an error event and no `[DONE]` (invariant 1).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import trio
 
@@ -18,8 +19,30 @@ from schemas.errors import GatewayError
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
-def sse_event(payload: bytes) -> bytes:
+def sse_event(payload: bytes, event: str = "") -> bytes:
+    """One SSE event; named when the dialect names its events."""
+    if event:
+        return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"
     return b"data: " + payload + b"\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How one API ends a good stream and reports a failure inside a stream."""
+
+    done: bytes  # written after the last chunk of a complete answer
+    error_event: str  # the SSE event name of an error ("" for unnamed)
+
+    def error(self, body: bytes) -> bytes:
+        return sse_event(body, self.error_event)
+
+
+DIALECTS: dict[str, Dialect] = {
+    "chat": Dialect(DONE_EVENT, ""),  # OpenAI: data: [DONE]
+    "embeddings": Dialect(DONE_EVENT, ""),  # never streamed
+    "anthropic_messages": Dialect(b"", "error"),  # message_stop was relayed already
+    "gemini_generate": Dialect(b"", ""),  # the stream simply ends
+}
 
 
 def lost_error() -> GatewayError:
@@ -51,7 +74,8 @@ class Outcome:
         self.completion_tokens = 0
 
 
-async def stream_events(replies: Replies, deadline: float, outcome: Outcome) -> AsyncIterator[bytes]:
+async def stream_events(replies: Replies, deadline: float, outcome: Outcome,
+                        dialect: Dialect) -> AsyncIterator[bytes]:
     """The SSE body after the head frame: chunks as they come, then `[DONE]` or an error.
 
     No `yield` happens inside a cancel scope: the scope covers only the wait.
@@ -70,21 +94,24 @@ async def stream_events(replies: Replies, deadline: float, outcome: Outcome) -> 
             error = exc
         if error is not None:
             outcome.status = error.status
-            yield sse_event(error.encode())
+            yield dialect.error(error.encode())
             return
         match frame:
-            case Chunk(payloads=payloads):
+            case Chunk(payloads=payloads, events=[]):
                 yield b"".join([sse_event(p) for p in payloads])
+            case Chunk(payloads=payloads, events=events):
+                yield b"".join([sse_event(p, e) for p, e in zip(payloads, events, strict=True)])
             case Done():
                 outcome.finished = True
                 outcome.prompt_tokens = frame.prompt_tokens
                 outcome.completion_tokens = frame.completion_tokens
-                yield DONE_EVENT
+                if dialect.done:
+                    yield dialect.done
                 return
             case Error(body=body, status=status):
                 outcome.finished = True
                 outcome.status = status
-                yield sse_event(body)
+                yield dialect.error(body)
                 return
             case Head() | None:
                 raise AssertionError("replies yield one head, first")

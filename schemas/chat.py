@@ -182,3 +182,34 @@ class ModelProviderList(Struct):
 
 
 request_decoder = msgspec.json.Decoder(ChatRequest)
+
+
+class EmbeddingRequest(Struct):
+    """The fields of an OpenAI embeddings request that the gateway type-checks."""
+
+    model: str
+    input: str | Annotated[list[str | int | list[int]], Meta(min_length=1)]
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    user: str | None = None
+
+
+class Embedding(Struct):
+    index: int
+    embedding: list[float] | str
+    object: str = "embedding"
+
+
+class EmbeddingUsage(Struct):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class EmbeddingList(Struct):
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+    object: str = "list"
+
+
+embedding_decoder = msgspec.json.Decoder(EmbeddingRequest)

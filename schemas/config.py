@@ -67,6 +67,8 @@ class Limits(Struct, forbid_unknown_fields=True):
 
 class Config(Struct, forbid_unknown_fields=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # `provider/model` slugs and well-known model names outside the catalog are served
+    open_routing: bool = False
     providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict)
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     plans: dict[str, Plan] = msgspec.field(default_factory=dict)

@@ -7,10 +7,15 @@ so they may forbid nothing and ignore what they do not know.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 from msgspec import Struct
 
 from schemas.config import Route
+
+Endpoint = Literal["chat", "embeddings", "anthropic_messages", "gemini_generate"]
+"""What the client called: OpenAI chat or embeddings, or a provider's native API."""
 
 
 class Job(Struct, kw_only=True):
@@ -29,6 +34,7 @@ class Job(Struct, kw_only=True):
     reply_to: str  # pub/sub channel of the ingress holding the client
     deadline: float  # unix time after which nobody waits for the answer
     attempt: int = 0  # how many upstream attempts came before this delivery
+    endpoint: Endpoint = "chat"
 
     @property
     def route(self) -> Route:
@@ -52,6 +58,7 @@ class Chunk(Struct, tag="chunk", kw_only=True):
     attempt: int
     seq: int
     payloads: list[bytes]
+    events: list[str] = []  # SSE event names, parallel to payloads, when the dialect names them
 
 
 class Done(Struct, tag="done", kw_only=True):

@@ -9,7 +9,6 @@ runner owns those.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,8 +20,14 @@ from schemas.config import ProviderConfig
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
 
-Emit = Callable[[bytes], None]
-"""Hands one client-ready chunk to the publisher; never blocks."""
+
+class Emit(Protocol):
+    """Hands one client-ready chunk to the publisher; never blocks.
+
+    `event` names the SSE event for dialects that name them (Anthropic's native stream).
+    """
+
+    def __call__(self, payload: bytes, event: str = "") -> None: ...
 
 
 class UpstreamFailure(GatewayError):
@@ -60,7 +65,12 @@ class Answer:
 
 
 class Adapter(Protocol):
-    """The interface of a provider kind. Construct with (name, config, http client)."""
+    """The interface of a provider kind. Construct with (name, config, http client).
+
+    `complete`/`stream` serve OpenAI chat completions; `embed` OpenAI embeddings;
+    `native`/`native_stream` relay the provider's own API (`call.job.endpoint` says
+    which) with only the model replaced. Kinds lacking one inherit AdapterBase's answer.
+    """
 
     async def complete(self, call: Call) -> Answer:
         """Call upstream once and return the whole answer."""
@@ -69,6 +79,43 @@ class Adapter(Protocol):
     async def stream(self, call: Call, emit: Emit) -> Usage:
         """Call upstream once, `emit` each client-ready chunk, return the usage."""
         ...
+
+    async def embed(self, call: Call) -> Answer:
+        """Create embeddings; the answer is an OpenAI `list` of embeddings."""
+        ...
+
+    async def native(self, call: Call) -> Answer:
+        """Relay a native request; the answer is the provider's own body."""
+        ...
+
+    async def native_stream(self, call: Call, emit: Emit) -> Usage:
+        """Relay a native streamed request, emitting the provider's own events."""
+        ...
+
+
+class AdapterBase:
+    """Default answers for what a provider kind does not serve: an explicit 400."""
+
+    kind = "provider"
+
+    def _unsupported(self, what: str) -> GatewayError:
+        return GatewayError(400, "unsupported_endpoint",
+                            f"provider kind {self.kind!r} does not serve {what}")
+
+    async def complete(self, call: Call) -> Answer:
+        raise self._unsupported("chat completions")
+
+    async def stream(self, call: Call, emit: Emit) -> Usage:
+        raise self._unsupported("chat completions")
+
+    async def embed(self, call: Call) -> Answer:
+        raise self._unsupported("embeddings")
+
+    async def native(self, call: Call) -> Answer:
+        raise self._unsupported(f"the native endpoint {call.job.endpoint!r}")
+
+    async def native_stream(self, call: Call, emit: Emit) -> Usage:
+        raise self._unsupported(f"the native endpoint {call.job.endpoint!r}")
 
 
 def read_credential(name: str, config: ProviderConfig) -> str | None:

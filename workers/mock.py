@@ -7,6 +7,10 @@ words. `make run` serves it and the benchmarks measure the gateway against it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import math
+import struct
 import time
 import uuid
 
@@ -22,11 +26,15 @@ from schemas.chat import (
     Choice,
     ChunkChoice,
     Delta,
+    Embedding,
+    EmbeddingList,
+    EmbeddingUsage,
     Usage,
+    embedding_decoder,
     request_decoder,
 )
 from schemas.config import ProviderConfig
-from workers.base import Answer, Call, Emit
+from workers.base import AdapterBase, Answer, Call, Emit
 
 _encode = msgspec.json.Encoder().encode
 
@@ -56,8 +64,10 @@ def _pieces(text: str, count: int) -> list[str]:
     return out
 
 
-class MockAdapter:
+class MockAdapter(AdapterBase):
     """Answers locally; the route's upstream model is ignored."""
+
+    kind = "mock"
 
     def __init__(self, name: str, config: ProviderConfig, http: httpx.AsyncClient) -> None:
         self.name = name
@@ -93,3 +103,30 @@ class MockAdapter:
         if call.job.include_usage:
             emit(_encode(ChatCompletionChunk(chunk_id, created, call.job.model, [], usage=usage)))
         return usage
+
+    async def embed(self, call: Call) -> Answer:
+        """A deterministic unit vector per input (SHA-256 seeded), `dimensions` long (default 8)."""
+        request = embedding_decoder.decode(call.job.body)
+        inputs = [request.input] if isinstance(request.input, str) else request.input
+        if inputs and isinstance(inputs[0], int):
+            inputs = [inputs]  # type: ignore[list-item]  # one pre-tokenized input
+        size = request.dimensions or 8
+        data, tokens = [], 0
+        for index, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(map(str, item))  # type: ignore[arg-type]
+            tokens += max(len(text.split()), 1)
+            vector = _vector(text, size)
+            if request.encoding_format == "base64":
+                data.append(Embedding(index, base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()))
+            else:
+                data.append(Embedding(index, vector))
+        await trio.sleep(self.config.latency_ms / 1000)
+        body = EmbeddingList(data, call.job.model, EmbeddingUsage(tokens, tokens))
+        return Answer(_encode(body), Usage(tokens, 0, tokens))
+
+
+def _vector(text: str, size: int) -> list[float]:
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = [(seed[i % 32] - 127.5) / 127.5 + i * 1e-3 for i in range(size)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]

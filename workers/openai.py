@@ -15,7 +15,7 @@ import msgspec
 
 from schemas.chat import Usage
 from schemas.config import ProviderConfig
-from workers.base import Answer, Call, Emit, UpstreamFailure, read_credential, transport_failure
+from workers.base import AdapterBase, Answer, Call, Emit, UpstreamFailure, read_credential, transport_failure
 from workers.sse import iter_events
 
 RawObject = dict[str, msgspec.Raw]
@@ -42,17 +42,47 @@ class _UpstreamErrorBody(msgspec.Struct):
 _decode_error = msgspec.json.Decoder(_UpstreamErrorBody).decode
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(AdapterBase):
     """Calls `POST {base_url}/chat/completions` with the provider's bearer token."""
+
+    kind = "openai"
 
     def __init__(self, name: str, config: ProviderConfig, http: httpx.AsyncClient) -> None:
         self.name = name
-        self.url = (config.base_url or "https://api.openai.com/v1").rstrip("/") + "/chat/completions"
+        base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
+        self.url = base + "/chat/completions"
+        self.embeddings_url = base + "/embeddings"
         self.http = http
         credential = read_credential(name, config)
         self.headers = {"content-type": "application/json"}
         if credential:
             self.headers["authorization"] = f"Bearer {credential}"
+
+    async def embed(self, call: Call) -> Answer:
+        """`POST {base_url}/embeddings`, model replaced both ways."""
+        body = _decode_object(call.job.body)
+        body["model"] = msgspec.Raw(_encode(call.upstream_model))
+        return await self._relay_json(self.embeddings_url, _encode(body), call.job.model)
+
+    async def complete(self, call: Call) -> Answer:
+        """Non-streamed call: one JSON body back, `model` replaced by the slug."""
+        return await self._relay_json(self.url, self._body(call), call.job.model)
+
+    async def _relay_json(self, url: str, content: bytes, slug: str) -> Answer:
+        try:
+            response = await self.http.post(url, content=content, headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.name, exc) from exc
+        if response.status_code != 200:
+            raise self._failure(response.status_code, response.content)
+        try:
+            answer = _decode_object(response.content)
+            usage = _decode_usage(answer.get("usage", _NULL)) or Usage()
+        except msgspec.DecodeError as exc:
+            raise UpstreamFailure(502, "upstream_error", f"provider {self.name!r} sent malformed JSON",
+                                  provider=self.name, retryable=True) from exc
+        answer["model"] = msgspec.Raw(_encode(slug))
+        return Answer(_encode(answer), usage)
 
     def _body(self, call: Call) -> bytes:
         body = _decode_object(call.job.body)
@@ -64,23 +94,6 @@ class OpenAIAdapter:
             options["include_usage"] = True
             body["stream_options"] = msgspec.Raw(_encode(options)) if len(options) > 1 else _INCLUDE_USAGE
         return _encode(body)
-
-    async def complete(self, call: Call) -> Answer:
-        """Non-streamed call: one JSON body back, `model` replaced by the slug."""
-        try:
-            response = await self.http.post(self.url, content=self._body(call), headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        if response.status_code != 200:
-            raise self._failure(response.status_code, response.content)
-        try:
-            answer = _decode_object(response.content)
-            usage = _decode_usage(answer.get("usage", _NULL)) or Usage()
-        except msgspec.DecodeError as exc:
-            raise UpstreamFailure(502, "upstream_error", f"provider {self.name!r} sent malformed JSON",
-                                  provider=self.name, retryable=True) from exc
-        answer["model"] = msgspec.Raw(_encode(call.job.model))
-        return Answer(_encode(answer), usage)
 
     async def stream(self, call: Call, emit: Emit) -> Usage:
         """Streamed call: each upstream chunk is re-emitted with the slug as `model`."""

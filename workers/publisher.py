@@ -30,12 +30,14 @@ class StreamPublisher:
         self.seq = 0
         self.started = False  # output may have reached the client: no retry from now on
         self._pending: list[bytes] = []
+        self._events: list[str] = []
         self._wake = trio.Event()
         self._closed = False
 
-    def emit(self, payload: bytes) -> None:
-        """Queue one client-ready chunk for publishing."""
+    def emit(self, payload: bytes, event: str = "") -> None:
+        """Queue one client-ready chunk (and its SSE event name, if any) for publishing."""
         self._pending.append(payload)
+        self._events.append(event)
         self._wake.set()
 
     def close(self) -> None:
@@ -54,8 +56,10 @@ class StreamPublisher:
                     await self._publish(Head(request_id=self.request_id, attempt=self.attempt,
                                              seq=0, provider=self.provider))
                 batch, self._pending = self._pending, []
+                events, self._events = self._events, []
                 await self._publish(Chunk(request_id=self.request_id, attempt=self.attempt,
-                                          seq=self.seq, payloads=batch))
+                                          seq=self.seq, payloads=batch,
+                                          events=events if any(events) else []))
             if self._closed and not self._pending:
                 return
 

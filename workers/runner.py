@@ -17,7 +17,7 @@ from schemas.chat import Usage
 from schemas.config import Config
 from schemas.envelopes import Done, Error, Job
 from schemas.errors import GatewayError
-from workers.base import Adapter, Call, UpstreamFailure
+from workers.base import Adapter, Answer, Call, UpstreamFailure
 from workers.logs import log_event
 from workers.publisher import ClientGone, StreamPublisher
 from workers.queue import Delivery, Queue
@@ -109,7 +109,7 @@ class Runner:
                                     seq=publisher.seq, provider=route.provider,
                                     prompt_tokens=usage.prompt_tokens,
                                     completion_tokens=usage.completion_tokens), usage
-                    answer = await adapter.complete(call)
+                    answer = await _plain_call(adapter, call)
             except trio.TooSlowError:
                 failure = UpstreamFailure(504, "upstream_timeout",
                                           f"provider {route.provider!r} timed out",
@@ -135,7 +135,10 @@ class Runner:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(publisher.pump)
-                usage = await adapter.stream(call, publisher.emit)
+                if call.job.endpoint == "chat":
+                    usage = await adapter.stream(call, publisher.emit)
+                else:
+                    usage = await adapter.native_stream(call, publisher.emit)
                 publisher.close()
         except BaseExceptionGroup as group:
             # One side failed and the other was cancelled: surface the one real failure.
@@ -166,6 +169,17 @@ class Runner:
                           error=type(exc).__name__)
         if scope.cancelled_caught:
             log_event("job_finish_timeout", request_id=delivery.job.request_id)
+
+
+async def _plain_call(adapter: Adapter, call: Call) -> Answer:
+    """The adapter method that serves a non-streamed job of this endpoint."""
+    match call.job.endpoint:
+        case "chat":
+            return await adapter.complete(call)
+        case "embeddings":
+            return await adapter.embed(call)
+        case "anthropic_messages" | "gemini_generate":
+            return await adapter.native(call)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -76,10 +76,20 @@ class FakeOpenAI:
                                                  "code": None, "param": None}}
             await _send_json(send, behavior.status, error)
             return
-        if request.get("stream"):
+        if scope["path"].endswith("/embeddings"):
+            await _send_json(send, 200, self._embeddings(request))
+        elif request.get("stream"):
             await self._stream(request, behavior, receive, send)
         else:
             await _send_json(send, 200, self._completion(request, behavior))
+
+    def _embeddings(self, request: dict[str, Any]) -> dict[str, Any]:
+        inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        size = request.get("dimensions", 4)
+        data = [{"object": "embedding", "index": i, "embedding": [0.5] * size}
+                for i, _ in enumerate(inputs)]
+        return {"object": "list", "data": data, "model": request["model"],
+                "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)}}
 
     def _answer(self, request: dict[str, Any]) -> str:
         for message in reversed(request.get("messages", [])):
