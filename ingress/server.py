@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
@@ -11,14 +13,19 @@ from ingress.gateway import Gateway
 from ingress.replies import ReplyHub
 from schemas.config import Config
 from workers.queue import connect
+from workers.service import watch_signals
+
+GRACE_S = 30.0
 
 
 async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080, *,
+                      stop: trio.Event | None = None,
                       task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve HTTP until cancelled; `started(binds)` once listening (binds name the port).
+    """Serve HTTP; `started(binds)` once listening (binds name the port).
 
-    Owns the Redis client, the reply hub and Hypercorn in one nursery. Cancellation
-    stops everything; Hypercorn closes open connections on its way out.
+    Owns the Redis client, the reply hub and Hypercorn in one nursery. When `stop` is
+    set, Hypercorn stops accepting and gives open requests GRACE_S seconds; then the
+    hub stops. Cancellation stops everything at once.
     """
     async with connect(config.redis_url) as redis:
         hub = ReplyHub(redis)
@@ -29,10 +36,22 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
         server.accesslog = None
         server.backlog = 4096  # bursts of new connections must queue, not be reset
         server.keep_alive_timeout = 75
-        server.graceful_timeout = 5
+        server.graceful_timeout = GRACE_S
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.serve)
             with trio.move_on_after(config.limits.redis_timeout_s):
                 await hub.wait_ready()  # if Redis is down, serve 503s until it returns
-            binds = await nursery.start(serve, app, server)
-            task_status.started(binds)
+            trigger = stop.wait if stop is not None else None
+            async with trio.open_nursery() as http:
+                binds = await http.start(partial(serve, app, server, shutdown_trigger=trigger))
+                task_status.started(binds)
+            nursery.cancel_scope.cancel()  # Hypercorn drained its requests: the hub may go
+
+
+async def run_until_signalled(config: Config, host: str, port: int) -> None:
+    """The `switchboard serve` process: SIGTERM or SIGINT drains, a second one cuts off."""
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals, stop, nursery.cancel_scope)
+        await run_ingress(config, host, port, stop=stop)
+        nursery.cancel_scope.cancel()

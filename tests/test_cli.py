@@ -101,11 +101,12 @@ async def test_cli_keys_serve_worker_models(nursery: trio.Nursery, redis_url: st
             with pytest.raises(openai.AuthenticationError):
                 await client.chat.completions.create(
                     model="echo", messages=[{"role": "user", "content": "hi"}])
+            await client.close()  # idle keep-alive connections would hold the graceful stop
         finally:
             for process in (serve, worker):
                 process.terminate()
             for process in (serve, worker):
-                process.wait(timeout=10)
+                assert process.wait(timeout=10) == 0  # SIGTERM is a clean, drained stop
     text = logs.read_text()
     assert '"event":"request"' in text and '"event":"job"' in text
     for secret_text in (secret, UPSTREAM_SECRET, CONTENT):

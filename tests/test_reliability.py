@@ -321,3 +321,37 @@ async def test_hundreds_of_concurrent_streams_complete_in_order(
     assert len(results) == count
     assert all(len(pieces) == 8 for pieces in results.values())
     assert (await gateway.usage())["requests"] == count
+
+
+async def test_draining_worker_finishes_running_streams_and_takes_no_more(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    from workers.service import run_workers
+
+    config = make_config(redis_url, {"up": upstream(fake_openai)},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}])
+    gateway = await start_gateway(nursery, config, workers=False)
+    stop = trio.Event()
+    finished = trio.Event()
+
+    async def worker() -> None:
+        await run_workers(config, stop=stop)
+        finished.set()
+
+    nursery.start_soon(worker)
+    fake_openai.then(Behavior(chunks=[f"p{i}" for i in range(6)], chunk_delay_s=0.15))
+    payloads: list[Any] = []
+
+    async def read() -> None:
+        payloads.extend(await sse_payloads(gateway, {"model": "m", "messages": HI}))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(read)
+        while not fake_openai.requests:
+            await trio.sleep(0.01)
+        stop.set()  # SIGTERM: drain
+    assert payloads[-1] == "[DONE]"  # the running stream finished whole
+    with trio.fail_after(5):
+        await finished.wait()
+    with trio.move_on_after(0.5):
+        await gateway.client().chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+    assert len(fake_openai.requests) == 1  # the drained worker took nothing new

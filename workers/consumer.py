@@ -33,21 +33,33 @@ class Consumer:
         self.runner = runner
         self.slots = trio.Semaphore(config.providers[provider].max_concurrency)
         self.running: set[bytes] = set()
+        self._intake_scope = trio.CancelScope()
+        self._jobs = trio.CancelScope()
 
     def statistics(self) -> dict[str, int]:
         return {"running": len(self.running), "free_slots": self.slots.value}
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Consume until cancelled. Runs the heartbeat, the intake loop and every job.
+        """Consume until drained or cancelled. Runs the heartbeat, the intake and every job.
 
-        `started()` once the consumer group exists. On cancellation running jobs are
-        cancelled too; their entries stay pending and another worker reclaims them.
+        `started()` once the consumer group exists. `drain()` stops the intake and gives
+        running jobs a deadline; serve returns when they are done. Jobs cut off (by the
+        deadline or by cancellation) stay pending and another worker reclaims them.
         """
         await self.queue.ensure_group(self.provider)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._heartbeat)
-            task_status.started()
-            await self._intake(nursery)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._heartbeat)  # keeps running while jobs drain
+            async with trio.open_nursery() as jobs:
+                self._jobs = jobs.cancel_scope
+                task_status.started()
+                with self._intake_scope:
+                    await self._intake(jobs)
+            outer.cancel_scope.cancel()
+
+    def drain(self, grace_s: float) -> None:
+        """Stop taking jobs; let running ones finish within `grace_s` seconds."""
+        self._intake_scope.cancel()
+        self._jobs.deadline = min(self._jobs.deadline, trio.current_time() + grace_s)
 
     async def _intake(self, jobs: trio.Nursery) -> None:
         reclaim_every = max(self.limits.heartbeat_s, 0.05)

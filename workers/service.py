@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -19,13 +20,18 @@ from workers.queue import Queue, connect, subscription
 from workers.registry import build_adapter
 from workers.runner import Runner
 
+GRACE_S = 30.0
+
 
 async def run_workers(config: Config, providers: Sequence[str] = (), *,
+                      stop: trio.Event | None = None,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the named providers (all configured ones if none are named) until cancelled.
+    """Serve the named providers (all configured ones if none are named).
 
     Owns one Redis client, one httpx client per provider, a consumer per provider and
-    the cancel listener, all in one nursery; `started()` once every consumer group exists.
+    the cancel listener, all in one nursery; `started()` once every consumer group
+    exists. Runs until cancelled, or until `stop` is set: then intake stops, running
+    jobs get GRACE_S seconds to finish, and it returns.
     """
     chosen = list(providers) or list(config.providers)
     unknown = [p for p in chosen if p not in config.providers]
@@ -47,10 +53,37 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
         runner = Runner(config, queue, adapters, config.limits.redis_timeout_s)
         async with trio.open_nursery() as nursery:
             await nursery.start(_listen_for_cancels, redis, runner)
-            for name in chosen:
-                await nursery.start(Consumer(name, consumer_id, config, queue, runner).serve)
-            log_event("worker_ready", consumer=consumer_id, providers=chosen)
-            task_status.started()
+            consumers = [Consumer(name, consumer_id, config, queue, runner) for name in chosen]
+            async with trio.open_nursery() as consuming:
+                for consumer in consumers:
+                    await consuming.start(consumer.serve)
+                log_event("worker_ready", consumer=consumer_id, providers=chosen)
+                task_status.started()
+                if stop is not None:
+                    await stop.wait()
+                    log_event("worker_draining", consumer=consumer_id,
+                              running=sum(len(c.running) for c in consumers))
+                    for consumer in consumers:
+                        consumer.drain(GRACE_S)
+            nursery.cancel_scope.cancel()  # the cancel listener
+
+
+async def run_until_signalled(config: Config, providers: Sequence[str] = ()) -> None:
+    """The `switchboard worker` process: SIGTERM or SIGINT drains, a second one cuts off."""
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals, stop, nursery.cancel_scope)
+        await run_workers(config, providers, stop=stop)
+        nursery.cancel_scope.cancel()
+
+
+async def watch_signals(stop: trio.Event, scope: trio.CancelScope) -> None:
+    """Set `stop` on SIGTERM/SIGINT; cancel `scope` if asked a second time."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            if stop.is_set():
+                scope.cancel()  # asked twice: stop now, running jobs will be reclaimed
+            stop.set()
 
 
 async def _listen_for_cancels(redis: coredis.Redis[bytes], runner: Runner, *,
