@@ -132,6 +132,30 @@ def read_credential(name: str, config: ProviderConfig) -> str | None:
     return None
 
 
+# Upstream statuses that are the client's fault: relayed as they are, never retried.
+CLIENT_FAULT = frozenset({400, 413, 422})
+
+
+def status_failure(provider: str, status: int, message: str = "",
+                   code: str | None = None) -> UpstreamFailure:
+    """Classify a provider's non-200 answer, the same way for every kind.
+
+    400/413/422 are the client's own mistake (context too long, a bad parameter): relayed
+    with the provider's status and message, never retried or failed over. 408/409/429
+    and 5xx (Anthropic's 529 overloaded included) are retryable. Anything else (401,
+    403, 404: our credential or route is wrong) fails over without retrying. `message`
+    must not carry a credential: callers pass the provider's own error message only for
+    client faults.
+    """
+    if status in CLIENT_FAULT:
+        return UpstreamFailure(status, code or "upstream_invalid_request",
+                               message or f"provider {provider!r} rejected the request",
+                               provider=provider, upstream_status=status, failover=False)
+    retryable = status in (408, 409, 429) or status >= 500
+    return UpstreamFailure(502, "upstream_error", f"provider {provider!r} answered {status}",
+                           provider=provider, upstream_status=status, retryable=retryable)
+
+
 def transport_failure(provider: str, exc: Exception) -> UpstreamFailure:
     """Map an httpx error to a failure; never includes request headers or URLs with secrets."""
     if isinstance(exc, httpx.TimeoutException):

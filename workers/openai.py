@@ -15,7 +15,16 @@ import msgspec
 
 from schemas.chat import Usage
 from schemas.config import ProviderConfig
-from workers.base import AdapterBase, Answer, Call, Emit, UpstreamFailure, read_credential, transport_failure
+from workers.base import (
+    AdapterBase,
+    Answer,
+    Call,
+    Emit,
+    UpstreamFailure,
+    read_credential,
+    status_failure,
+    transport_failure,
+)
 from workers.sse import iter_events
 
 RawObject = dict[str, msgspec.Raw]
@@ -25,10 +34,6 @@ _decode_usage = msgspec.json.Decoder(Usage | None).decode
 _encode = msgspec.json.Encoder().encode
 _NULL = msgspec.Raw(b"null")
 _INCLUDE_USAGE = msgspec.Raw(b'{"include_usage":true}')
-
-# Upstream statuses that are the client's fault: relayed as they are, never retried.
-CLIENT_FAULT = frozenset({400, 413, 422})
-
 
 class _UpstreamError(msgspec.Struct):
     message: str = ""
@@ -148,13 +153,4 @@ class OpenAIAdapter(AdapterBase):
                 message = error
         except msgspec.DecodeError:
             pass
-        if status in CLIENT_FAULT:
-            # The client's own mistake (context too long, bad parameter): relay it.
-            failure = UpstreamFailure(status, str(code or "upstream_invalid_request"),
-                                      message or f"provider {self.name!r} rejected the request",
-                                      provider=self.name, upstream_status=status, failover=False)
-            return failure
-        retryable = status in (408, 409, 429) or status >= 500
-        return UpstreamFailure(502, "upstream_error",
-                               f"provider {self.name!r} answered {status}",
-                               provider=self.name, upstream_status=status, retryable=retryable)
+        return status_failure(self.name, status, message, str(code) if code else None)
