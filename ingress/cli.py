@@ -65,11 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.verb == "serve":
-            from ingress.server import run_until_signalled
-            trio.run(run_until_signalled, config, args.host, args.port)
+            from ingress.server import run_until_signalled as serve_until_signalled
+            trio.run(serve_until_signalled, config, args.host, args.port)
         elif args.verb == "worker":
-            from workers.service import run_until_signalled
-            trio.run(run_until_signalled, config, args.provider)
+            from workers.service import run_until_signalled as work_until_signalled
+            trio.run(work_until_signalled, config, args.provider)
         elif args.verb == "keys":
             return trio.run(_keys, config, args)
         elif args.verb == "models":

@@ -107,13 +107,14 @@ class MockAdapter(AdapterBase):
     async def embed(self, call: Call) -> Answer:
         """A deterministic unit vector per input (SHA-256 seeded), `dimensions` long (default 8)."""
         request = embedding_decoder.decode(call.job.body)
-        inputs = [request.input] if isinstance(request.input, str) else request.input
-        if inputs and isinstance(inputs[0], int):
-            inputs = [inputs]  # type: ignore[list-item]  # one pre-tokenized input
+        raw = request.input
+        # One string, one pre-tokenized input (a list of ints), or a list of either.
+        inputs: list[object] = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) \
+            else list(raw)
         size = request.dimensions or 8
         data, tokens = [], 0
         for index, item in enumerate(inputs):
-            text = item if isinstance(item, str) else " ".join(map(str, item))  # type: ignore[arg-type]
+            text = item if isinstance(item, str) else " ".join(map(str, item))  # type: ignore[call-overload]
             tokens += max(len(text.split()), 1)
             vector = _vector(text, size)
             if request.encoding_format == "base64":

@@ -5,13 +5,17 @@ from __future__ import annotations
 import httpx
 
 from schemas.config import ProviderConfig
+from workers.anthropic import AnthropicAdapter
 from workers.base import Adapter
+from workers.gemini import GeminiAdapter
 from workers.mock import MockAdapter
 from workers.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "openai": OpenAIAdapter,
     "mock": MockAdapter,
+    "gemini": GeminiAdapter,
+    "anthropic": AnthropicAdapter,
 }
 
 

@@ -1,0 +1,237 @@
+"""A fake Gemini API: `POST /v1beta/models/{model}:generateContent` and
+`:streamGenerateContent?alt=sse`, in Gemini's real wire format.
+
+Like the real service it wants the key in `x-goog-api-key` (403 PERMISSION_DENIED
+without), refuses unknown request fields, empty contents, roles other than user/model
+and empty parts with 400 INVALID_ARGUMENT, and answers errors as
+`{"error": {"code", "message", "status", "details"?}}`. By default it echoes the last
+user text (or the last function response) once per `candidateCount`, with usageMetadata
+counted in words. Tests queue `Behavior`s to script errors, function calls, finish
+reasons, blocked prompts, delays and dropped or unfinished streams. Every request is
+recorded: path, query, headers and JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import trio
+
+REQUEST_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig",
+                  "safetySettings", "cachedContent"}
+GENERATION_FIELDS = {"temperature", "topP", "topK", "maxOutputTokens", "stopSequences", "seed",
+                     "presencePenalty", "frequencyPenalty", "candidateCount", "responseMimeType",
+                     "responseSchema", "responseJsonSchema", "responseLogprobs", "logprobs",
+                     "thinkingConfig", "responseModalities", "mediaResolution"}
+PART_FIELDS = {"text", "inlineData", "fileData", "functionCall", "functionResponse", "thought",
+               "thoughtSignature", "executableCode", "codeExecutionResult"}
+
+
+@dataclass
+class Behavior:
+    """How to answer one request. Unset fields mean: answer normally."""
+
+    status: int = 200
+    error_status: str = "INTERNAL"  # Google's canonical status name for a non-200 status
+    message: str = "upstream trouble"
+    error_reason: str | None = None  # an ErrorInfo reason in `details`, e.g. API_KEY_INVALID
+    delay_s: float = 0.0
+    text: str | None = None  # the answer instead of the echo
+    chunks: list[str] | None = None  # pieces of a streamed answer
+    chunk_delay_s: float = 0.0
+    function_calls: list[dict[str, Any]] | None = None  # functionCall parts ({name, args, ...})
+    thought_signature: str | None = None  # put on the first functionCall part
+    finish_reason: str = "STOP"
+    block_reason: str | None = None  # the prompt is blocked: no candidates
+    break_after: int | None = None  # drop the connection after this many events
+    unfinished: bool = False  # end the stream cleanly without a finishReason
+
+
+@dataclass
+class Received:
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+def error_body(code: int, status: str, message: str, reason: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if reason:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
+                             "domain": "googleapis.com"}]
+    return {"error": error}
+
+
+class FakeGemini:
+    """The ASGI app. `base_url` (ending in /v1beta) is set by the fixture that serves it."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.behaviors: deque[Behavior] = deque()
+        self.base_url = ""
+
+    def then(self, *behaviors: Behavior) -> FakeGemini:
+        self.behaviors.extend(behaviors)
+        return self
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        query = parse_qs(scope.get("query_string", b"").decode())
+        try:
+            request = json.loads(body) if body else {}
+        except ValueError:
+            request = {}
+        self.requests.append(Received(scope["path"], query, headers, request))
+        _, _, method = scope["path"].rpartition(":")
+        if not headers.get("x-goog-api-key"):
+            await _send_json(send, 403, error_body(403, "PERMISSION_DENIED",
+                                                   "Method doesn't allow unregistered callers."))
+            return
+        if scope["method"] != "POST" or not scope["path"].startswith("/v1beta/models/") or \
+                method not in ("generateContent", "streamGenerateContent"):
+            await _send_json(send, 404, error_body(404, "NOT_FOUND", "not found"))
+            return
+        problem = _validate(request)
+        if method == "streamGenerateContent" and query.get("alt") != ["sse"]:
+            problem = problem or "the fake only streams with alt=sse"
+        if problem:
+            await _send_json(send, 400, error_body(400, "INVALID_ARGUMENT", problem))
+            return
+        behavior = self.behaviors.popleft() if self.behaviors else Behavior()
+        await trio.sleep(behavior.delay_s)
+        if behavior.status != 200:
+            await _send_json(send, behavior.status, error_body(
+                behavior.status, behavior.error_status, behavior.message, behavior.error_reason))
+        elif method == "streamGenerateContent":
+            await self._stream(request, behavior, send)
+        else:
+            await _send_json(send, 200, self._answer(request, behavior))
+
+    def _answer(self, request: dict[str, Any], behavior: Behavior) -> dict[str, Any]:
+        text = behavior.text if behavior.text is not None else _echo(request)
+        if behavior.block_reason:
+            return {"promptFeedback": {"blockReason": behavior.block_reason},
+                    "usageMetadata": _usage(request, "")}
+        count = request.get("generationConfig", {}).get("candidateCount", 1)
+        candidates: list[dict[str, Any]] = []
+        for i in range(count):
+            candidate: dict[str, Any] = {"finishReason": behavior.finish_reason, "index": i}
+            if behavior.finish_reason != "SAFETY":  # a blocked candidate comes without content
+                candidate["content"] = {"parts": self._parts(text, behavior), "role": "model"}
+            candidates.append(candidate)
+        return {"candidates": candidates, "usageMetadata": _usage(request, text, count),
+                "modelVersion": "fake-gemini", "responseId": "fake-response-1"}
+
+    def _parts(self, text: str, behavior: Behavior) -> list[dict[str, Any]]:
+        if behavior.function_calls is None:
+            return [{"text": text}]
+        parts: list[dict[str, Any]] = [{"functionCall": call} for call in behavior.function_calls]
+        if behavior.thought_signature and parts:
+            parts[0]["thoughtSignature"] = behavior.thought_signature
+        return parts
+
+    async def _stream(self, request: dict[str, Any], behavior: Behavior, send: Any) -> None:
+        text = behavior.text if behavior.text is not None else _echo(request)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        events: list[dict[str, Any]] = []
+        base = {"modelVersion": "fake-gemini", "responseId": "fake-stream-1"}
+        if behavior.block_reason:
+            events.append({"promptFeedback": {"blockReason": behavior.block_reason},
+                           "usageMetadata": _usage(request, ""), **base})
+        elif behavior.function_calls is not None:
+            for part in self._parts(text, behavior):
+                events.append({"candidates": [{"content": {"parts": [part], "role": "model"},
+                                               "index": 0}], **base})
+        else:
+            pieces = behavior.chunks if behavior.chunks is not None else [
+                w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+            if behavior.finish_reason == "SAFETY" and behavior.chunks is None:
+                pieces = []
+            for piece in pieces:
+                events.append({"candidates": [{"content": {"parts": [{"text": piece}], "role": "model"},
+                                               "index": 0}], **base})
+        if not behavior.block_reason and not behavior.unfinished:
+            if events:  # like Gemini: the last piece carries the finish reason
+                events[-1]["candidates"][0]["finishReason"] = behavior.finish_reason
+            else:
+                events.append({"candidates": [{"finishReason": behavior.finish_reason, "index": 0}],
+                               **base})
+        if events and not behavior.block_reason:
+            events[-1]["usageMetadata"] = _usage(request, text)
+        for i, payload in enumerate(events):
+            if behavior.break_after is not None and i == behavior.break_after:
+                raise ConnectionAbortedError("fake upstream drops the connection")
+            if i:
+                await trio.sleep(behavior.chunk_delay_s)
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": f"data: {json.dumps(payload)}\r\n\r\n".encode()})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _validate(request: dict[str, Any]) -> str | None:
+    """What real Gemini would refuse with 400 INVALID_ARGUMENT, or None."""
+    for key in request.keys() - REQUEST_FIELDS:
+        return f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.'
+    for key in request.get("generationConfig", {}).keys() - GENERATION_FIELDS:
+        return f'Invalid JSON payload received. Unknown name "{key}" at \'generation_config\'.'
+    contents = request.get("contents") or []
+    if not contents:
+        return "* GenerateContentRequest.contents: contents is not specified"
+    system = request.get("systemInstruction")
+    for content in [*contents, *([system] if system else [])]:
+        if content is not system and content.get("role") not in ("user", "model"):
+            return f"Please use a valid role: user, model. Got {content.get('role')!r}"
+        if not content.get("parts"):
+            return "* GenerateContentRequest.contents.parts: contents.parts must not be empty."
+        for part in content["parts"]:
+            if part.keys() - PART_FIELDS or not part.keys() & (PART_FIELDS - {"thoughtSignature"}):
+                return f"Invalid part {sorted(part)}"
+    return None
+
+
+def _echo(request: dict[str, Any]) -> str:
+    for content in reversed(request.get("contents", [])):
+        if content.get("role") != "user":
+            continue
+        for part in reversed(content["parts"]):
+            if "text" in part:
+                return part["text"]
+            if "functionResponse" in part:
+                return "tool said " + json.dumps(part["functionResponse"]["response"], sort_keys=True)
+    return "hello"
+
+
+def _usage(request: dict[str, Any], answer: str, count: int = 1) -> dict[str, int]:
+    prompt = sum(len(part.get("text", "").split()) for content in request.get("contents", [])
+                 for part in content.get("parts", []))
+    candidates = len(answer.split()) * count
+    return {"promptTokenCount": prompt, "candidatesTokenCount": candidates,
+            "totalTokenCount": prompt + candidates}
+
+
+async def _send_json(send: Any, status: int, payload: Any) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
