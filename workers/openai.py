@@ -34,6 +34,7 @@ _decode_usage = msgspec.json.Decoder(Usage | None).decode
 _encode = msgspec.json.Encoder().encode
 _NULL = msgspec.Raw(b"null")
 _INCLUDE_USAGE = msgspec.Raw(b'{"include_usage":true}')
+_NO_CHOICES = (msgspec.Raw(b"[]"), _NULL)  # a usage-only chunk (vLLM may send null)
 
 class _UpstreamError(msgspec.Struct):
     message: str = ""
@@ -113,16 +114,19 @@ class OpenAIAdapter(AdapterBase):
         try:
             if response.status_code != 200:
                 raise self._failure(response.status_code, await response.aread())
+            done = False
             async for event in iter_events(response.aiter_bytes()):
-                if event.data == b"[DONE]":
-                    return usage
+                # Read to the end of the body after [DONE] so the connection is reused.
+                if done or event.data == b"[DONE]":
+                    done = True
+                    continue
                 chunk = self._decode_chunk(event.data)
                 if "error" in chunk:
                     raise self._failure(502, event.data)
                 if "usage" in chunk:
                     usage = _decode_usage(chunk["usage"]) or usage
                     if not call.job.include_usage:
-                        if chunk.get("choices") == msgspec.Raw(b"[]"):
+                        if chunk.get("choices", _NULL) in _NO_CHOICES:
                             continue  # the usage-only chunk the client did not ask for
                         del chunk["usage"]
                 chunk["model"] = model
@@ -131,6 +135,8 @@ class OpenAIAdapter(AdapterBase):
             raise transport_failure(self.name, exc) from exc
         finally:
             await response.aclose()
+        if done:
+            return usage
         raise UpstreamFailure(502, "upstream_error",
                               f"provider {self.name!r} ended the stream before [DONE]",
                               provider=self.name, retryable=True)
