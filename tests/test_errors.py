@@ -9,6 +9,7 @@ import openai
 import pytest
 import trio
 
+from schemas.envelopes import job_decoder
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 
@@ -220,3 +221,21 @@ async def test_unknown_path_and_method_use_the_error_shape(openai_gateway: Gatew
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
     assert missing.headers["x-request-id"] and wrong.headers["x-request-id"]
+
+
+async def test_job_envelopes_carry_no_credential_or_key(nursery: trio.Nursery, redis_url: str,
+                                                        fake_openai: FakeOpenAI) -> None:
+    config = make_config(redis_url, {"up": {"kind": "openai", "base_url": fake_openai.base_url,
+                                            "api_key_env": "FAKE_UP_KEY"}},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}])
+    gateway = await start_gateway(nursery, config, workers=False)  # the job stays queued
+    async with trio.open_nursery() as waiting:
+        waiting.start_soon(lambda: gateway.client().chat.completions.create(model="m", messages=HI))
+        while await gateway.redis.xlen("sb:q:up") == 0:
+            await trio.sleep(0.01)
+        entries = await gateway.redis.xrange("sb:q:up")
+        waiting.cancel_scope.cancel()
+    raw = entries[0].field_values[b"j"]
+    job = job_decoder.decode(raw)
+    assert job.org == "acme" and job.model == "m" and job.key_id == gateway.key_id
+    assert b"sk-never-shown-42" not in raw and gateway.secret.encode() not in raw

@@ -355,3 +355,23 @@ async def test_draining_worker_finishes_running_streams_and_takes_no_more(
     with trio.move_on_after(0.5):
         await gateway.client().chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
     assert len(fake_openai.requests) == 1  # the drained worker took nothing new
+
+
+async def test_workers_take_only_what_they_can_run(nursery: trio.Nursery, redis_url: str,
+                                                   fake_openai: FakeOpenAI) -> None:
+    config = make_config(redis_url, {"up": upstream(fake_openai, max_concurrency=2)},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}])
+    gateway = await start_gateway(nursery, config)
+    fake_openai.then(*[Behavior(delay_s=0.6) for _ in range(5)])
+    async with trio.open_nursery() as inner:
+        for _ in range(5):
+            inner.start_soon(lambda: gateway.client().chat.completions.create(
+                model="m", messages=HI))
+        while len(fake_openai.requests) < 2:
+            await trio.sleep(0.01)
+        await trio.sleep(0.2)
+        pending = await gateway.redis.xpending("sb:q:up", "workers")
+        assert await gateway.redis.xlen("sb:q:up") == 5  # all admitted...
+        assert pending.pending == 2  # ...but only two delivered: the rest wait in Redis
+        assert len(fake_openai.requests) == 2
+    assert len(fake_openai.requests) == 5
