@@ -61,6 +61,25 @@ end
 return out
 """
 
+# Publish the outcome (or move the job to its next route), meter, acknowledge: one step.
+_FINISH = """
+if ARGV[3] == 'publish' then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+elseif ARGV[3] == 'forward' then
+  redis.call('XADD', KEYS[3], '*', 'j', ARGV[5])
+end
+if tonumber(ARGV[9]) > 0 then
+  redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[6])
+  redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[7])
+  redis.call('HINCRBY', KEYS[2], 'completion_tokens', ARGV[8])
+  redis.call('HINCRBY', KEYS[2], 'requests', ARGV[9])
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+USAGE_FIELDS = ("tokens", "prompt_tokens", "completion_tokens", "requests")
+
 ADMITTED, OVER_QUOTA, QUEUE_FULL = 1, 0, -1
 
 
@@ -114,6 +133,7 @@ class Queue:
         self.redis = redis
         self._admit = redis.register_script(_ADMIT)
         self._reclaim = redis.register_script(_RECLAIM)
+        self._finish = redis.register_script(_FINISH)
 
     async def ensure_group(self, provider: str) -> None:
         """Create the provider's stream and consumer group if they do not exist."""
@@ -197,21 +217,23 @@ class Queue:
         """Publish the outcome, meter usage, and acknowledge: all or nothing (invariant 3).
 
         With `forward`, the job moves to another provider's stream instead of publishing;
-        with neither (the client left) it is only acknowledged.
+        with neither (the client left) it is only acknowledged. One script call: atomic,
+        and one command on the worker's hot path instead of a MULTI of nine.
         """
         job = delivery.job
-        stream = names.queue(job.route.provider)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if forward is not None:
-                pipe.xadd(names.queue(forward.route.provider), {"j": job_encoder.encode(forward)})
-            elif frame is not None:
-                pipe.publish(job.reply_to, frame_encoder.encode(frame))
-            if usage:
-                key = names.usage(job.org, month())
-                for field, amount in usage.items():
-                    pipe.hincrby(key, field, amount)
-            pipe.xack(stream, names.GROUP, [delivery.entry_id])
-            pipe.xdel(stream, [delivery.entry_id])
+        if forward is not None:
+            target, payload = names.queue(forward.route.provider), job_encoder.encode(forward)
+        elif frame is not None:
+            target, payload = job.reply_to, frame_encoder.encode(frame)
+        else:
+            target, payload = "", b""
+        metered = usage or {}
+        await self._finish(
+            keys=[names.queue(job.route.provider), names.usage(job.org, month()),
+                  target if forward is not None else names.queue(job.route.provider)],
+            args=[names.GROUP, delivery.entry_id, "forward" if forward is not None else
+                  "publish" if frame is not None else "ack", target, payload,
+                  *(metered.get(field, 0) for field in USAGE_FIELDS)])
 
     async def usage(self, org: str, when: str | None = None) -> dict[str, int]:
         """An org's metered usage for a month (default: this one)."""
