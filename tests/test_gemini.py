@@ -12,26 +12,14 @@ import openai
 import pytest
 import trio
 
-from schemas.config import ProviderConfig, Route
-from schemas.envelopes import Job
 from schemas.errors import GatewayError
+from schemas.gemini import GeminiError, GenerateContentResponse, UsageMetadata
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.gemini_upstream import Behavior, FakeGemini
 from tests.fakes.server import serve_asgi
-from workers.base import Call
-from workers.gemini import (
-    GeminiAdapter,
-    GeminiError,
-    GenerateContentResponse,
-    StreamTranslator,
-    UsageMetadata,
-    finish_reason,
-    media_part,
-    translate_request,
-    translate_response,
-    upstream_failure,
-    usage_of,
-)
+from workers.gemini import upstream_failure
+from workers.gemini_request import media_part, translate_request
+from workers.gemini_response import StreamTranslator, finish_reason, translate_response, usage_of
 
 KEY = "AIzaSy-test-credential-0123456789"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -273,19 +261,6 @@ def test_upstream_errors_map(status: int, error: dict[str, Any], expected: tuple
     assert failure.details == {"provider": "gem", "status": status}
     if failure.status < 500:
         assert failure.message == error["message"]
-
-
-async def test_embeddings_and_native_relays_are_an_explicit_400() -> None:
-    job = Job(request_id="r", org="o", project="p", key_id="k", model="gem-test",
-              routes=[Route("gem", "gemini-2.5-flash")], body=b"{}", stream=False,
-              reply_to="c", deadline=0.0)
-    async with httpx.AsyncClient() as http:
-        adapter = GeminiAdapter("gem", ProviderConfig(kind="gemini"), http)
-        for method in (adapter.embed, adapter.native):
-            with pytest.raises(GatewayError) as info:
-                await method(Call(job, "gemini-2.5-flash"))
-            assert (info.value.status, info.value.code) == (400, "unsupported_endpoint")
-            assert "'gemini'" in info.value.message
 
 
 def test_relayed_messages_never_carry_the_credential() -> None:

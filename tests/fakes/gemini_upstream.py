@@ -1,18 +1,23 @@
-"""A fake Gemini API: `POST /v1beta/models/{model}:generateContent` and
-`:streamGenerateContent?alt=sse`, in Gemini's real wire format.
+"""A fake Gemini API: `POST /v1beta/models/{model}:generateContent`,
+`:streamGenerateContent?alt=sse`, `:embedContent` and `:batchEmbedContents`, in Gemini's
+real wire format (https://ai.google.dev/api/generate-content, https://ai.google.dev/api/embeddings).
 
 Like the real service it wants the key in `x-goog-api-key` (403 PERMISSION_DENIED
 without), refuses unknown request fields, empty contents, roles other than user/model
 and empty parts with 400 INVALID_ARGUMENT, and answers errors as
 `{"error": {"code", "message", "status", "details"?}}`. By default it echoes the last
 user text (or the last function response) once per `candidateCount`, with usageMetadata
-counted in words. Tests queue `Behavior`s to script errors, function calls, finish
-reasons, blocked prompts, delays and dropped or unfinished streams. Every request is
-recorded: path, query, headers and JSON body.
+counted in words. Embeddings are deterministic per text (`embedding_of`), as long as
+`outputDimensionality` asks (8 by default), and like the real API they carry no usage;
+every entry of a batch must name the model of the URL. Tests queue `Behavior`s to script
+errors, function calls, finish reasons, blocked prompts, delays and dropped or unfinished
+streams. Every request is recorded (path, query, headers and JSON body), and so is the
+body of every answer, byte for byte (`answers`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +32,8 @@ GENERATION_FIELDS = {"temperature", "topP", "topK", "maxOutputTokens", "stopSequ
                      "presencePenalty", "frequencyPenalty", "candidateCount", "responseMimeType",
                      "responseSchema", "responseJsonSchema", "responseLogprobs", "logprobs",
                      "thinkingConfig", "responseModalities", "mediaResolution"}
+EMBED_FIELDS = {"model", "content", "taskType", "title", "outputDimensionality"}
+DEFAULT_DIMENSIONS = 8
 PART_FIELDS = {"text", "inlineData", "fileData", "functionCall", "functionResponse", "thought",
                "thoughtSignature", "executableCode", "codeExecutionResult"}
 
@@ -57,6 +64,7 @@ class Received:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: dict[str, Any]
+    raw: bytes = b""  # the body as received
 
 
 def error_body(code: int, status: str, message: str, reason: str | None = None) -> dict[str, Any]:
@@ -72,6 +80,7 @@ class FakeGemini:
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
+        self.answers: list[bytes] = []  # the body of every 200 answer, as sent
         self.behaviors: deque[Behavior] = deque()
         self.base_url = ""
 
@@ -100,17 +109,21 @@ class FakeGemini:
             request = json.loads(body) if body else {}
         except ValueError:
             request = {}
-        self.requests.append(Received(scope["path"], query, headers, request))
-        _, _, method = scope["path"].rpartition(":")
+        self.requests.append(Received(scope["path"], query, headers, request, body))
+        resource, _, method = scope["path"].removeprefix("/v1beta/").rpartition(":")
         if not headers.get("x-goog-api-key"):
             await _send_json(send, 403, error_body(403, "PERMISSION_DENIED",
                                                    "Method doesn't allow unregistered callers."))
             return
         if scope["method"] != "POST" or not scope["path"].startswith("/v1beta/models/") or \
-                method not in ("generateContent", "streamGenerateContent"):
+                method not in ("generateContent", "streamGenerateContent", "embedContent",
+                               "batchEmbedContents"):
             await _send_json(send, 404, error_body(404, "NOT_FOUND", "not found"))
             return
-        problem = _validate(request)
+        if method in ("embedContent", "batchEmbedContents"):
+            problem = _validate_embed(request, method, resource)
+        else:
+            problem = _validate(request)
         if method == "streamGenerateContent" and query.get("alt") != ["sse"]:
             problem = problem or "the fake only streams with alt=sse"
         if problem:
@@ -123,8 +136,13 @@ class FakeGemini:
                 behavior.status, behavior.error_status, behavior.message, behavior.error_reason))
         elif method == "streamGenerateContent":
             await self._stream(request, behavior, send)
+        elif method == "embedContent":
+            self.answers.append(await _send_json(send, 200, {"embedding": _embedding(request)}))
+        elif method == "batchEmbedContents":
+            embeddings = [_embedding(r) for r in request["requests"]]
+            self.answers.append(await _send_json(send, 200, {"embeddings": embeddings}))
         else:
-            await _send_json(send, 200, self._answer(request, behavior))
+            self.answers.append(await _send_json(send, 200, self._answer(request, behavior)))
 
     def _answer(self, request: dict[str, Any], behavior: Behavior) -> dict[str, Any]:
         text = behavior.text if behavior.text is not None else _echo(request)
@@ -178,14 +196,17 @@ class FakeGemini:
                                **base})
         if events and not behavior.block_reason:
             events[-1]["usageMetadata"] = _usage(request, text)
+        sent = b""
         for i, payload in enumerate(events):
             if behavior.break_after is not None and i == behavior.break_after:
                 raise ConnectionAbortedError("fake upstream drops the connection")
             if i:
                 await trio.sleep(behavior.chunk_delay_s)
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": f"data: {json.dumps(payload)}\r\n\r\n".encode()})
+            event = f"data: {json.dumps(payload)}\r\n\r\n".encode()
+            sent += event
+            await send({"type": "http.response.body", "more_body": True, "body": event})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.answers.append(sent)
 
 
 def _validate(request: dict[str, Any]) -> str | None:
@@ -209,6 +230,41 @@ def _validate(request: dict[str, Any]) -> str | None:
     return None
 
 
+def _validate_embed(request: dict[str, Any], method: str, resource: str) -> str | None:
+    """What real Gemini would refuse in an embedContent / batchEmbedContents body, or None."""
+    if method == "batchEmbedContents":
+        for key in request.keys() - {"requests"}:
+            return f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.'
+        entries = request.get("requests") or []
+        if not entries:
+            return "* BatchEmbedContentsRequest.requests: requests is not specified"
+        for entry in entries:
+            if entry.get("model") != resource:
+                return (f"Model names should match. Expected {resource!r}, got "
+                        f"{entry.get('model')!r} in the batch request")
+    else:
+        entries = [request]
+    for entry in entries:
+        for key in entry.keys() - EMBED_FIELDS:
+            return f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.'
+        parts = (entry.get("content") or {}).get("parts") or []
+        if not parts or not all(isinstance(p.get("text"), str) for p in parts):
+            return "* EmbedContentRequest.content: content must have text parts"
+    return None
+
+
+def embedding_of(text: str, size: int = DEFAULT_DIMENSIONS) -> list[float]:
+    """The fake's vector for a text: SHA-256 bytes scaled to [-1, 1) in steps of 1/128,
+    so every value is exact in float32 (base64 round trips compare equal)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [(digest[i % len(digest)] - 128) / 128 for i in range(size)]
+
+
+def _embedding(entry: dict[str, Any]) -> dict[str, list[float]]:
+    text = "".join(part["text"] for part in entry["content"]["parts"])
+    return {"values": embedding_of(text, entry.get("outputDimensionality", DEFAULT_DIMENSIONS))}
+
+
 def _echo(request: dict[str, Any]) -> str:
     for content in reversed(request.get("contents", [])):
         if content.get("role") != "user":
@@ -229,9 +285,10 @@ def _usage(request: dict[str, Any], answer: str, count: int = 1) -> dict[str, in
             "totalTokenCount": prompt + candidates}
 
 
-async def _send_json(send: Any, status: int, payload: Any) -> None:
+async def _send_json(send: Any, status: int, payload: Any) -> bytes:
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
+    return body
 

@@ -1,0 +1,362 @@
+"""OpenAI chat request -> Gemini GenerateContentRequest: pure translation, no I/O.
+
+Every OpenAI field is either translated, ignored because it cannot change the answer
+(`user`, `metadata`, ...; reported so the adapter logs it), or refused with a 400
+`unsupported_parameter` before anything goes upstream: nothing that changes the answer is
+dropped silently. JSON schemas (tool parameters, `response_format`) go as
+`parametersJsonSchema` and `responseJsonSchema`, Gemini's fields that take JSON Schema as
+OpenAI clients write it. Thought signatures come back on tool calls as
+`extra_content.google.thought_signature` (see `workers.gemini_response`) and go upstream
+again on the functionCall part they belong to.
+
+The OpenAI request is decoded into private Structs holding only what this translation
+reads; Gemini's shapes live in `schemas.gemini`. Wire format:
+https://ai.google.dev/api/generate-content.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import msgspec
+from msgspec import Struct
+
+from schemas.chat import FunctionCall, FunctionDef, ResponseFormat, ToolChoice
+from schemas.errors import GatewayError
+from schemas.gemini import (
+    Blob,
+    Content,
+    FileData,
+    FunctionCallingConfig,
+    FunctionDeclaration,
+    FunctionResponse,
+    GeminiFunctionCall,
+    GeminiTool,
+    GenerateContentRequest,
+    GenerationConfig,
+    Part,
+    ToolConfig,
+)
+
+HANDLED = frozenset({"model", "stream", "stream_options"})  # read by the ingress and the runner
+# Accepted and not forwarded (logged): they never change the answer.
+IGNORED = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier",
+                     "prompt_cache_key", "prediction"})
+_MIME_BY_SUFFIX = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                   ".webp": "image/webp", ".heic": "image/heic", ".heif": "image/heif",
+                   ".gif": "image/gif", ".pdf": "application/pdf"}
+
+
+# ── the OpenAI request, as far as this adapter reads it ───────────────────────────
+class _ImageURL(Struct):
+    url: str
+    detail: str | None = None
+
+
+class _File(Struct):
+    file_data: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+
+
+class _InputAudio(Struct):
+    data: str
+    format: str
+
+
+class _Part(Struct):
+    type: str
+    text: str | None = None
+    refusal: str | None = None
+    image_url: _ImageURL | None = None
+    file: _File | None = None
+    input_audio: _InputAudio | None = None
+
+
+class _GoogleExtra(Struct):
+    thought_signature: str | None = None
+
+
+class _ExtraContent(Struct):
+    google: _GoogleExtra | None = None
+
+
+class _ToolCallIn(Struct):
+    id: str
+    function: FunctionCall
+    type: str = "function"
+    extra_content: _ExtraContent | None = None
+
+
+class _Message(Struct):
+    role: str
+    content: str | list[_Part] | None = None
+    name: str | None = None
+    tool_calls: list[_ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+
+class _Tool(Struct):
+    function: FunctionDef | None = None  # absent for tool types other than "function"
+    type: str = "function"
+
+
+class _Request(Struct):
+    messages: list[_Message]
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    n: int | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: str | ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    parallel_tool_calls: bool | None = None
+    modalities: list[str] | None = None
+
+
+_decode_keys = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_decode_request = msgspec.json.Decoder(_Request).decode
+ABSENT = frozenset({b"null", b"{}", b"[]"})  # JSON values that mean "not set"
+
+
+# ── translation ──────────────────────────────────────────────────────────────────
+def unsupported(param: str, what: str = "") -> GatewayError:
+    """The 400 for an OpenAI parameter Gemini cannot honour."""
+    return GatewayError(400, "unsupported_parameter",
+                        f"{what or 'parameter ' + repr(param)} is not supported by provider kind 'gemini'",
+                        param=param)
+
+
+def _invalid(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(400, "invalid_request", message, param=param)
+
+
+@dataclass
+class Translation:
+    """The upstream request and the names of accepted fields that were not forwarded."""
+
+    request: GenerateContentRequest
+    ignored: list[str] = field(default_factory=list)
+
+
+def translate_request(body: bytes) -> Translation:
+    """The Gemini request for an OpenAI chat request body. Raises GatewayError (400)."""
+    try:
+        raw, request = _decode_keys(body), _decode_request(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _invalid(f"cannot translate the request for provider kind 'gemini': {exc}") from None
+    ignored = sorted(key for key in raw.keys() & IGNORED if bytes(raw[key]) not in ABSENT)
+    for key in sorted(raw.keys() - HANDLED - IGNORED - set(_Request.__struct_fields__)):
+        if bytes(raw[key]) not in ABSENT:
+            raise unsupported(key)
+    if request.logprobs:
+        raise unsupported("logprobs")
+    if request.parallel_tool_calls is False:
+        raise unsupported("parallel_tool_calls", "parallel_tool_calls=false")
+    if request.modalities not in (None, [], ["text"]):
+        raise unsupported("modalities", "output modalities other than text")
+    system, contents = _contents(request.messages, ignored)
+    if not contents:
+        raise _invalid("the conversation needs at least one user or assistant message", "messages")
+    tools, tool_config = _tools(request, ignored)
+    return Translation(GenerateContentRequest(contents, system, tools, tool_config,
+                                              _generation_config(request)), ignored)
+
+
+def _contents(messages: list[_Message], ignored: list[str]) -> tuple[Content | None, list[Content]]:
+    system: list[Part] = []
+    contents: list[Content] = []
+    calls: dict[str, str] = {}  # tool call id -> function name (a later reuse of an id wins)
+    for i, message in enumerate(messages):
+        if message.name and "messages[].name" not in ignored:
+            ignored.append("messages[].name")
+        match message.role:
+            case "system" | "developer":
+                system.extend(_text_parts(message, i))
+                continue
+            case "user":
+                role, parts = "user", _user_parts(message, i, ignored)
+            case "assistant":
+                role, parts = "model", _text_parts(message, i) + _call_parts(message, i, calls)
+            case "tool":
+                role, parts = "user", [_tool_result(message, i, calls)]
+            case _:
+                raise unsupported(f"messages[{i}].role", f"role {message.role!r}")
+        if not parts:
+            continue
+        if contents and contents[-1].role == role:  # Gemini wants user and model turns to alternate
+            contents[-1].parts.extend(parts)
+        else:
+            contents.append(Content(parts, role))
+    return (Content(system) if system else None), contents
+
+
+def _text_parts(message: _Message, i: int) -> list[Part]:
+    if isinstance(message.content, str):
+        return [Part(text=message.content)] if message.content else []
+    parts = []
+    for j, part in enumerate(message.content or []):
+        text = part.text if part.type == "text" else part.refusal if part.type == "refusal" else None
+        if text is None:
+            raise unsupported(f"messages[{i}].content[{j}].type",
+                              f"content part {part.type!r} in a {message.role} message")
+        if text:
+            parts.append(Part(text=text))
+    return parts
+
+
+def _user_parts(message: _Message, i: int, ignored: list[str]) -> list[Part]:
+    if not isinstance(message.content, list):
+        return _text_parts(message, i)
+    parts = []
+    for j, part in enumerate(message.content):
+        where = f"messages[{i}].content[{j}]"
+        match part.type:
+            case "text":
+                if part.text:
+                    parts.append(Part(text=part.text))
+            case "image_url" if part.image_url is not None:
+                if part.image_url.detail not in (None, "auto") and "image_url.detail" not in ignored:
+                    ignored.append("image_url.detail")
+                parts.append(media_part(part.image_url.url, where))
+            case "file" if part.file is not None:
+                parts.append(_file_part(part.file, where))
+            case "input_audio" if part.input_audio is not None:
+                mime = f"audio/{part.input_audio.format}"
+                parts.append(Part(inline_data=Blob(mime, part.input_audio.data)))
+            case _:
+                raise unsupported(f"{where}.type", f"content part {part.type!r}")
+    return parts
+
+
+def media_part(url: str, where: str = "url") -> Part:
+    """A data URL as inline data; any other URL as a file reference, typed by its suffix."""
+    if url.startswith("data:"):
+        return Part(inline_data=_data_url(url, where))
+    return Part(file_data=FileData(url, _mime_of(urlsplit(url).path)))
+
+
+def _mime_of(path: str) -> str | None:
+    name = path.rsplit("/", 1)[-1]
+    suffix = name[name.rfind("."):].lower() if "." in name else ""
+    return _MIME_BY_SUFFIX.get(suffix) or (mimetypes.guess_type(name)[0] if suffix else None)
+
+
+def _data_url(url: str, where: str) -> Blob:
+    header, comma, payload = url[len("data:"):].partition(",")
+    if not comma:
+        raise _invalid(f"{where} is not a valid data URL", where)
+    mime, *params = header.split(";")
+    if "base64" in params:
+        return Blob(mime or "text/plain", payload)
+    return Blob(mime or "text/plain", base64.b64encode(unquote_to_bytes(payload)).decode())
+
+
+def _file_part(file: _File, where: str) -> Part:
+    if file.file_id:
+        raise unsupported(f"{where}.file.file_id", "file_id (OpenAI uploaded files)")
+    if not file.file_data:
+        raise _invalid(f"{where}.file needs file_data", where)
+    if file.file_data.startswith("data:"):
+        return Part(inline_data=_data_url(file.file_data, where))
+    mime = _mime_of(file.filename or "") or "application/pdf"
+    return Part(inline_data=Blob(mime, file.file_data))
+
+
+def _call_parts(message: _Message, i: int, calls: dict[str, str]) -> list[Part]:
+    parts = []
+    for k, call in enumerate(message.tool_calls or []):
+        where = f"messages[{i}].tool_calls[{k}].function.arguments"
+        try:
+            args = msgspec.json.decode(call.function.arguments or "{}")
+        except msgspec.DecodeError:
+            raise _invalid(f"{where} is not valid JSON", where) from None
+        if not isinstance(args, dict):
+            raise _invalid(f"{where} must be a JSON object", where)
+        google = call.extra_content.google if call.extra_content else None
+        calls[call.id] = call.function.name
+        parts.append(Part(function_call=GeminiFunctionCall(call.function.name, args),
+                          thought_signature=google.thought_signature if google else None))
+    return parts
+
+
+def _tool_result(message: _Message, i: int, calls: dict[str, str]) -> Part:
+    name = calls.get(message.tool_call_id or "")
+    if name is None:
+        raise _invalid(f"messages[{i}].tool_call_id does not match a tool call of an earlier "
+                       "assistant message", f"messages[{i}].tool_call_id")
+    if isinstance(message.content, list):
+        text = "".join(p.text or "" for p in message.content if p.type == "text")
+    else:
+        text = message.content or ""
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        value = None
+    response = value if isinstance(value, dict) else {"content": text}
+    return Part(function_response=FunctionResponse(name, response))
+
+
+def _tools(request: _Request, ignored: list[str]) -> tuple[list[GeminiTool] | None, ToolConfig | None]:
+    declarations = []
+    for k, tool in enumerate(request.tools or []):
+        if tool.type != "function" or tool.function is None:
+            raise unsupported(f"tools[{k}].type", f"tool type {tool.type!r}")
+        function = tool.function
+        if function.strict and "tools[].function.strict" not in ignored:
+            ignored.append("tools[].function.strict")
+        description = function.description if isinstance(function.description, str) else None
+        parameters = function.parameters if isinstance(function.parameters, dict) else None
+        declarations.append(FunctionDeclaration(function.name, description, parameters or None))
+    choice = request.tool_choice
+    if not declarations:
+        if choice in (None, "none", "auto"):
+            return None, None
+        raise _invalid("tool_choice needs tools", "tool_choice")
+    match choice:
+        case None:
+            config = None
+        case "auto" | "none" | "required":
+            mode = {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice]
+            config = ToolConfig(FunctionCallingConfig(mode))
+        case ToolChoice(function=named):
+            config = ToolConfig(FunctionCallingConfig("ANY", [named.name]))
+        case _:
+            raise unsupported("tool_choice", f"tool_choice {choice!r}")
+    return [GeminiTool(declarations)], config
+
+
+def _generation_config(request: _Request) -> GenerationConfig | None:
+    mime, schema = None, None
+    if request.response_format is not None:
+        match request.response_format.type:
+            case "text":
+                pass
+            case "json_object":
+                mime = "application/json"
+            case "json_schema":
+                spec = request.response_format.json_schema
+                schema = spec.get("schema") if isinstance(spec, dict) else None
+                if not isinstance(schema, dict):
+                    raise _invalid("response_format.json_schema.schema is required",
+                                   "response_format")
+                mime = "application/json"
+            case other:
+                raise unsupported("response_format", f"response_format {other!r}")
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop
+    limit = request.max_completion_tokens if request.max_completion_tokens is not None \
+        else request.max_tokens
+    config = GenerationConfig(request.temperature, request.top_p, request.top_k, limit, stop or None,
+                              request.seed, request.presence_penalty, request.frequency_penalty,
+                              request.n, mime, schema)
+    return None if config == GenerationConfig() else config
