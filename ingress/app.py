@@ -109,6 +109,11 @@ def create_app(gateway: Gateway) -> QuartTrio:
         if method not in ("generateContent", "streamGenerateContent") or not model:
             raise GatewayError(404, "not_found", f"unknown Gemini method {method!r}")
         stream = method == "streamGenerateContent"
+        if stream and request.args.get("alt") != "sse":
+            # Google's SDKs stream with alt=sse; the JSON-array stream is not relayed.
+            raise GatewayError(400, "unsupported_parameter",
+                               "streamGenerateContent is served as Server-Sent Events only: add ?alt=sse",
+                               param="alt")
         return await relay(lambda body: gateway.gemini_generate(model, stream, body))
 
     @app.get("/v1/models")

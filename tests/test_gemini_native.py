@@ -289,3 +289,14 @@ def test_embedding_plan_errors_before_upstream() -> None:
     assert json.loads(plan.body) == {"content": {"parts": [{"text": "a"}]}}
     batch = plan_embeddings(b'{"model": "m", "input": ["a", "b"]}', "tunedModels/mine")
     assert [r["model"] for r in json.loads(batch.body)["requests"]] == ["tunedModels/mine"] * 2
+
+
+async def test_native_stream_without_alt_sse_is_a_clear_400(gateway: Gateway,
+                                                            fake_gemini: FakeGemini) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{gateway.base_url}/gemini/v1beta/models/gem-test:streamGenerateContent",
+            content=json.dumps(NATIVE).encode(), headers={"x-goog-api-key": gateway.secret})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "alt"
+    assert fake_gemini.requests == []
