@@ -17,12 +17,8 @@ from schemas.errors import GatewayError
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.anthropic_upstream import Behavior, FakeAnthropic
 from tests.fakes.server import serve_asgi
-from workers.anthropic import (
-    StreamTranslator,
-    finish_reason,
-    to_chat_completion,
-    to_messages_request,
-)
+from workers.anthropic_request import to_messages_request
+from workers.anthropic_response import StreamTranslator, finish_reason, to_chat_completion
 from workers.base import UpstreamFailure
 
 SECRET = "sk-ant-test-secret-0042"

@@ -4,7 +4,8 @@ By default it answers with the text of the last user message, as a `Message` bod
 as the event stream (message_start, ping, content_block_start/delta/stop,
 message_delta, message_stop). Tests queue `Behavior`s to script errors (with
 Anthropic's error body), tool_use answers, stop reasons, delays and broken streams.
-Every request is recorded (path, headers, JSON body).
+Every request is recorded (path, headers, JSON body, raw bytes), and so is every body
+answered (`answers`: the JSON bytes, or the whole SSE byte stream as sent).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Behavior:
     stream_error_after: int | None = None  # send an `error` event after this many deltas
     stream_error_type: str = "overloaded_error"
     end_early_after: int | None = None  # end the body after this many deltas, no message_stop
+    usage_extra: dict[str, int] = field(default_factory=dict)  # e.g. cache_read_input_tokens
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    raw: bytes = b""
 
 
 class FakeAnthropic:
@@ -49,6 +52,7 @@ class FakeAnthropic:
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self.behaviors: deque[Behavior] = deque()
+        self.answers: list[bytes] = []
         self.base_url = ""
 
     def then(self, *behaviors: Behavior) -> FakeAnthropic:
@@ -72,7 +76,7 @@ class FakeAnthropic:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         request = json.loads(body) if body else {}
-        self.requests.append(Received(scope["path"], headers, request))
+        self.requests.append(Received(scope["path"], headers, request, body))
         if scope["method"] != "POST" or scope["path"] != "/v1/messages":
             await _send_json(send, 404, _error("not_found_error", "Not found"))
             return
@@ -84,7 +88,9 @@ class FakeAnthropic:
         elif request.get("stream"):
             await self._stream(request, behavior, send)
         else:
-            await _send_json(send, 200, self._message(request, behavior))
+            answer = json.dumps(self._message(request, behavior)).encode()
+            self.answers.append(answer)
+            await _send_json(send, 200, answer)
 
     def _text(self, request: dict[str, Any], behavior: Behavior) -> str:
         if behavior.text is not None:
@@ -105,6 +111,9 @@ class FakeAnthropic:
         return {"input_tokens": words + len(json.dumps(request.get("system", "")).split()),
                 "output_tokens": max(len(answer.split()), 1)}
 
+    def _counts(self, request: dict[str, Any], behavior: Behavior, answer: str) -> dict[str, int]:
+        return {**self._usage(request, answer), **behavior.usage_extra}
+
     def _stop_reason(self, behavior: Behavior) -> str:
         return behavior.stop_reason or ("tool_use" if behavior.tool_uses else "end_turn")
 
@@ -115,14 +124,14 @@ class FakeAnthropic:
         return {"id": "msg_fake01", "type": "message", "role": "assistant",
                 "model": request.get("model"), "content": content,
                 "stop_reason": self._stop_reason(behavior), "stop_sequence": behavior.stop_sequence,
-                "usage": self._usage(request, answer)}
+                "usage": self._counts(request, behavior, answer)}
 
     def _events(self, request: dict[str, Any], behavior: Behavior) -> list[tuple[str, dict[str, Any]]]:
         """The whole event stream, in order; each delta is counted for scripted failures."""
         answer = self._text(request, behavior)
         usage = self._usage(request, answer)
         start = {**self._message(request, behavior), "content": [], "stop_reason": None,
-                 "stop_sequence": None, "usage": {"input_tokens": usage["input_tokens"],
+                 "stop_sequence": None, "usage": {**self._counts(request, behavior, answer),
                                                   "output_tokens": 1}}
         events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": start}),
                                                      ("ping", {})]
@@ -157,18 +166,22 @@ class FakeAnthropic:
     async def _stream(self, request: dict[str, Any], behavior: Behavior, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        sent = bytearray()
+        self.answers.append(b"")
         deltas = 0
         for name, payload in self._events(request, behavior):
             if name == "content_block_delta":
                 if deltas:
                     await trio.sleep(behavior.chunk_delay_s)
                 if deltas == behavior.stream_error_after:
-                    await _event(send, "error", _error(behavior.stream_error_type, "Overloaded"))
+                    sent += await _event(send, "error", _error(behavior.stream_error_type, "Overloaded"))
                     break
                 if deltas == behavior.end_early_after:
                     break
                 deltas += 1
-            await _event(send, name, {"type": name, **payload})
+            sent += await _event(send, name, {"type": name, **payload})
+            self.answers[-1] = bytes(sent)
+        self.answers[-1] = bytes(sent)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -177,13 +190,14 @@ def _error(error_type: str, message: str) -> dict[str, Any]:
             "request_id": "req_fake01"}
 
 
-async def _event(send: Any, name: str, payload: dict[str, Any]) -> None:
+async def _event(send: Any, name: str, payload: dict[str, Any]) -> bytes:
     data = f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
     await send({"type": "http.response.body", "body": data, "more_body": True})
+    return data
 
 
 async def _send_json(send: Any, status: int, payload: Any) -> None:
-    body = json.dumps(payload).encode()
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"request-id", b"req_fake01")]})
