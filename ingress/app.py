@@ -37,6 +37,18 @@ def access_key() -> str | None:
     return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or None
 
 
+ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def protocol_headers(allowed: tuple[str, ...]) -> dict[str, str]:
+    """The client's protocol headers a native relay passes on (allow-listed, bounded)."""
+    headers = {name: request.headers[name] for name in allowed if name in request.headers}
+    for name, value in headers.items():
+        if len(value) > 512:
+            raise GatewayError(400, "invalid_header", f"header {name!r} is too long", param=name)
+    return headers
+
+
 def create_app(gateway: Gateway) -> QuartTrio:
     """The ingress application bound to one process's Gateway."""
     app = QuartTrio("switchboard")
@@ -101,7 +113,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.post("/anthropic/v1/messages")
     async def anthropic_messages() -> Response:
-        return await relay(gateway.anthropic_messages)
+        headers = protocol_headers(ANTHROPIC_HEADERS)
+        return await relay(lambda body: gateway.anthropic_messages(body, headers))
 
     @app.post("/gemini/v1beta/models/<path:target>")
     async def gemini_generate(target: str) -> Response:

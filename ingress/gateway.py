@@ -60,6 +60,7 @@ class Submission:
     stream: bool = False
     include_usage: bool = False
     kinds: frozenset[str] | None = None  # native endpoints: the provider kinds that speak it
+    headers: dict[str, str] = field(default_factory=dict)  # native protocol headers to relay
 
 
 def decode_body(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
@@ -110,11 +111,12 @@ class Gateway:
         """An OpenAI embeddings request."""
         return Submission("embeddings", decode_body(embedding_decoder, body).model, body)
 
-    def anthropic_messages(self, body: bytes) -> Submission:
-        """A native Anthropic Messages request, relayed as is to an `anthropic` provider."""
+    def anthropic_messages(self, body: bytes, headers: dict[str, str]) -> Submission:
+        """A native Anthropic Messages request, relayed as is to an `anthropic` provider,
+        with the client's `anthropic-version` / `anthropic-beta` headers."""
         request = decode_body(anthropic_decoder, body)
         return Submission("anthropic_messages", request.model, body, request.stream,
-                          kinds=frozenset({"anthropic"}))
+                          kinds=frozenset({"anthropic"}), headers=headers)
 
     def gemini_generate(self, model: str, stream: bool, body: bytes) -> Submission:
         """A native Gemini generateContent request, relayed as is to a `gemini` provider."""
@@ -129,6 +131,7 @@ class Gateway:
                   key_id=identity.key_id, model=submission.model, routes=routes,
                   body=submission.body, stream=submission.stream,
                   include_usage=submission.include_usage, endpoint=submission.endpoint,
+                  headers=submission.headers,
                   reply_to=self.hub.channel,
                   deadline=time.time() + self.config.limits.request_timeout_s)
         replies = self.hub.register(request_id)

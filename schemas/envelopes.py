@@ -35,6 +35,9 @@ class Job(Struct, kw_only=True):
     deadline: float  # unix time after which nobody waits for the answer
     attempt: int = 0  # how many upstream attempts came before this delivery
     endpoint: Endpoint = "chat"
+    # Native endpoints only: the client's allow-listed protocol headers (for example
+    # anthropic-version, anthropic-beta), relayed upstream. Never a credential.
+    headers: dict[str, str] = {}
 
     @property
     def route(self) -> Route:

@@ -100,7 +100,8 @@ async def test_create_relays_the_body_and_answers_with_the_slug(gateway: Gateway
     assert seen.path == "/v1/messages"
     assert seen.body == {**params, **extra, "model": UPSTREAM_MODEL}
     assert seen.headers["x-api-key"] == SECRET
-    assert seen.headers["anthropic-version"] == "2023-06-01"
+    # the SDK's own anthropic-version is relayed (it overrides the configured one)
+    assert seen.headers["anthropic-version"] == raw.http_request.headers["anthropic-version"]
     assert gateway.secret not in json.dumps(seen.headers)
     upstream = json.loads(fake.answers[0])
     assert upstream["model"] == UPSTREAM_MODEL
@@ -429,3 +430,22 @@ def test_relay_malformed_message_start_is_an_upstream_error() -> None:
     with pytest.raises(UpstreamFailure) as caught:
         NativeRelay("claude", "slug").feed("message_start", b'{"type": "message_start"}')
     assert caught.value.code == "upstream_error" and "malformed" in caught.value.message
+
+
+async def test_client_protocol_headers_are_relayed(gateway: Gateway, fake: FakeAnthropic) -> None:
+    sent = b'{"model":"claude-test","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{gateway.base_url}/anthropic/v1/messages", content=sent,
+            headers={"x-api-key": gateway.secret, "anthropic-version": "2099-01-01",
+                     "anthropic-beta": "files-api-2025-04-14", "x-other": "not relayed"})
+        too_long = await http.post(
+            f"{gateway.base_url}/anthropic/v1/messages", content=sent,
+            headers={"x-api-key": gateway.secret, "anthropic-beta": "b" * 600})
+    assert response.status_code == 200
+    seen = fake.requests[0].headers
+    assert seen["anthropic-version"] == "2099-01-01"  # the client's, over the configured one
+    assert seen["anthropic-beta"] == "files-api-2025-04-14"
+    assert "x-other" not in seen and seen["x-api-key"] == SECRET
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_header"
+    assert len(fake.requests) == 1

@@ -97,7 +97,8 @@ class AnthropicAdapter(AdapterBase):
     # ── native Messages relays ───────────────────────────────────────────────────
     async def native(self, call: Call) -> Answer:
         """The client's request with the route's model; Anthropic's Message with the slug."""
-        content = await self._post(native_request(call.job.body, call.upstream_model))
+        content = await self._post(native_request(call.job.body, call.upstream_model),
+                                   call.job.headers)
         body, usage = native_answer(content, call.job.model, self.name)
         return Answer(body, usage)
 
@@ -105,7 +106,8 @@ class AnthropicAdapter(AdapterBase):
         """Every upstream event relayed in order under its own name, until message_stop
         (the preamble once content begins, so an early error event may still be retried)."""
         relay = NativeRelay(self.name, call.job.model, self._secret)
-        async with self._events(native_request(call.job.body, call.upstream_model)) as events:
+        async with self._events(native_request(call.job.body, call.upstream_model),
+                                call.job.headers) as events:
             async for event in events:
                 for name, data in relay.feed(event.event, event.data):
                     emit(data, event=name)
@@ -114,10 +116,14 @@ class AnthropicAdapter(AdapterBase):
         raise cut_short(self.name)
 
     # ── HTTP ─────────────────────────────────────────────────────────────────────
-    async def _post(self, body: bytes) -> bytes:
-        """POST and return the 200 body; anything else raises UpstreamFailure."""
+    async def _post(self, body: bytes, client_headers: dict[str, str] | None = None) -> bytes:
+        """POST and return the 200 body; anything else raises UpstreamFailure.
+
+        `client_headers` (native relays: anthropic-version/-beta) override the defaults.
+        """
+        headers = {**self.headers, **client_headers} if client_headers else self.headers
         try:
-            response = await self.http.post(self.url, content=body, headers=self.headers)
+            response = await self.http.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise transport_failure(self.name, exc) from exc
         if response.status_code != 200:
@@ -125,10 +131,12 @@ class AnthropicAdapter(AdapterBase):
         return response.content
 
     @asynccontextmanager
-    async def _events(self, body: bytes) -> AsyncIterator[AsyncIterator[Event]]:
+    async def _events(self, body: bytes, client_headers: dict[str, str] | None = None,
+                      ) -> AsyncIterator[AsyncIterator[Event]]:
         """The SSE events of a streamed POST; the response is closed on the way out, and
         transport errors while reading become UpstreamFailure."""
-        request = self.http.build_request("POST", self.url, content=body, headers=self.headers)
+        headers = {**self.headers, **client_headers} if client_headers else self.headers
+        request = self.http.build_request("POST", self.url, content=body, headers=headers)
         try:
             response = await self.http.send(request, stream=True)
         except httpx.HTTPError as exc:

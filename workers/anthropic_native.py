@@ -11,9 +11,8 @@ bytes; unknown parameters, beta fields and new event types pass through. Usage i
 from the answer's `usage` (cache reads and writes count as prompt tokens), or in a
 stream from message_start and message_delta's running totals.
 
-What a relay cannot carry: the job holds only the client's body, so an `anthropic-version`
-or `anthropic-beta` header the client sent is not seen; upstream gets the provider's
-configured `anthropic_version` and no beta header.
+The client's `anthropic-version` and `anthropic-beta` headers travel in the job
+(`Job.headers`) and override the provider's configured `anthropic_version`.
 """
 
 from __future__ import annotations
