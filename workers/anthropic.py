@@ -17,10 +17,6 @@ https://docs.anthropic.com/en/api/messages-streaming, https://docs.anthropic.com
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
-from typing import cast
-
 import httpx
 import msgspec
 
@@ -41,11 +37,10 @@ from workers.base import (
     Answer,
     Call,
     Emit,
+    Upstream,
     UpstreamFailure,
     read_credential,
-    transport_failure,
 )
-from workers.sse import Event, iter_events
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
@@ -61,12 +56,11 @@ class AnthropicAdapter(AdapterBase):
         self.name = name
         self.config = config
         self.url = (config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
-        self.http = http
         self._secret = read_credential(name, config)
-        self.headers = {"content-type": "application/json",
-                        "anthropic-version": config.anthropic_version}
+        headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
         if self._secret:
-            self.headers["x-api-key"] = self._secret
+            headers["x-api-key"] = self._secret
+        self.upstream = Upstream(name, http, headers, self._failure)
 
     # ── OpenAI chat completions ──────────────────────────────────────────────────
     def _chat_body(self, call: Call) -> bytes:
@@ -75,7 +69,7 @@ class AnthropicAdapter(AdapterBase):
 
     async def complete(self, call: Call) -> Answer:
         """Non-streamed call: one Message back, translated to a chat.completion."""
-        content = await self._post(self._chat_body(call))
+        content = await self.upstream.post(self.url, self._chat_body(call))
         try:
             completion, usage = to_chat_completion(content, call.job.model)
         except msgspec.DecodeError as exc:
@@ -86,7 +80,7 @@ class AnthropicAdapter(AdapterBase):
         """Streamed call: each event translated as it comes; complete only at message_stop."""
         translator = StreamTranslator(self.name, call.job.model, call.job.include_usage,
                                       self._secret)
-        async with self._events(self._chat_body(call)) as events:
+        async with self.upstream.events(self.url, self._chat_body(call)) as events:
             async for event in events:
                 for chunk in translator.feed(event.event, event.data):
                     emit(chunk)
@@ -97,8 +91,9 @@ class AnthropicAdapter(AdapterBase):
     # ── native Messages relays ───────────────────────────────────────────────────
     async def native(self, call: Call) -> Answer:
         """The client's request with the route's model; Anthropic's Message with the slug."""
-        content = await self._post(native_request(call.job.body, call.upstream_model),
-                                   call.job.headers)
+        # The client's anthropic-version/-beta headers override the configured ones.
+        content = await self.upstream.post(
+            self.url, native_request(call.job.body, call.upstream_model), call.job.headers)
         body, usage = native_answer(content, call.job.model, self.name)
         return Answer(body, usage)
 
@@ -106,52 +101,15 @@ class AnthropicAdapter(AdapterBase):
         """Every upstream event relayed in order under its own name, until message_stop
         (the preamble once content begins, so an early error event may still be retried)."""
         relay = NativeRelay(self.name, call.job.model, self._secret)
-        async with self._events(native_request(call.job.body, call.upstream_model),
-                                call.job.headers) as events:
+        async with self.upstream.events(
+                self.url, native_request(call.job.body, call.upstream_model), call.job.headers,
+        ) as events:
             async for event in events:
                 for name, data in relay.feed(event.event, event.data):
                     emit(data, event=name)
                 if relay.done:
                     return relay.usage
         raise cut_short(self.name)
-
-    # ── HTTP ─────────────────────────────────────────────────────────────────────
-    async def _post(self, body: bytes, client_headers: dict[str, str] | None = None) -> bytes:
-        """POST and return the 200 body; anything else raises UpstreamFailure.
-
-        `client_headers` (native relays: anthropic-version/-beta) override the defaults.
-        """
-        headers = {**self.headers, **client_headers} if client_headers else self.headers
-        try:
-            response = await self.http.post(self.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        if response.status_code != 200:
-            raise self._failure(response.status_code, response.content)
-        return response.content
-
-    @asynccontextmanager
-    async def _events(self, body: bytes, client_headers: dict[str, str] | None = None,
-                      ) -> AsyncIterator[AsyncIterator[Event]]:
-        """The SSE events of a streamed POST; the response is closed on the way out, and
-        transport errors while reading become UpstreamFailure."""
-        headers = {**self.headers, **client_headers} if client_headers else self.headers
-        request = self.http.build_request("POST", self.url, content=body, headers=headers)
-        try:
-            response = await self.http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        try:
-            if response.status_code != 200:
-                raise self._failure(response.status_code, await response.aread())
-            # iter_events is an async generator: closed here, not left to the garbage collector.
-            events = cast(AsyncGenerator[Event, None], iter_events(response.aiter_bytes()))
-            async with aclosing(events):
-                yield events
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        finally:
-            await response.aclose()
 
     def _failure(self, status: int, content: bytes) -> UpstreamFailure:
         return upstream_failure(self.name, status, decode_error(content), self._secret)

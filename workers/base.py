@@ -9,9 +9,11 @@ runner owns those.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 
@@ -19,6 +21,7 @@ from schemas.chat import Usage
 from schemas.config import ProviderConfig
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
+from workers.sse import Event, iter_events
 
 
 class Emit(Protocol):
@@ -154,6 +157,57 @@ def status_failure(provider: str, status: int, message: str = "",
     retryable = status in (408, 409, 429) or status >= 500
     return UpstreamFailure(502, "upstream_error", f"provider {provider!r} answered {status}",
                            provider=provider, upstream_status=status, retryable=retryable)
+
+
+class Upstream:
+    """The HTTP side every adapter shares: POST for a body, or POST for an SSE stream.
+
+    Non-200 answers become `failure(status, body)` (the kind knows its error shape),
+    transport errors become `transport_failure`; streamed responses are always closed.
+    """
+
+    def __init__(self, provider: str, http: httpx.AsyncClient, headers: dict[str, str],
+                 failure: Callable[[int, bytes], UpstreamFailure]) -> None:
+        self.provider = provider
+        self.http = http
+        self.headers = headers
+        self.failure = failure
+
+    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+        return {**self.headers, **extra} if extra else self.headers
+
+    async def post(self, url: str, body: bytes, extra_headers: dict[str, str] | None = None) -> bytes:
+        """POST and return the 200 body."""
+        try:
+            response = await self.http.post(url, content=body, headers=self._headers(extra_headers))
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.provider, exc) from exc
+        if response.status_code != 200:
+            raise self.failure(response.status_code, response.content)
+        return response.content
+
+    @asynccontextmanager
+    async def events(self, url: str, body: bytes, extra_headers: dict[str, str] | None = None,
+                     params: dict[str, str] | None = None) -> AsyncIterator[AsyncIterator[Event]]:
+        """POST and yield the response's SSE events; transport errors while reading
+        become UpstreamFailure, and the response is closed on the way out."""
+        request = self.http.build_request("POST", url, content=body, params=params,
+                                          headers=self._headers(extra_headers))
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.provider, exc) from exc
+        try:
+            if response.status_code != 200:
+                raise self.failure(response.status_code, await response.aread())
+            # iter_events is an async generator: closed here, not left to the garbage collector.
+            events = cast(AsyncGenerator[Event, None], iter_events(response.aiter_bytes()))
+            async with aclosing(events):
+                yield events
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.provider, exc) from exc
+        finally:
+            await response.aclose()
 
 
 def transport_failure(provider: str, exc: Exception) -> UpstreamFailure:

@@ -19,7 +19,7 @@ Wire format: https://ai.google.dev/api/generate-content, https://ai.google.dev/a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -43,15 +43,15 @@ from workers.base import (
     Answer,
     Call,
     Emit,
+    Upstream,
     UpstreamFailure,
     read_credential,
-    transport_failure,
 )
 from workers.gemini_embed import embedding_answer, plan_embeddings
 from workers.gemini_request import translate_request
 from workers.gemini_response import StreamTranslator, translate_response, usage_of
 from workers.logs import log_event
-from workers.sse import Event, iter_events
+from workers.sse import Event
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -114,11 +114,11 @@ class GeminiAdapter(AdapterBase):
     def __init__(self, name: str, config: ProviderConfig, http: httpx.AsyncClient) -> None:
         self.name = name
         self.base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.http = http
         self.credential = read_credential(name, config)
-        self.headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json"}
         if self.credential:
-            self.headers["x-goog-api-key"] = self.credential
+            headers["x-goog-api-key"] = self.credential
+        self.upstream = Upstream(name, http, headers, self._failure)
 
     def _url(self, model: str, method: str) -> str:
         return f"{self.base_url}/{resource_name(model)}:{method}"
@@ -131,7 +131,7 @@ class GeminiAdapter(AdapterBase):
 
     async def complete(self, call: Call) -> Answer:
         """Non-streamed call: one GenerateContentResponse, one chat.completion."""
-        content = await self._post(self._url(call.upstream_model, "generateContent"),
+        content = await self.upstream.post(self._url(call.upstream_model, "generateContent"),
                                    self._chat_body(call))
         answer = self._decode(content, response_decoder, retryable=True)
         completion = translate_response(answer, call.job.model, self.name)
@@ -159,13 +159,13 @@ class GeminiAdapter(AdapterBase):
         """One input: `embedContent`; several: `batchEmbedContents`. Usage is estimated."""
         plan = plan_embeddings(call.job.body, call.upstream_model)
         self._log_ignored(call, plan.ignored)
-        content = await self._post(self._url(call.upstream_model, plan.method), plan.body)
+        content = await self.upstream.post(self._url(call.upstream_model, plan.method), plan.body)
         return embedding_answer(content, plan, call.job.model, self.name)
 
     # ── native Gemini relays ─────────────────────────────────────────────────────
     async def native(self, call: Call) -> Answer:
         """`generateContent` with the client's body; its answer relayed byte for byte."""
-        content = await self._post(self._url(call.upstream_model, "generateContent"),
+        content = await self.upstream.post(self._url(call.upstream_model, "generateContent"),
                                    call.job.body)
         summary: ResponseSummary = self._decode(content, summary_decoder, retryable=True)
         return Answer(content, usage_of(summary.usage_metadata))
@@ -188,34 +188,10 @@ class GeminiAdapter(AdapterBase):
         return progress.usage
 
     # ── HTTP ─────────────────────────────────────────────────────────────────────
-    async def _post(self, url: str, body: bytes) -> bytes:
-        """POST and return the 200 body; anything else raises UpstreamFailure."""
-        try:
-            response = await self.http.post(url, content=body, headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        if response.status_code != 200:
-            raise self._failure(response.status_code, response.content)
-        return response.content
-
-    @asynccontextmanager
-    async def _events(self, model: str, body: bytes) -> AsyncIterator[AsyncIterator[Event]]:
-        """The SSE events of a `streamGenerateContent?alt=sse` call; the response is closed
-        on the way out, and transport errors while reading become UpstreamFailure."""
-        request = self.http.build_request("POST", self._url(model, "streamGenerateContent"),
-                                          params={"alt": "sse"}, content=body, headers=self.headers)
-        try:
-            response = await self.http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        try:
-            if response.status_code != 200:
-                raise self._failure(response.status_code, await response.aread())
-            yield iter_events(response.aiter_bytes())
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        finally:
-            await response.aclose()
+    def _events(self, model: str, body: bytes) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """The SSE events of a `streamGenerateContent?alt=sse` call."""
+        return self.upstream.events(self._url(model, "streamGenerateContent"), body,
+                                    params={"alt": "sse"})
 
     def _decode(self, data: bytes, decoder: msgspec.json.Decoder[T], *,
                    retryable: bool = False) -> T:

@@ -20,12 +20,11 @@ from workers.base import (
     Answer,
     Call,
     Emit,
+    Upstream,
     UpstreamFailure,
     read_credential,
     status_failure,
-    transport_failure,
 )
-from workers.sse import iter_events
 
 RawObject = dict[str, msgspec.Raw]
 
@@ -58,11 +57,11 @@ class OpenAIAdapter(AdapterBase):
         base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
         self.url = base + "/chat/completions"
         self.embeddings_url = base + "/embeddings"
-        self.http = http
         credential = read_credential(name, config)
-        self.headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json"}
         if credential:
-            self.headers["authorization"] = f"Bearer {credential}"
+            headers["authorization"] = f"Bearer {credential}"
+        self.upstream = Upstream(name, http, headers, self._failure)
 
     async def embed(self, call: Call) -> Answer:
         """`POST {base_url}/embeddings`, model replaced both ways."""
@@ -75,14 +74,9 @@ class OpenAIAdapter(AdapterBase):
         return await self._relay_json(self.url, self._body(call), call.job.model)
 
     async def _relay_json(self, url: str, content: bytes, slug: str) -> Answer:
+        content = await self.upstream.post(url, content)
         try:
-            response = await self.http.post(url, content=content, headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        if response.status_code != 200:
-            raise self._failure(response.status_code, response.content)
-        try:
-            answer = _decode_object(response.content)
+            answer = _decode_object(content)
             usage = _decode_usage(answer.get("usage", _NULL)) or Usage()
         except msgspec.DecodeError as exc:
             raise UpstreamFailure(502, "upstream_error", f"provider {self.name!r} sent malformed JSON",
@@ -105,17 +99,9 @@ class OpenAIAdapter(AdapterBase):
         """Streamed call: each upstream chunk is re-emitted with the slug as `model`."""
         usage = Usage()
         model = msgspec.Raw(_encode(call.job.model))
-        request = self.http.build_request("POST", self.url, content=self._body(call),
-                                          headers=self.headers)
-        try:
-            response = await self.http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        try:
-            if response.status_code != 200:
-                raise self._failure(response.status_code, await response.aread())
-            done = False
-            async for event in iter_events(response.aiter_bytes()):
+        done = False
+        async with self.upstream.events(self.url, self._body(call)) as events:
+            async for event in events:
                 # Read to the end of the body after [DONE] so the connection is reused.
                 if done or event.data == b"[DONE]":
                     done = True
@@ -131,10 +117,6 @@ class OpenAIAdapter(AdapterBase):
                         del chunk["usage"]
                 chunk["model"] = model
                 emit(_encode(chunk))
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.name, exc) from exc
-        finally:
-            await response.aclose()
         if done:
             return usage
         raise UpstreamFailure(502, "upstream_error",
