@@ -17,6 +17,8 @@ from typing import Any
 
 import trio
 
+from tests.fakes.server import read_request
+
 
 @dataclass
 class Behavior:
@@ -60,21 +62,10 @@ class FakeAnthropic:
         return self
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        incoming = await read_request(scope, receive, send)
+        if incoming is None:
+            return  # a lifespan exchange
+        headers, body = incoming
         request = json.loads(body) if body else {}
         self.requests.append(Received(scope["path"], headers, request, body))
         if scope["method"] != "POST" or scope["path"] != "/v1/messages":

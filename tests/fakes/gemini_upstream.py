@@ -26,6 +26,8 @@ from urllib.parse import parse_qs
 
 import trio
 
+from tests.fakes.server import read_request
+
 REQUEST_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig",
                   "safetySettings", "cachedContent"}
 GENERATION_FIELDS = {"temperature", "topP", "topK", "maxOutputTokens", "stopSequences", "seed",
@@ -89,21 +91,10 @@ class FakeGemini:
         return self
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        incoming = await read_request(scope, receive, send)
+        if incoming is None:
+            return  # a lifespan exchange
+        headers, body = incoming
         query = parse_qs(scope.get("query_string", b"").decode())
         try:
             request = json.loads(body) if body else {}

@@ -9,6 +9,27 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 
+async def read_request(scope: dict[str, Any], receive: Any,
+                       send: Any) -> tuple[dict[str, str], bytes] | None:
+    """An HTTP request's headers (lower-case names) and whole body; None after answering
+    a lifespan exchange, which has no request."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return None
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    return {k.decode().lower(): v.decode() for k, v in scope["headers"]}, body
+
+
 async def serve_asgi(app: Any, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` on 127.0.0.1:0 until cancelled; `started(base_url)` once listening."""
     config = Config()
