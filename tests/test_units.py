@@ -116,3 +116,34 @@ async def test_error_frame_ends_any_attempt_and_frames_for_others_are_dropped() 
     assert isinstance(frame, Error) and frame.status == 502
     replies.close()
     assert hub.statistics()["waiting"] == 0
+
+
+def test_open_routing_families_and_pins() -> None:
+    from ingress.catalog import Catalog
+
+    config = parse_config({
+        "open_routing": True,
+        "providers": {"claude": {"kind": "anthropic"}, "google": {"kind": "gemini"},
+                      "oai": {"kind": "openai"}, "vllm": {"kind": "openai"}},
+        "models": [{"slug": "gpt-4o", "routes": [{"provider": "vllm", "model": "llama"}]}]}, "c")
+    catalog = Catalog(config)
+
+    def routes(slug: str, **kw: object) -> list[tuple[str, str]]:
+        return [(r.provider, r.model) for r in catalog.routes(slug, **kw)]  # type: ignore[arg-type]
+
+    assert routes("claude-sonnet-4-6") == [("claude", "claude-sonnet-4-6")]
+    assert routes("gemini-2.5-flash") == [("google", "gemini-2.5-flash")]
+    assert routes("o3-mini") == [("oai", "o3-mini"), ("vllm", "o3-mini")]
+    assert routes("gpt-4o") == [("vllm", "llama")]  # the catalog keeps priority
+    assert routes("claude/claude-opus-4") == [("claude", "claude-opus-4")]
+    assert routes("o3-mini", pin="vllm") == [("vllm", "o3-mini")]
+    assert routes("claude-sonnet-4-6", kinds={"anthropic"}) == [("claude", "claude-sonnet-4-6")]
+    for slug, pin, code in (("claude-sonnet-4-6", "google", "vendor_cannot_serve"),
+                            ("mistral-large", None, "model_not_found"),
+                            ("nobody/model", None, "model_not_found")):
+        with pytest.raises(GatewayError) as caught:
+            catalog.routes(slug, pin=pin)
+        assert caught.value.code == code and caught.value.status == 400
+    with pytest.raises(GatewayError) as caught:
+        catalog.routes("gpt-4o", kinds={"anthropic"})
+    assert caught.value.code == "no_provider"
