@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from ingress.gateway import Gateway, Submission, new_request_id
 from ingress.keys import Identity
 from ingress.openapi import openapi_document
+from ingress.relay import DIALECTS
 from schemas.errors import GatewayError
 from workers.logs import log_event
 
@@ -38,6 +39,8 @@ def access_key() -> str | None:
 
 
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+# Paths of the native APIs, whose clients expect their provider's error shape.
+NATIVE_PREFIXES = (("/anthropic/", "anthropic_messages"), ("/gemini/", "gemini_generate"))
 
 
 def protocol_headers(allowed: tuple[str, ...]) -> dict[str, str]:
@@ -69,7 +72,10 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.errorhandler(GatewayError)
     async def render_error(error: GatewayError) -> Response:
-        response = json_response(error.encode(), error.status)
+        """The one place errors become responses, in the shape the caller's API uses."""
+        dialect = next((DIALECTS[endpoint] for prefix, endpoint in NATIVE_PREFIXES
+                        if request.path.startswith(prefix)), DIALECTS["chat"])
+        response = json_response(dialect.shape(error.encode(), error.status), error.status)
         if error.retry_after is not None:
             response.headers["retry-after"] = str(error.retry_after)
         if error.status >= 400:

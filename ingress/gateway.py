@@ -147,7 +147,7 @@ class Gateway:
                 case Error(status=status, body=error_body):
                     ticket.provider = frame.provider or job.route.provider
                     self._log(ticket, status)
-                    return Reply(status, error_body)
+                    return Reply(status, DIALECTS[job.endpoint].shape(error_body, status))
                 case Done(body=answer):
                     ticket.provider = frame.provider
                     self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)

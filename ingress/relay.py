@@ -7,14 +7,14 @@ fails after it began ends with an error event and no `[DONE]` (invariant 1).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import trio
 
 from ingress.replies import Replies, RepliesLost
 from schemas.envelopes import Chunk, Done, Error, Frame, Head
-from schemas.errors import GatewayError
+from schemas.errors import GatewayError, as_anthropic, as_gemini
 
 DONE_EVENT = b"data: [DONE]\n\n"
 
@@ -26,22 +26,28 @@ def sse_event(payload: bytes, event: str = "") -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+def _as_is(body: bytes, status: int) -> bytes:
+    return body
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    """How one API ends a good stream and reports a failure inside a stream."""
+    """How one API ends a good stream and shapes its errors (as a body or an event)."""
 
     done: bytes  # written after the last chunk of a complete answer
     error_event: str  # the SSE event name of an error ("" for unnamed)
+    shape: Callable[[bytes, int], bytes] = _as_is  # the gateway's error body, reshaped
 
-    def error(self, body: bytes) -> bytes:
-        return sse_event(body, self.error_event)
+    def error(self, body: bytes, status: int) -> bytes:
+        """An error event ending a stream."""
+        return sse_event(self.shape(body, status), self.error_event)
 
 
 DIALECTS: dict[str, Dialect] = {
     "chat": Dialect(DONE_EVENT, ""),  # OpenAI: data: [DONE]
     "embeddings": Dialect(DONE_EVENT, ""),  # never streamed
-    "anthropic_messages": Dialect(b"", "error"),  # message_stop was relayed already
-    "gemini_generate": Dialect(b"", ""),  # the stream simply ends
+    "anthropic_messages": Dialect(b"", "error", as_anthropic),  # ends at message_stop
+    "gemini_generate": Dialect(b"", "", as_gemini),  # the stream simply ends
 }
 
 
@@ -94,7 +100,7 @@ async def stream_events(replies: Replies, deadline: float, outcome: Outcome,
             error = exc
         if error is not None:
             outcome.status = error.status
-            yield dialect.error(error.encode())
+            yield dialect.error(error.encode(), error.status)
             return
         match frame:
             case Chunk(payloads=payloads, events=[]):
@@ -111,7 +117,7 @@ async def stream_events(replies: Replies, deadline: float, outcome: Outcome,
             case Error(body=body, status=status):
                 outcome.finished = True
                 outcome.status = status
-                yield dialect.error(body)
+                yield dialect.error(body, status)
                 return
             case Head() | None:
                 raise AssertionError("replies yield one head, first")

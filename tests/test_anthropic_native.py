@@ -449,3 +449,21 @@ async def test_client_protocol_headers_are_relayed(gateway: Gateway, fake: FakeA
     assert "x-other" not in seen and seen["x-api-key"] == SECRET
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "invalid_header"
     assert len(fake.requests) == 1
+
+
+async def test_errors_come_in_anthropic_shape(gateway: Gateway, fake: FakeAnthropic) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        refused = await http.post(f"{gateway.base_url}/anthropic/v1/messages",
+                                  json={"model": "claude-test", "max_tokens": 8,
+                                        "messages": [{"role": "user", "content": "hi"}]},
+                                  headers={"x-api-key": "sb-wrong"})
+        invalid = await http.post(f"{gateway.base_url}/anthropic/v1/messages",
+                                  json={"model": "claude-test", "messages": []},
+                                  headers={"x-api-key": gateway.secret})
+    assert refused.status_code == 401
+    assert refused.json()["type"] == "error"
+    assert refused.json()["error"]["type"] == "authentication_error"
+    assert refused.json()["error"]["code"] == "unauthorized"
+    assert invalid.status_code == 422
+    assert invalid.json()["error"]["type"] == "invalid_request_error"
+    assert fake.requests == []

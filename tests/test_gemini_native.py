@@ -110,8 +110,9 @@ async def test_native_stream_without_finish_reason_ends_with_an_error_event(
     response = await native(gateway, "gem-test", json.dumps(NATIVE).encode(), stream=True)
     events = [e.removeprefix(b"data: ") for e in response.content.split(b"\n\n") if e]
     assert events[:-1] == sse_payloads(fake_gemini.answers[0])  # what was relayed before the cut
-    error = json.loads(events[-1])["error"]
-    assert error["code"] == "upstream_error"
+    error = json.loads(events[-1])["error"]  # in Google's error shape
+    assert (error["code"], error["status"]) == (502, "UNAVAILABLE")
+    assert error["details"][0]["reason"] == "upstream_error"
     assert "ended the stream before the answer was complete" in error["message"]
     assert len(fake_gemini.requests) == 1  # output had begun: no retry
     assert await gateway.usage() == {}
@@ -125,9 +126,10 @@ async def test_native_rate_limit_is_502_with_details(gateway: Gateway, fake_gemi
     fake_gemini.then(limited, limited)
     response = await native(gateway, "gem-test", json.dumps(NATIVE).encode(), stream=stream)
     assert response.status_code == 502
-    error = response.json()["error"]
-    assert error["code"] == "upstream_error"
-    assert error["details"] == {"provider": "gem", "status": 429}
+    error = response.json()["error"]  # in Google's error shape, the gateway's code inside
+    assert (error["code"], error["status"]) == (502, "UNAVAILABLE")
+    assert error["details"][0]["reason"] == "upstream_error"
+    assert error["details"][0]["metadata"] == {"provider": "gem", "status": "429"}
     assert KEY not in response.text
     assert len(fake_gemini.requests) == 2  # retried once (max_retries = 1), then given up
     assert await gateway.usage() == {}
@@ -137,7 +139,8 @@ async def test_native_request_for_a_slug_without_gemini_route_is_400(gateway: Ga
                                                                      fake_gemini: FakeGemini) -> None:
     response = await native(gateway, "echo", json.dumps(NATIVE).encode())
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "no_provider"
+    assert response.json()["error"]["details"][0]["reason"] == "no_provider"
+    assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
     assert "gemini" in response.json()["error"]["message"]
     assert fake_gemini.requests == []
 
@@ -147,7 +150,8 @@ async def test_malformed_native_body_is_422(gateway: Gateway, fake_gemini: FakeG
                                             body: dict[str, Any]) -> None:
     response = await native(gateway, "gem-test", json.dumps(body).encode())
     assert response.status_code == 422
-    assert response.json()["error"]["code"] == "validation_error"
+    assert response.json()["error"]["details"][0]["reason"] == "validation_error"
+    assert response.json()["error"]["code"] == 422
     assert "contents" in response.json()["error"]["message"]
     assert fake_gemini.requests == []
 
@@ -298,5 +302,5 @@ async def test_native_stream_without_alt_sse_is_a_clear_400(gateway: Gateway,
             f"{gateway.base_url}/gemini/v1beta/models/gem-test:streamGenerateContent",
             content=json.dumps(NATIVE).encode(), headers={"x-goog-api-key": gateway.secret})
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "alt"
+    assert response.json()["error"]["details"][0]["metadata"]["param"] == "alt"
     assert fake_gemini.requests == []

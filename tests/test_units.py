@@ -147,3 +147,20 @@ def test_open_routing_families_and_pins() -> None:
     with pytest.raises(GatewayError) as caught:
         catalog.routes("gpt-4o", kinds={"anthropic"})
     assert caught.value.code == "no_provider"
+
+
+def test_error_bodies_in_native_shapes() -> None:
+    import json
+
+    from schemas.errors import as_anthropic, as_gemini
+
+    body = GatewayError(429, "queue_full", "busy", param="model",
+                        details={"provider": "p"}).encode()
+    assert json.loads(as_anthropic(body, 429)) == {"type": "error", "error": {
+        "type": "rate_limit_error", "message": "busy", "code": "queue_full", "param": "model",
+        "details": {"provider": "p"}}}
+    google = json.loads(as_gemini(body, 429))["error"]
+    assert (google["code"], google["status"], google["message"]) == (429, "RESOURCE_EXHAUSTED", "busy")
+    assert google["details"][0]["reason"] == "queue_full"
+    assert google["details"][0]["metadata"] == {"provider": "p", "param": "model"}
+    assert google["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
