@@ -91,6 +91,14 @@ def create_app(gateway: Gateway) -> QuartTrio:
             status, error.description or error.name)
         return await render_error(GatewayError(status, codes.get(status, "http_error"), message))
 
+    @app.errorhandler(Exception)
+    async def render_crash(error: Exception) -> Response:
+        # A bug answers 500 in the documented shape; the process keeps serving.
+        log_event("request_crashed", request_id=getattr(g, "request_id", ""), path=request.path,
+                  error=type(error).__name__)
+        return await render_error(GatewayError(500, "internal_error",
+                                               "the gateway failed while handling this request"))
+
     async def identity() -> Identity:
         return await gateway.authenticate(access_key())
 

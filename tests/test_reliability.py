@@ -371,3 +371,42 @@ async def test_workers_take_only_what_they_can_run(nursery: trio.Nursery, redis_
         assert pending.pending == 2  # ...but only two delivered: the rest wait in Redis
         assert len(fake_openai.requests) == 2
     assert len(fake_openai.requests) == 5
+
+
+async def test_a_bug_in_an_adapter_fails_one_request_not_the_worker(
+        openai_gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.mock import MockAdapter
+
+    original = MockAdapter.complete
+    calls = 0
+
+    async def broken_once(self: MockAdapter, call: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await original(self, call)
+
+    monkeypatch.setattr(MockAdapter, "complete", broken_once)
+    client = openai_gateway.client()
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.status_code == 500
+    assert caught.value.body["code"] == "internal_error"  # type: ignore[index]
+    answer = await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "hi there"  # the same worker still serves
+
+
+async def test_a_bug_in_the_ingress_answers_500_in_the_error_shape(
+        openai_gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingress.catalog import Catalog
+
+    def broken(self: Catalog) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Catalog, "model_list", broken)
+    async with httpx.AsyncClient(base_url=openai_gateway.base_url) as http:
+        reply = await http.get("/v1/models", headers={"authorization": f"Bearer {openai_gateway.secret}"})
+        assert reply.status_code == 500 and reply.json()["error"]["code"] == "internal_error"
+        assert reply.headers["x-request-id"]
+        assert (await http.get("/healthz")).status_code == 200

@@ -67,6 +67,11 @@ class Runner:
                 outcome = self._error(delivery, attempt, failure)
             except ClientGone:
                 outcome = None
+            except Exception as exc:  # a bug must fail one job, never the worker process
+                log_event("job_crashed", request_id=job.request_id, provider=job.route.provider,
+                          error=type(exc).__name__)
+                outcome = self._error(delivery, attempt, GatewayError(
+                    500, "internal_error", "the gateway failed while running this request"))
             finally:
                 self.running.pop(job.request_id, None)
         if scope.cancelled_caught:
