@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from functools import partial
 from typing import Any
 
 import httpx
@@ -410,3 +411,30 @@ async def test_a_bug_in_the_ingress_answers_500_in_the_error_shape(
         assert reply.status_code == 500 and reply.json()["error"]["code"] == "internal_error"
         assert reply.headers["x-request-id"]
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_own_entry_read_but_never_run_is_reclaimed(nursery: trio.Nursery, redis_url: str,
+                                                         fake_openai: FakeOpenAI) -> None:
+    """A reply lost in flight leaves a job pending under the live worker's own name."""
+    from workers.service import run_workers
+
+    config = make_config(redis_url, {"up": upstream(fake_openai)},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}],
+                         limits={"reclaim_after_s": 0.3, "heartbeat_s": 0.1})
+    gateway = await start_gateway(nursery, config, workers=False)
+    result: list[Any] = []
+
+    async def ask() -> None:
+        result.append(await gateway.client().chat.completions.create(model="m", messages=HI))  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(ask)
+        while await gateway.redis.xlen("sb:q:up") == 0:
+            await trio.sleep(0.01)
+        await gateway.redis.xgroup_create("sb:q:up", "workers", "0")
+        taken = await gateway.redis.xreadgroup("workers", "worker-fixed", streams={"sb:q:up": ">"},
+                                               count=1)
+        assert taken  # delivered to "worker-fixed", whose reply never arrived
+        await nursery.start(partial(run_workers, config, consumer_id="worker-fixed"))
+    assert result[0].choices[0].message.content == "hi there"
+    assert len(fake_openai.requests) == 1

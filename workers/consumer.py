@@ -71,16 +71,15 @@ class Consumer:
                 self.slots.acquire_nowait()
                 taken += 1
             deliveries: list[Delivery] = []
+            due = trio.current_time() >= next_reclaim
+            if due:
+                next_reclaim = trio.current_time() + reclaim_every
             try:
-                if trio.current_time() >= next_reclaim:
-                    next_reclaim = trio.current_time() + reclaim_every
-                    deliveries = await self.queue.reclaim(
-                        self.provider, self.consumer_id,
-                        int(self.limits.reclaim_after_s * 1000), taken)
-                if len(deliveries) < taken:
-                    block = 1 if deliveries else READ_BLOCK_MS
-                    deliveries += await self.queue.read(
-                        self.provider, self.consumer_id, taken - len(deliveries), block)
+                # Bounded even if Redis stops answering on a half-dead connection. What was
+                # taken before a failure is still run; a reply lost in flight leaves its
+                # entries pending, and they are reclaimed (by us too, after a while).
+                with trio.fail_after(READ_BLOCK_MS / 1000 + self.limits.redis_timeout_s):
+                    await self._take(deliveries, taken, reclaim=due)
             except Exception as exc:  # Redis trouble: back off, then make sure the group exists
                 log_event("intake_error", provider=self.provider, error=type(exc).__name__)
                 await trio.sleep(0.5)
@@ -91,6 +90,18 @@ class Consumer:
             for delivery in deliveries:
                 self.running.add(delivery.entry_id)
                 jobs.start_soon(self._run, delivery)
+
+    async def _take(self, deliveries: list[Delivery], count: int, *, reclaim: bool) -> None:
+        """Add up to `count` jobs: first those of dead workers (when due), then new ones."""
+        if reclaim:
+            reclaimed = await self.queue.reclaim(
+                self.provider, self.consumer_id, int(self.limits.reclaim_after_s * 1000), count)
+            # One of ours whose heartbeats failed for long is still running here: not twice.
+            deliveries.extend(d for d in reclaimed if d.entry_id not in self.running)
+        if len(deliveries) < count:
+            block = 1 if deliveries else READ_BLOCK_MS
+            deliveries.extend(await self.queue.read(
+                self.provider, self.consumer_id, count - len(deliveries), block))
 
     async def _run(self, delivery: Delivery) -> None:
         try:

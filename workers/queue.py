@@ -48,8 +48,10 @@ _RECLAIM = """
 local pend = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', 1000)
 local out = {}
 for _, p in ipairs(pend) do
-  -- Our own entries are skipped: we are alive, so they are running.
-  if p[2] ~= ARGV[2] and #out < tonumber(ARGV[4]) then
+  -- Our own entries are left alone (we are alive, so they run and are heartbeated) unless
+  -- idle far longer than any heartbeat delay: then they were taken but never run.
+  local ours = p[2] == ARGV[2] and p[3] < tonumber(ARGV[5])
+  if not ours and #out < tonumber(ARGV[4]) then
     local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
     if #claimed > 0 and claimed[1][2] then
       table.insert(out, {claimed[1][1], claimed[1][2][2], p[4]})
@@ -181,9 +183,10 @@ class Queue:
         return out
 
     async def reclaim(self, provider: str, consumer: str, idle_ms: int, count: int) -> list[Delivery]:
-        """Take over up to `count` jobs whose worker has not heartbeated for `idle_ms`."""
+        """Take over up to `count` jobs whose worker has not heartbeated for `idle_ms`
+        (our own entries only after three times that: they were read but never run)."""
         rows: Any = await self._reclaim(
-            keys=[names.queue(provider)], args=[names.GROUP, consumer, idle_ms, count]
+            keys=[names.queue(provider)], args=[names.GROUP, consumer, idle_ms, count, 3 * idle_ms]
         )
         out: list[Delivery] = []
         for row in rows:

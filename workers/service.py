@@ -24,7 +24,7 @@ GRACE_S = 30.0
 
 
 async def run_workers(config: Config, providers: Sequence[str] = (), *,
-                      stop: trio.Event | None = None,
+                      stop: trio.Event | None = None, consumer_id: str | None = None,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the named providers (all configured ones if none are named).
 
@@ -37,7 +37,7 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
     unknown = [p for p in chosen if p not in config.providers]
     if unknown:
         raise ValueError(f"unknown provider(s): {', '.join(unknown)}")
-    consumer_id = f"worker-{uuid.uuid4().hex[:12]}"
+    consumer_id = consumer_id or f"worker-{uuid.uuid4().hex[:12]}"
     async with AsyncExitStack() as stack:
         redis = await stack.enter_async_context(connect(config.redis_url))
         queue = Queue(redis)
