@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--config", required=True)
     revoke.add_argument("key_id")
 
+    usage = verbs.add_parser("usage", help="print metered usage per org for a month")
+    usage.add_argument("--config", required=True)
+    usage.add_argument("--org", action="append", default=[],
+                       help="only this org (repeatable); default: every org with a key")
+    usage.add_argument("--month", default=None, help="YYYY-MM (UTC); default: this month")
+
     models = verbs.add_parser("models", help="print the catalog")
     models.add_argument("--config", required=True)
 
@@ -72,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(work_until_signalled, config, args.provider)
         elif args.verb == "keys":
             return trio.run(_keys, config, args)
+        elif args.verb == "usage":
+            return trio.run(_usage, config, args)
         elif args.verb == "models":
             _print_models(config)
     except KeyboardInterrupt:
@@ -110,6 +118,31 @@ async def _keys(config: Config, args: argparse.Namespace) -> int:
                 print(f"switchboard: no key {args.key_id!r}", file=sys.stderr)
                 return 1
             print(f"revoked {args.key_id}")
+    return 0
+
+
+async def _usage(config: Config, args: argparse.Namespace) -> int:
+    import re
+
+    from ingress.keys import KeyStore
+    from schemas import names
+    from workers.queue import Queue, connect, month
+
+    when = args.month or month()
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", when):
+        print(f"switchboard: --month must look like 2026-11, not {when!r}", file=sys.stderr)
+        return 2
+    async with connect(config.redis_url) as redis:
+        orgs = args.org or sorted({record.org for record in await KeyStore(redis).list()})
+        queue = Queue(redis)
+        print(f"{'ORG':20} {'PLAN':10} {'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>11} {'TOKENS':>10} LIMIT")
+        for org in orgs:
+            used = await queue.usage(org, when)
+            plan = (await redis.hget(names.org(org), "plan") or b"").decode()
+            limit = config.plans[plan].monthly_tokens if plan in config.plans else None
+            print(f"{org:20} {plan or '-':10} {used.get('requests', 0):>9} "
+                  f"{used.get('prompt_tokens', 0):>10} {used.get('completion_tokens', 0):>11} "
+                  f"{used.get('tokens', 0):>10} {limit if limit is not None else 'unlimited'}")
     return 0
 
 

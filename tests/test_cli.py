@@ -96,6 +96,13 @@ async def test_cli_keys_serve_worker_models(nursery: trio.Nursery, redis_url: st
             assert "".join([c.choices[0].delta.content or "" async for c in stream
                             if c.choices]) == "a b c"
 
+            usage = run("usage", "--config", config, "--org", "acme", env=env)
+            row = usage.stdout.splitlines()[1].split()
+            assert row[:3] == ["acme", "free", "2"]  # org, plan, requests
+            assert int(row[5]) > 0 and row[6] == "1000"  # tokens metered, the plan's limit
+            bad_month = run("usage", "--config", config, "--month", "11/2026", env=env)
+            assert bad_month.returncode == 2 and "--month" in bad_month.stderr
+
             revoked = run("keys", "revoke", "--config", config, key_id, env=env)
             assert revoked.returncode == 0, revoked.stderr
             with pytest.raises(openai.AuthenticationError):
