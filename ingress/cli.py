@@ -135,7 +135,8 @@ async def _usage(config: Config, args: argparse.Namespace) -> int:
     async with connect(config.redis_url) as redis:
         orgs = args.org or sorted({record.org for record in await KeyStore(redis).list()})
         queue = Queue(redis)
-        print(f"{'ORG':20} {'PLAN':10} {'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>11} {'TOKENS':>10} LIMIT")
+        print(f"{'ORG':20} {'PLAN':10} {'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>11} "
+              f"{'TOKENS':>10} LIMIT")
         for org in orgs:
             used = await queue.usage(org, when)
             plan = (await redis.hget(names.org(org), "plan") or b"").decode()
