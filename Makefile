@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint bench lock redis-server clean
+.PHONY: install run test lint lint-check bench lock redis-server clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +30,15 @@ run: install
 	@command -v redis-server >/dev/null 2>&1 || [ -n "$$REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
 	$(BIN)/switchboard dev
 
-test: install redis-server
+test: install redis-server lint-check
 	$(BIN)/pytest -q
 
-lint: install
+# Style and types are part of the suite: CI runs them too.
+lint-check: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy schemas ingress workers
+
+lint: lint-check
 
 bench: install redis-server
 	$(BIN)/python bench/overhead.py
