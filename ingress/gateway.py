@@ -198,7 +198,8 @@ class Gateway:
         with trio.move_on_after(self.config.limits.redis_timeout_s):
             try:
                 await self.queue.withdraw(ticket.job.route.provider, ticket.entry_id,
-                                          ticket.job.request_id)
+                                          ticket.job.request_id,
+                                          self.config.limits.request_timeout_s + GRACE_S)
             except Exception as exc:
                 log_event("withdraw_failed", request_id=ticket.job.request_id,
                           error=type(exc).__name__)

@@ -39,3 +39,8 @@ def org(org_id: str) -> str:
 def usage(org_id: str, month: str) -> str:
     """Hash of an org's metered usage for one calendar month (`YYYY-MM`, UTC)."""
     return f"{PREFIX}usage:{org_id}:{month}"
+
+
+def withdrawn(request_id: str) -> str:
+    """Marks a request whose client left, for copies of its job elsewhere (failover)."""
+    return f"{PREFIX}gone:{request_id}"

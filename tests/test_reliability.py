@@ -438,3 +438,35 @@ async def test_own_entry_read_but_never_run_is_reclaimed(nursery: trio.Nursery, 
         await nursery.start(partial(run_workers, config, consumer_id="worker-fixed"))
     assert result[0].choices[0].message.content == "hi there"
     assert len(fake_openai.requests) == 1
+
+
+async def test_failover_copy_of_a_departed_client_is_not_run(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    backup = await second_fake(nursery)
+    config = make_config(
+        redis_url, {"primary": upstream(fake_openai), "backup": upstream(backup)},
+        [{"slug": "m", "routes": [{"provider": "primary", "model": "p"},
+                                  {"provider": "backup", "model": "b"}]}])
+    gateway = await start_gateway(nursery, config, workers=False)
+    await gateway.start_worker(("primary",))  # nobody serves the backup route yet
+    fake_openai.then(Behavior(status=500))
+    async with trio.open_nursery() as inner:
+        inner.start_soon(lambda: gateway.client().chat.completions.create(model="m", messages=HI))
+        while await gateway.redis.xlen("sb:q:backup") == 0:  # failed over, waiting
+            await trio.sleep(0.01)
+        inner.cancel_scope.cancel()  # the client leaves
+    with trio.fail_after(2):
+        while not await gateway.redis.exists(["sb:gone:" + (await last_request_id(gateway))]):
+            await trio.sleep(0.02)
+    await gateway.start_worker(("backup",))
+    with trio.fail_after(5):
+        while await gateway.redis.xlen("sb:q:backup") != 0:  # taken and acknowledged...
+            await trio.sleep(0.02)
+    assert backup.requests == []  # ...without calling the backup upstream
+
+
+async def last_request_id(gateway: Gateway) -> str:
+    entries = await gateway.redis.xrange("sb:q:backup")
+    from schemas.envelopes import job_decoder
+
+    return job_decoder.decode(entries[-1].field_values[b"j"]).request_id

@@ -158,11 +158,18 @@ class Queue:
         code = int(result[0])
         return code, (result[1] if code == ADMITTED else b"")
 
-    async def withdraw(self, provider: str, entry_id: bytes, request_id: str) -> None:
-        """The client left: drop its queued job and tell a worker running it to stop."""
+    async def withdraw(self, provider: str, entry_id: bytes, request_id: str,
+                       remember_s: float) -> None:
+        """The client left: drop its queued job, tell a worker running it to stop, and
+        remember it for `remember_s` so a copy moved to a failover route is not started."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xdel(names.queue(provider), [entry_id])
             pipe.publish(names.CANCEL_CHANNEL, request_id.encode())
+            pipe.set(names.withdrawn(request_id), "1", ex=max(1, int(remember_s)))
+
+    async def was_withdrawn(self, request_id: str) -> bool:
+        """Whether the client of this request left (see `withdraw`)."""
+        return bool(await self.redis.exists([names.withdrawn(request_id)]))
 
     async def read(self, provider: str, consumer: str, count: int, block_ms: int) -> list[Delivery]:
         """Read up to `count` new jobs, waiting at most `block_ms` for the first."""

@@ -97,6 +97,9 @@ class Runner:
         if delivery.earlier_deliveries >= self.config.limits.max_deliveries:
             raise GatewayError(502, "worker_lost",
                                "the job was interrupted too many times by failing workers")
+        if (job.route_index or delivery.earlier_deliveries) and \
+                await self.queue.was_withdrawn(job.request_id):
+            raise ClientGone  # a failover or reclaimed copy of a job whose client left
         call = Call(job, route.model)
         tries = provider.max_retries + 1
         for try_index in range(tries):
