@@ -11,11 +11,14 @@ from schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatRequest,
+    EmbeddingList,
+    EmbeddingRequest,
     ModelList,
     ModelProviderList,
     RouterModelList,
 )
 from schemas.errors import ErrorBody
+from schemas.native import AnthropicMessagesRequest, GeminiGenerateRequest
 
 _REF = "#/components/schemas/{name}"
 
@@ -32,7 +35,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the gateway's endpoints."""
     types = [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, RouterModelList,
-             ModelProviderList, ErrorBody]
+             ModelProviderList, ErrorBody, EmbeddingRequest, EmbeddingList,
+             AnthropicMessagesRequest, GeminiGenerateRequest]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     chat = {
@@ -54,6 +58,24 @@ def openapi_document() -> dict[str, Any]:
         return {"get": {"summary": summary, "security": secured, "responses": {
             "200": {"description": "ok", "content": _json(name)}, **_errors(401, 503)}}}
 
+    embeddings = {"post": {
+        "summary": "Create embeddings", "security": secured,
+        "requestBody": {"required": True, "content": _json("EmbeddingRequest")},
+        "responses": {"200": {"description": "an embedding list", "content": _json("EmbeddingList")},
+                      **_errors(400, 401, 413, 422, 429, 502, 503, 504)}}}
+
+    def native(request: str, summary: str) -> dict[str, Any]:
+        # Relayed untranslated: only the fields the gateway checks are described.
+        return {"post": {"summary": summary, "security": secured,
+                         "requestBody": {"required": True, "content": _json(request)},
+                         "responses": {"200": {"description": "the provider's own answer"},
+                                       **_errors(400, 401, 413, 422, 429, 502, 503, 504)}}}
+
+    gemini = native("GeminiGenerateRequest", "Gemini generateContent / streamGenerateContent "
+                    "(the path ends in `:generateContent` or `:streamGenerateContent?alt=sse`)")
+    gemini["post"]["parameters"] = [
+        {"name": "target", "in": "path", "required": True, "schema": {"type": "string"},
+         "description": "`{model}:generateContent` or `{model}:streamGenerateContent`"}]
     health = {"get": {"responses": {"200": {"description": "ok"}, **_errors(503)}}}
     providers = listing("ModelProviderList", "The providers that serve a model")
     providers["get"]["parameters"] = [
@@ -64,6 +86,10 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/v1/chat/completions": chat,
             "/v3/router/chat/completions": chat,
+            "/v1/embeddings": embeddings,
+            "/anthropic/v1/messages": native("AnthropicMessagesRequest",
+                                             "Anthropic Messages API, relayed untranslated"),
+            "/gemini/v1beta/models/{target}": gemini,
             "/v1/models": listing("ModelList", "The catalog in OpenAI's list shape"),
             "/v1/router/models": listing("RouterModelList", "The catalog with names"),
             "/v1/router/models/{model_id}/providers": providers,
@@ -73,5 +99,6 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            # The Anthropic and Gemini SDKs send the same key in x-api-key / x-goog-api-key.
         },
     }

@@ -134,7 +134,9 @@ async def test_health_ready_and_openapi(openai_gateway: Gateway) -> None:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/readyz")).status_code == 200
         document = (await http.get("/openapi.json")).json()
-    assert "/v1/chat/completions" in document["paths"]
+    assert {"/v1/chat/completions", "/v1/embeddings", "/anthropic/v1/messages",
+            "/gemini/v1beta/models/{target}"} <= set(document["paths"])
+    assert "EmbeddingRequest" in document["components"]["schemas"]
     request_schema = document["components"]["schemas"]["ChatRequest"]
     assert {"model", "messages"} <= set(request_schema["required"])
     assert "stream_options" in request_schema["properties"]
