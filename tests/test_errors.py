@@ -239,3 +239,25 @@ async def test_job_envelopes_carry_no_credential_or_key(nursery: trio.Nursery, r
     job = job_decoder.decode(raw)
     assert job.org == "acme" and job.model == "m" and job.key_id == gateway.key_id
     assert b"sk-never-shown-42" not in raw and gateway.secret.encode() not in raw
+
+
+GARBAGE = [b"", b"\xff\xfe\x00", b"[]", b"null", b"42", b'"text"', b"{" * 5000 + b"}" * 5000,
+           b'{"model": "echo", "messages": [null]}', b'{"model": ["x"], "messages": []}',
+           b'{"model": "echo", "messages": [{"role": "user", "content": {"a": 1}}]}',
+           b'{"model": "echo", "messages": [{"role": "user", "content": [{"text": "no type"}]}]}',
+           b'{"model": "echo", "input": [[1, "a"]]}', b'{"model": "echo", "contents": "x"}']
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings",
+                                  "/anthropic/v1/messages",
+                                  "/gemini/v1beta/models/echo:generateContent"])
+async def test_garbage_bodies_get_a_4xx_and_change_nothing(openai_gateway: Gateway,
+                                                           path: str) -> None:
+    headers = {"authorization": f"Bearer {openai_gateway.secret}"}
+    async with httpx.AsyncClient(base_url=openai_gateway.base_url, headers=headers) as http:
+        for body in GARBAGE:
+            reply = await http.post(path, content=body)
+            assert 400 <= reply.status_code < 500, (body[:40], reply.status_code, reply.text)
+            assert reply.headers["x-request-id"]
+        assert (await http.get("/healthz")).status_code == 200  # the process is fine
+    await assert_nothing_changed(openai_gateway)
