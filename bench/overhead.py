@@ -19,6 +19,13 @@ also on Ctrl-C and on errors.
 
     .venv/bin/python bench/overhead.py [--requests N] [--concurrency C] [--chunks K]
                                        [--duration-cap S] [--json results.json]
+                                       [--litellm PATH]
+
+With --litellm PATH (a `litellm` executable, installed in its own venv, never in the
+project's), it also starts the LiteLLM proxy (one uvicorn worker, no database, a
+temporary YAML config routing the same slug to the same fake upstream) and measures a
+third path, "litellm", with the same requests and checks; its CPU is counted over its
+whole process tree.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import argparse
 import contextlib
 import ctypes
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -63,6 +71,8 @@ GRACE_S = 5.0  # after the duration cap, in-flight requests get this long before
 STARTUP_S = 30.0
 EXPECTED_LINES = ("Running on http", "fast_upstream listening on")  # start-up banners
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+LITELLM_MASTER_KEY = "sk-bench-master"
+LITELLM_STARTUP_S = 120.0  # LiteLLM imports a lot before it listens
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,11 +91,13 @@ class Processes:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.running: list[tuple[str, subprocess.Popen[bytes], Path | None]] = []
+        self.groups: set[str] = set()  # signalled as a whole process group (own session)
 
     def add(self, name: str, process: subprocess.Popen[bytes], log: Path | None = None) -> None:
         self.running.append((name, process, log))
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], env: dict[str, str], *,
+              group: bool = False) -> subprocess.Popen[bytes]:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
@@ -93,10 +105,22 @@ class Processes:
                 cwd=ROOT, start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         self.add(name, process, log)
+        if group:
+            self.groups.add(name)
         return process
 
     def pid(self, name: str) -> int:
         return next(p.pid for n, p, _ in self.running if n == name)
+
+    def has(self, name: str) -> bool:
+        return any(n == name for n, _, _ in self.running)
+
+    def _signal(self, name: str, process: subprocess.Popen[bytes], signum: int) -> None:
+        if name in self.groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)  # its own session: pgid == pid
+        else:
+            process.send_signal(signum)
 
     def check_alive(self) -> None:
         for name, process, log in self.running:
@@ -107,17 +131,23 @@ class Processes:
     def stop_all(self) -> None:
         """SIGINT to our Python children (a clean exit, which lets --profile write its
         files), SIGTERM to redis-server; SIGKILL whatever is left after 10 seconds."""
-        for _, process, log in reversed(self.running):
+        for name, process, log in reversed(self.running):
             if process.poll() is None:
-                process.send_signal(signal.SIGINT if log is not None else signal.SIGTERM)
+                self._signal(name, process, signal.SIGINT if log is not None else signal.SIGTERM)
         deadline = time.monotonic() + 10
         for name, process, _ in reversed(self.running):
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 print(f"bench: {name} did not stop on SIGTERM; killing it", file=sys.stderr)
-                process.kill()
+                if name in self.groups:
+                    self._signal(name, process, signal.SIGKILL)
+                else:
+                    process.kill()
                 process.wait(timeout=5)
+            if name in self.groups:  # children that outlived their parent
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
         self.running.clear()
 
 
@@ -173,6 +203,36 @@ request_timeout_s = 60
 """)
 
 
+def litellm_env() -> dict[str, str]:
+    """LiteLLM's environment: no proxies, no Redis or database URL, no remote cost map."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in PROXY_VARS and not k.startswith(("REDIS_", "DATABASE_", "LITELLM_"))}
+    env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # do not fetch the price list from GitHub
+                "LITELLM_TELEMETRY": "False"})
+    return env
+
+
+def write_litellm_config(path: Path, upstream_base: str) -> None:
+    """One model, the same slug and upstream as Switchboard's; no database, no callbacks."""
+    q = json.dumps  # a JSON string is a YAML string
+    path.write_text(f"""# written by bench/overhead.py for one benchmark run
+model_list:
+  - model_name: {q(SLUG)}
+    litellm_params:
+      model: {q("openai/" + UPSTREAM_MODEL)}
+      api_base: {q(upstream_base)}
+      api_key: {q(UPSTREAM_KEY)}
+litellm_settings:
+  telemetry: false
+  set_verbose: false
+  num_retries: 0
+general_settings:
+  master_key: {q(LITELLM_MASTER_KEY)}
+  disable_spend_logs: true
+""")
+
+
 # ---------------------------------------------------------------------------------------
 # Measuring processes: CPU time from /proc, Redis command counts from INFO commandstats
 
@@ -189,6 +249,31 @@ def cpu_seconds(pid: int | None) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """User + system CPU seconds of `root` and all its descendants, including children
+    already exited and reaped (each process's cutime + cstime); Linux only."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        times[pid] = sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+    if root not in times:
+        return None
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo.extend(children.get(pid, ()))
+    return total
 
 
 def redis_command(port: int, *words: str) -> bytes:
@@ -245,7 +330,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Target:
-    name: str  # "direct" | "switchboard"
+    name: str  # "direct" | "switchboard" | "litellm"
     url: str
     headers: dict[str, str]
     model: str
@@ -399,7 +484,10 @@ class Bench:
         pids: dict[str, int | None] = {"loadgen": None}
         for name in ("upstream", "ingress", "worker", "redis"):
             pids[name] = self.processes.pid(name)
-        return {name: cpu_seconds(pid) for name, pid in pids.items()}
+        snapshot = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        if self.processes.has("litellm"):
+            snapshot["litellm"] = tree_cpu_seconds(self.processes.pid("litellm"))
+        return snapshot
 
     async def measure(self, scenario: Scenario, target: Target,
                       clients: list[httpx.AsyncClient]) -> Result:
@@ -490,34 +578,55 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def report(results: dict[str, dict[str, Result]]) -> tuple[str, dict[str, dict[str, Any]]]:
+def compare(s: Result, d: Result) -> dict[str, Any]:
+    """Path s relative to path d: ratios, and s minus d in milliseconds."""
+    return {
+        "rps": ratio(s.rps, d.rps), "p50": ratio(s.p50_ms, d.p50_ms),
+        "p99": ratio(s.p99_ms, d.p99_ms), "ttfc_p50": ratio(s.ttfc_p50_ms, d.ttfc_p50_ms),
+        "ttfc_p99": ratio(s.ttfc_p99_ms, d.ttfc_p99_ms),
+        "added_p50_ms": round(s.p50_ms - d.p50_ms, 2),
+        "added_ttfc_p50_ms": (round(s.ttfc_p50_ms - d.ttfc_p50_ms, 2)
+                              if s.ttfc_p50_ms is not None and d.ttfc_p50_ms is not None
+                              else None)}
+
+
+# (JSON key, title, numerator path, denominator path)
+COMPARISONS = [
+    ("ratios_switchboard_over_direct", "Switchboard ÷ direct", "switchboard", "direct"),
+    ("ratios_litellm_over_direct", "LiteLLM ÷ direct", "litellm", "direct"),
+    ("ratios_switchboard_over_litellm", "Switchboard ÷ LiteLLM", "switchboard", "litellm"),
+]
+
+
+def report(results: dict[str, dict[str, Result]]) -> tuple[str, dict[str, dict[str, dict[str, Any]]]]:
+    """The Markdown tables, and {JSON key: {scenario: comparison}} of the path pairs measured."""
     lines = ["| scenario | path | ok | errors | req/s | p50 ms | p99 ms | TTFC p50 ms | TTFC p99 ms |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    ratios: dict[str, dict[str, Any]] = {}
+    all_ratios: dict[str, dict[str, dict[str, Any]]] = {}
     for scenario, by_path in results.items():
         for path, r in by_path.items():
             errors = sum(r.errors.values()) + r.cut_off
             lines.append(f"| {scenario} | {path} | {r.ok} | {errors} | {fmt(r.rps, 1)} | {fmt(r.p50_ms)}"
                          f" | {fmt(r.p99_ms)} | {fmt(r.ttfc_p50_ms)} | {fmt(r.ttfc_p99_ms)} |")
-        d, s = by_path.get("direct"), by_path.get("switchboard")
-        if d and s:
-            ratios[scenario] = {
-                "rps": ratio(s.rps, d.rps), "p50": ratio(s.p50_ms, d.p50_ms),
-                "p99": ratio(s.p99_ms, d.p99_ms), "ttfc_p50": ratio(s.ttfc_p50_ms, d.ttfc_p50_ms),
-                "ttfc_p99": ratio(s.ttfc_p99_ms, d.ttfc_p99_ms),
-                "added_p50_ms": round(s.p50_ms - d.p50_ms, 2),
-                "added_ttfc_p50_ms": (round(s.ttfc_p50_ms - d.ttfc_p50_ms, 2)
-                                      if s.ttfc_p50_ms is not None and d.ttfc_p50_ms is not None
-                                      else None)}
-    lines += ["", "Switchboard ÷ direct (req/s below 1 = slower; latency above 1 = slower):", "",
-              "| scenario | req/s | p50 | p99 | TTFC p50 | TTFC p99 | added p50 ms | added TTFC p50 ms |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for scenario, q in ratios.items():
-        lines.append(f"| {scenario} | {fmt(q['rps'])} | {fmt(q['p50'])} | {fmt(q['p99'])}"
-                     f" | {fmt(q['ttfc_p50'])} | {fmt(q['ttfc_p99'])} | {fmt(q['added_p50_ms'])}"
-                     f" | {fmt(q['added_ttfc_p50_ms'])} |")
+    for key, title, num, den in COMPARISONS:
+        ratios = {scenario: compare(by_path[num], by_path[den]) for scenario, by_path in results.items()
+                  if num in by_path and den in by_path}
+        if not ratios:
+            continue
+        all_ratios[key] = ratios
+        lines += ["", f"{title} (req/s below 1 = slower; latency above 1 = slower"
+                  + (f"; added = {num} minus {den}" if den != "direct" else "") + "):", "",
+                  "| scenario | req/s | p50 | p99 | TTFC p50 | TTFC p99 | added p50 ms | added TTFC p50 ms |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for scenario, q in ratios.items():
+            lines.append(f"| {scenario} | {fmt(q['rps'])} | {fmt(q['p50'])} | {fmt(q['p99'])}"
+                         f" | {fmt(q['ttfc_p50'])} | {fmt(q['ttfc_p99'])} | {fmt(q['added_p50_ms'])}"
+                         f" | {fmt(q['added_ttfc_p50_ms'])} |")
     names = ["loadgen", "upstream", "ingress", "worker", "redis"]
-    lines += ["", "CPU time per request, ms (user+system, from /proc; loadgen = this script), and "
+    if any("litellm" in r.cpu_ms_per_request for by_path in results.values() for r in by_path.values()):
+        names.append("litellm")
+    lines += ["", "CPU time per request, ms (user+system, from /proc; loadgen = this script"
+              + ("; litellm = its whole process tree" if "litellm" in names else "") + "), and "
               "upstream requests and new upstream connections during the measurement:", "",
               "| scenario | path | " + " | ".join(names) + " | total | upstream requests"
               " | upstream connections |",
@@ -538,7 +647,7 @@ def report(results: dict[str, dict[str, Result]]) -> tuple[str, dict[str, dict[s
         for scenario, by_path in results.items():
             calls = by_path["switchboard"].redis_calls_per_request if "switchboard" in by_path else {}
             lines.append(f"| {scenario} | " + " | ".join(fmt(calls.get(c)) for c in commands) + " |")
-    return "\n".join(lines), ratios
+    return "\n".join(lines), all_ratios
 
 
 def machine(redis_port: int | None) -> dict[str, Any]:
@@ -670,7 +779,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="run ingress and worker under cProfile, writing DIR/ingress.prof and "
                              "DIR/worker.prof (slows them down: use for where, not how fast)")
+    parser.add_argument("--litellm", type=Path, default=None, metavar="PATH",
+                        help="also measure the LiteLLM proxy: PATH is its `litellm` executable "
+                             "(installed in a separate venv)")
     args = parser.parse_args(argv)
+    if args.litellm is not None and not os.access(args.litellm, os.X_OK):
+        parser.error(f"--litellm {args.litellm}: not an executable file")
     if min(args.requests, args.concurrency, args.chunks) < 1 or args.duration_cap <= 0:
         parser.error("--requests, --concurrency, --chunks and --duration-cap must be positive")
     if min(args.serial_requests, args.warmup, args.upstream_latency_ms, args.chunk_delay_ms) < 0:
@@ -714,6 +828,43 @@ def find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     return None
 
 
+def start_litellm(args: argparse.Namespace, workdir: Path, processes: Processes,
+                  upstream_base: str) -> int:
+    """Start the LiteLLM proxy (one uvicorn worker, own process group); return its port."""
+    config = workdir / "litellm.yaml"
+    write_litellm_config(config, upstream_base)
+    port = free_port()
+    print(f"Starting the LiteLLM proxy ({args.litellm})", flush=True)
+    processes.start("litellm", [str(args.litellm), "--config", str(config), "--host", HOST,
+                                "--port", str(port), "--num_workers", "1"], litellm_env(), group=True)
+    wait_until("the LiteLLM proxy", lambda: http_ok(f"http://{HOST}:{port}/health/liveliness"),
+               processes, timeout=LITELLM_STARTUP_S)
+    return port
+
+
+def litellm_version(executable: Path) -> str:
+    """The version of the litellm package next to `executable` (its venv's site-packages)."""
+    for site in sorted(executable.resolve().parent.parent.glob("lib/python*/site-packages")):
+        for dist in importlib.metadata.distributions(path=[str(site)]):
+            if dist.metadata["Name"] == "litellm":
+                return dist.version
+    return "?"
+
+
+def litellm_log_summary(path: Path) -> list[str]:
+    """Non-200 access-log lines, errors and tracebacks in LiteLLM's (plain text) log."""
+    findings: Counter[str] = Counter()
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            text = line.strip()
+            if '"POST /v1/chat/completions' in text:
+                if not text.endswith("200 OK"):
+                    findings["non-200 answer: " + text.split(" - ", 1)[-1][:120]] += 1
+            elif "Traceback" in text or "ERROR" in text or "Exception" in text:
+                findings[text[:160]] += 1
+    return [f"{count} x {text}" for text, count in findings.most_common(10)]
+
+
 def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
     print(f"Starting redis-server, the fast upstream and Switchboard (work dir {workdir})", flush=True)
     redis_process, redis_port = start_private_redis(workdir / "redis")
@@ -740,6 +891,7 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
     worker_log = workdir / "worker.log"
     wait_until("switchboard worker", lambda: b'"worker_ready"' in worker_log.read_bytes(), processes)
     wait_until("switchboard ingress", lambda: http_ok(f"http://{HOST}:{ingress_port}/readyz"), processes)
+    litellm_port = start_litellm(args, workdir, processes, upstream_base) if args.litellm else None
 
     targets = [
         Target("direct", f"{upstream_base}/chat/completions",
@@ -748,10 +900,17 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
         Target("switchboard", f"http://{HOST}:{ingress_port}/v1/chat/completions",
                {"authorization": f"Bearer {secret}", "content-type": "application/json"}, SLUG),
     ]
+    if litellm_port is not None:
+        targets.append(Target(
+            "litellm", f"http://{HOST}:{litellm_port}/v1/chat/completions",
+            {"authorization": f"Bearer {LITELLM_MASTER_KEY}", "content-type": "application/json"},
+            SLUG))
     for target in targets:
         smoke(target, args.chunks)
 
     info = machine(redis_port)
+    if args.litellm:
+        info["litellm"] = litellm_version(args.litellm)
     print(f"Machine: {info.get('nproc')} CPUs ({info.get('cpu', '?')}), Python {info['python']}, "
           f"redis {info.get('redis', '?')}, load average {' '.join(info.get('loadavg_at_start', []))}")
     print(f"Load: {args.requests} requests at concurrency {args.concurrency}, "
@@ -770,6 +929,9 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
         print("\nUnusual log lines (ingress/worker/upstream):")
         for finding in findings:
             print("  " + finding)
+    if args.litellm:
+        for finding in litellm_log_summary(workdir / "litellm.log"):
+            print("  litellm: " + finding)
     print(f"\nMeasured in {elapsed:.1f}s.")
     if args.json:
         document = {
@@ -779,7 +941,8 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
             "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "results": {s: {p: asdict(r) for p, r in by_path.items()}
                         for s, by_path in bench.results.items()},
-            "ratios_switchboard_over_direct": ratios,
+            **{key: ratios.get(key, {}) for key, _, _, _ in COMPARISONS
+               if key == "ratios_switchboard_over_direct" or key in ratios},
             "log_findings": findings,
         }
         args.json.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
