@@ -35,6 +35,7 @@ class ReplyHub:
         self._subscribed = trio.Event()
         self._subscription = trio.CancelScope()
         self._waiters: dict[str, trio.MemorySendChannel[Frame]] = {}
+        self._overflowed: set[str] = set()  # requests whose client fell BUFFER frames behind
 
     def statistics(self) -> dict[str, int | bool]:
         return {"waiting": len(self._waiters), "ready": self.ready}
@@ -112,6 +113,7 @@ class ReplyHub:
             waiter.send_nowait(frame)
         except trio.WouldBlock:  # the client reads too slowly: end its stream explicitly
             self._waiters.pop(frame.request_id, None)
+            self._overflowed.add(frame.request_id)
             waiter.close()
 
     def _fail_all(self, reason: str) -> None:
@@ -131,6 +133,7 @@ class ReplyHub:
 
     def _unregister(self, request_id: str) -> None:
         self._waiters.pop(request_id, None)
+        self._overflowed.discard(request_id)
 
 
 class Replies:
@@ -156,6 +159,9 @@ class Replies:
             try:
                 frame = await self._receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
+                if self._request_id in self._hub._overflowed:
+                    raise GatewayError(502, "client_too_slow",
+                                       f"the client fell {BUFFER} frames behind the answer") from None
                 raise RepliesLost from None
             if isinstance(frame, Error):
                 return frame  # terminal from any attempt: the worker gave up

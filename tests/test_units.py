@@ -164,3 +164,19 @@ def test_error_bodies_in_native_shapes() -> None:
     assert google["details"][0]["reason"] == "queue_full"
     assert google["details"][0]["metadata"] == {"provider": "p", "param": "model"}
     assert google["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+async def test_a_client_that_falls_too_far_behind_gets_an_explicit_error() -> None:
+    from ingress.replies import BUFFER
+
+    hub = _hub()
+    replies = hub.register("r")
+    _send(hub, Head(request_id="r", attempt=0, seq=0, provider="p"),
+          *[_chunk(i) for i in range(1, BUFFER + 5)])
+    received = [await replies.next() for _ in range(BUFFER)]  # what fit in the buffer
+    assert len(received) == BUFFER
+    with pytest.raises(GatewayError) as caught:
+        await replies.next()
+    assert caught.value.code == "client_too_slow"
+    replies.close()
+    assert hub.statistics()["waiting"] == 0 and not hub._overflowed
