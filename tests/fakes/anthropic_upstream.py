@@ -11,13 +11,12 @@ answered (`answers`: the JSON bytes, or the whole SSE byte stream as sent).
 from __future__ import annotations
 
 import json
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from tests.fakes.server import read_request
+from tests.fakes.server import ScriptedUpstream, read_request
 
 
 @dataclass
@@ -48,18 +47,11 @@ class Received:
     raw: bytes = b""
 
 
-class FakeAnthropic:
+class FakeAnthropic(ScriptedUpstream[Behavior, Received]):
     """The ASGI app. `base_url` is set by the fixture that serves it."""
 
     def __init__(self) -> None:
-        self.requests: list[Received] = []
-        self.behaviors: deque[Behavior] = deque()
-        self.answers: list[bytes] = []
-        self.base_url = ""
-
-    def then(self, *behaviors: Behavior) -> FakeAnthropic:
-        self.behaviors.extend(behaviors)
-        return self
+        super().__init__(Behavior)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         incoming = await read_request(scope, receive, send)
@@ -71,7 +63,7 @@ class FakeAnthropic:
         if scope["method"] != "POST" or scope["path"] != "/v1/messages":
             await _send_json(send, 404, _error("not_found_error", "Not found"))
             return
-        behavior = self.behaviors.popleft() if self.behaviors else Behavior()
+        behavior = self.next_behavior()
         await trio.sleep(behavior.delay_s)
         if behavior.status != 200:
             await _send_json(send, behavior.status,

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 import trio
 
-from tests.fakes.server import read_request
+from tests.fakes.server import ScriptedUpstream, read_request
 
 REQUEST_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig",
                   "safetySettings", "cachedContent"}
@@ -77,18 +76,11 @@ def error_body(code: int, status: str, message: str, reason: str | None = None) 
     return {"error": error}
 
 
-class FakeGemini:
+class FakeGemini(ScriptedUpstream[Behavior, Received]):
     """The ASGI app. `base_url` (ending in /v1beta) is set by the fixture that serves it."""
 
     def __init__(self) -> None:
-        self.requests: list[Received] = []
-        self.answers: list[bytes] = []  # the body of every 200 answer, as sent
-        self.behaviors: deque[Behavior] = deque()
-        self.base_url = ""
-
-    def then(self, *behaviors: Behavior) -> FakeGemini:
-        self.behaviors.extend(behaviors)
-        return self
+        super().__init__(Behavior)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         incoming = await read_request(scope, receive, send)
@@ -120,7 +112,7 @@ class FakeGemini:
         if problem:
             await _send_json(send, 400, error_body(400, "INVALID_ARGUMENT", problem))
             return
-        behavior = self.behaviors.popleft() if self.behaviors else Behavior()
+        behavior = self.next_behavior()
         await trio.sleep(behavior.delay_s)
         if behavior.status != 200:
             await _send_json(send, behavior.status, error_body(

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from tests.fakes.server import read_request
+from tests.fakes.server import ScriptedUpstream, read_request
 
 
 @dataclass
@@ -40,18 +39,12 @@ class Received:
     body: dict[str, Any]
 
 
-class FakeOpenAI:
+class FakeOpenAI(ScriptedUpstream[Behavior, Received]):
     """The ASGI app. `base_url` is set by the fixture that serves it."""
 
     def __init__(self) -> None:
-        self.requests: list[Received] = []
-        self.behaviors: deque[Behavior] = deque()
+        super().__init__(Behavior)
         self.disconnects: list[float] = []
-        self.base_url = ""
-
-    def then(self, *behaviors: Behavior) -> FakeOpenAI:
-        self.behaviors.extend(behaviors)
-        return self
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         incoming = await read_request(scope, receive, send)
@@ -60,7 +53,7 @@ class FakeOpenAI:
         headers, body = incoming
         request = json.loads(body) if body else {}
         self.requests.append(Received(scope["path"], headers, request))
-        behavior = self.behaviors.popleft() if self.behaviors else Behavior()
+        behavior = self.next_behavior()
         await trio.sleep(behavior.delay_s)
         if behavior.status != 200:
             error = behavior.error or {"error": {"message": "upstream trouble", "type": "server_error",

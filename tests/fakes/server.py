@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, Self, TypeVar
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+
+B = TypeVar("B")
+R = TypeVar("R")
+
+
+class ScriptedUpstream(Generic[B, R]):
+    """What every fake upstream shares: the requests it received (`R`), the answers it
+    sent, and a queue of scripted behaviours (`B`, default-constructed when empty).
+    `base_url` is set by the fixture that serves it."""
+
+    def __init__(self, default: Callable[[], B]) -> None:
+        self.requests: list[R] = []
+        self.answers: list[bytes] = []
+        self.behaviors: deque[B] = deque()
+        self.base_url = ""
+        self._default = default
+
+    def then(self, *behaviors: B) -> Self:
+        """Answer the next requests this way, in order."""
+        self.behaviors.extend(behaviors)
+        return self
+
+    def next_behavior(self) -> B:
+        return self.behaviors.popleft() if self.behaviors else self._default()
 
 
 async def read_request(scope: dict[str, Any], receive: Any,
