@@ -314,6 +314,7 @@ async def test_stream_cut_before_message_stop_is_an_error(gateway: Gateway, fake
     ({"n": 2}, "n"), ({"seed": 7}, "seed"), ({"logprobs": True}, "logprobs"),
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"extra_body": {"verbosity": "high"}}, "verbosity"),  # unknown: might change the answer
 ])
 async def test_unsupported_parameter(gateway: Gateway, fake: FakeAnthropic, params: dict[str, Any],
                                      param: str) -> None:
@@ -324,6 +325,13 @@ async def test_unsupported_parameter(gateway: Gateway, fake: FakeAnthropic, para
     assert (error["code"], error["param"]) == ("unsupported_parameter", param)
     assert param in error["message"] and "anthropic" in error["message"]
     assert fake.requests == []
+
+
+async def test_harmless_unknown_fields_are_dropped(gateway: Gateway, fake: FakeAnthropic) -> None:
+    await gateway.client().chat.completions.create(
+        model="claude-test", messages=user("x"), store=True, metadata={"k": "v"},
+        extra_body={"prompt_cache_key": "p", "verbosity": None})
+    assert not {"store", "metadata", "prompt_cache_key", "verbosity"} & set(fake.requests[0].body)
 
 
 # --- the pure translations ----------------------------------------------------------------
