@@ -8,7 +8,7 @@
 Request blocks are a tagged union on `type`; absent optional fields are omitted when
 encoding. Answer shapes hold only what the gateway reads and ignore the rest, so new
 block and event kinds pass through. Native relays read even less: the top-level keys as
-`msgspec.Raw` (`raw_object_decoder`), to set the model and leave every other byte alone.
+`msgspec.Raw` (`schemas.chat.raw_object_decoder`), to set the model and leave every other byte alone.
 
 References: https://docs.anthropic.com/en/api/messages,
 https://docs.anthropic.com/en/api/messages-streaming, https://docs.anthropic.com/en/api/errors.
@@ -179,5 +179,3 @@ block_delta_decoder = msgspec.json.Decoder(BlockDelta)
 message_delta_decoder = msgspec.json.Decoder(MessageDelta)
 usage_decoder = msgspec.json.Decoder(AnthropicUsage)
 error_decoder = msgspec.json.Decoder(ErrorBody)
-raw_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-"""A JSON object's keys with their values undecoded: for relaying bodies nearly untouched."""

@@ -182,6 +182,8 @@ class ModelProviderList(Struct):
 
 
 request_decoder = msgspec.json.Decoder(ChatRequest)
+# A JSON object's top-level keys with their values undecoded: pass-through rewriting.
+raw_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class EmbeddingRequest(Struct):

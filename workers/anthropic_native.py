@@ -22,10 +22,9 @@ import msgspec
 from schemas.anthropic import (
     AnthropicUsage,
     message_delta_decoder,
-    raw_object_decoder,
     usage_decoder,
 )
-from schemas.chat import Usage
+from schemas.chat import Usage, raw_object_decoder
 from schemas.errors import GatewayError
 from workers.anthropic_response import UsageCounter, event_failure, malformed, to_usage
 

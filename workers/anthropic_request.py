@@ -27,9 +27,10 @@ from schemas.anthropic import (
     ToolUseBlock,
     Turn,
 )
-from schemas.chat import ResponseFormat, Tool, ToolCall, ToolChoice
+from schemas.chat import ResponseFormat, Tool, ToolCall, ToolChoice, raw_object_decoder
 from schemas.config import ProviderConfig
 from schemas.errors import GatewayError
+from workers.base import screen_fields, unsupported_parameter
 
 KIND = "anthropic"
 
@@ -95,19 +96,14 @@ _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "modalities": (None, ["text"]), "reasoning_effort": (None,), "web_search_options": (None,),
 }
 _decode_request = msgspec.json.Decoder(_Request).decode
-_decode_keys = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-_HANDLED = frozenset({"model", "stream", "stream_options"})  # read by the ingress and runner
 _HARMLESS = frozenset({"metadata", "store", "service_tier", "safety_identifier",
                        "prompt_cache_key", "prediction"})  # never change the answer: dropped
-_ABSENT = frozenset({b"null", b"{}", b"[]"})  # JSON values that mean "not set"
 _decode_arguments = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
 
 
 def _unsupported(param: str, what: str = "") -> GatewayError:
-    return GatewayError(400, "unsupported_parameter",
-                        f"{what or f'`{param}`'} is not supported by provider kind {KIND!r}",
-                        param=param)
+    return unsupported_parameter(KIND, param, what)
 
 
 def _reject(request: _Request) -> None:
@@ -238,14 +234,10 @@ def _output_config(response_format: ResponseFormat | None) -> dict[str, Any] | N
 def to_messages_request(body: bytes, model: str, config: ProviderConfig, *, stream: bool) -> bytes:
     """The Anthropic request body for an OpenAI chat-completion body; GatewayError if untranslatable."""
     try:
-        request, raw = _decode_request(body), _decode_keys(body)
+        request, raw = _decode_request(body), raw_object_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise GatewayError(422, "validation_error", f"invalid request: {exc}") from None
-    # A field this translation does not know could change the answer: refuse it, unless
-    # it is known to be harmless or asks for nothing (null, {}, []).
-    for key in sorted(raw.keys() - _HANDLED - _HARMLESS - set(_Request.__struct_fields__)):
-        if bytes(raw[key]) not in _ABSENT:
-            raise _unsupported(key)
+    screen_fields(raw, KIND, translated=_Request.__struct_fields__, harmless=_HARMLESS)
     _reject(request)
     system, turns = _turns(request.messages)
     tools, tool_choice = _tools(request)

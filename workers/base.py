@@ -9,13 +9,14 @@ runner owns those.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import httpx
+import msgspec
 
 from schemas.chat import Usage
 from schemas.config import ProviderConfig
@@ -133,6 +134,30 @@ def read_credential(name: str, config: ProviderConfig) -> str | None:
         except OSError:
             return None
     return None
+
+
+# Fields the ingress and runner handle for every kind, and JSON values that mean "not set".
+ROUTED_FIELDS = frozenset({"model", "stream", "stream_options"})
+ABSENT = frozenset({b"null", b"{}", b"[]"})
+
+
+def unsupported_parameter(kind: str, param: str, what: str = "") -> GatewayError:
+    """The 400 for an OpenAI parameter a provider kind cannot honour."""
+    return GatewayError(400, "unsupported_parameter",
+                        f"{what or f'`{param}`'} is not supported by provider kind {kind!r}",
+                        param=param)
+
+
+def screen_fields(raw: dict[str, msgspec.Raw], kind: str, *, translated: Collection[str],
+                  harmless: Collection[str] = ()) -> list[str]:
+    """Refuse every set field a translation does not know: it could change the answer.
+
+    Returns the `harmless` fields that are set; they are not forwarded (callers log them).
+    """
+    for key in sorted(raw.keys() - ROUTED_FIELDS - set(harmless) - set(translated)):
+        if bytes(raw[key]) not in ABSENT:
+            raise unsupported_parameter(kind, key)
+    return sorted(key for key in raw.keys() & set(harmless) if bytes(raw[key]) not in ABSENT)
 
 
 # Upstream statuses that are the client's fault: relayed as they are, never retried.

@@ -34,6 +34,7 @@ from schemas.chat import (
     EmbeddingUsage,
     Usage,
     embedding_decoder,
+    raw_object_decoder,
 )
 from schemas.errors import GatewayError
 from schemas.gemini import (
@@ -45,10 +46,9 @@ from schemas.gemini import (
     embed_decoder,
     resource_name,
 )
-from workers.base import Answer, UpstreamFailure
-from workers.gemini_request import ABSENT, unsupported
+from workers.base import Answer, UpstreamFailure, screen_fields
+from workers.gemini_request import unsupported
 
-_decode_keys = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _encode = msgspec.json.Encoder().encode
 _KNOWN = frozenset(EmbeddingRequest.__struct_fields__)
 CHARS_PER_TOKEN = 4  # https://ai.google.dev/gemini-api/docs/tokens
@@ -68,13 +68,11 @@ class EmbeddingPlan:
 def plan_embeddings(body: bytes, model: str) -> EmbeddingPlan:
     """The Gemini call for an OpenAI embeddings request body. Raises GatewayError (400)."""
     try:
-        raw, request = _decode_keys(body), embedding_decoder.decode(body)
+        raw, request = raw_object_decoder.decode(body), embedding_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise GatewayError(400, "invalid_request",
                            f"cannot translate the request for provider kind 'gemini': {exc}") from None
-    for key in sorted(raw.keys() - _KNOWN):
-        if bytes(raw[key]) not in ABSENT:
-            raise unsupported(key)
+    screen_fields(raw, "gemini", translated=_KNOWN)
     texts = _texts(request.input)
     size = request.dimensions
     if len(texts) == 1:

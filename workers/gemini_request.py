@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import msgspec
 from msgspec import Struct
 
-from schemas.chat import FunctionCall, FunctionDef, ResponseFormat, ToolChoice
+from schemas.chat import FunctionCall, FunctionDef, ResponseFormat, ToolChoice, raw_object_decoder
 from schemas.errors import GatewayError
 from schemas.gemini import (
     Blob,
@@ -40,8 +40,8 @@ from schemas.gemini import (
     Part,
     ToolConfig,
 )
+from workers.base import screen_fields, unsupported_parameter
 
-HANDLED = frozenset({"model", "stream", "stream_options"})  # read by the ingress and the runner
 # Accepted and not forwarded (logged): they never change the answer.
 IGNORED = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier",
                      "prompt_cache_key", "prediction"})
@@ -124,17 +124,13 @@ class _Request(Struct):
     modalities: list[str] | None = None
 
 
-_decode_keys = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _decode_request = msgspec.json.Decoder(_Request).decode
-ABSENT = frozenset({b"null", b"{}", b"[]"})  # JSON values that mean "not set"
 
 
 # ── translation ──────────────────────────────────────────────────────────────────
 def unsupported(param: str, what: str = "") -> GatewayError:
     """The 400 for an OpenAI parameter Gemini cannot honour."""
-    return GatewayError(400, "unsupported_parameter",
-                        f"{what or 'parameter ' + repr(param)} is not supported by provider kind 'gemini'",
-                        param=param)
+    return unsupported_parameter("gemini", param, what)
 
 
 def _invalid(message: str, param: str | None = None) -> GatewayError:
@@ -152,13 +148,11 @@ class Translation:
 def translate_request(body: bytes) -> Translation:
     """The Gemini request for an OpenAI chat request body. Raises GatewayError (400)."""
     try:
-        raw, request = _decode_keys(body), _decode_request(body)
+        raw, request = raw_object_decoder.decode(body), _decode_request(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _invalid(f"cannot translate the request for provider kind 'gemini': {exc}") from None
-    ignored = sorted(key for key in raw.keys() & IGNORED if bytes(raw[key]) not in ABSENT)
-    for key in sorted(raw.keys() - HANDLED - IGNORED - set(_Request.__struct_fields__)):
-        if bytes(raw[key]) not in ABSENT:
-            raise unsupported(key)
+    ignored = screen_fields(raw, "gemini", translated=_Request.__struct_fields__,
+                            harmless=IGNORED)
     if request.logprobs:
         raise unsupported("logprobs")
     if request.parallel_tool_calls is False:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from schemas.chat import Usage
+from schemas.chat import Usage, raw_object_decoder
 from schemas.config import ProviderConfig
 from workers.base import (
     AdapterBase,
@@ -28,7 +28,7 @@ from workers.base import (
 
 RawObject = dict[str, msgspec.Raw]
 
-_decode_object = msgspec.json.Decoder(RawObject).decode
+_decode_object = raw_object_decoder.decode
 _decode_usage = msgspec.json.Decoder(Usage | None).decode
 _encode = msgspec.json.Encoder().encode
 _NULL = msgspec.Raw(b"null")
