@@ -146,7 +146,6 @@ class Replies:
         self._receive = receive
         self.attempt: int | None = None  # the attempt whose output the client gets
         self._next_seq = 0
-        self.provider = ""
 
     def close(self) -> None:
         """Stop receiving; frames that still arrive are dropped."""
@@ -168,7 +167,6 @@ class Replies:
             if self.attempt is None:
                 if isinstance(frame, Head | Done) and frame.seq == 0:
                     self.attempt, self._next_seq = frame.attempt, 1
-                    self.provider = frame.provider
                     return frame
                 continue  # the tail of an attempt that never began for this client
             if frame.attempt != self.attempt:
