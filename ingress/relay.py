@@ -20,10 +20,12 @@ DONE_EVENT = b"data: [DONE]\n\n"
 
 
 def sse_event(payload: bytes, event: str = "") -> bytes:
-    """One SSE event; named when the dialect names its events."""
+    """One SSE event; named when the dialect names its events. A payload with line breaks
+    (possible only in relayed native events) becomes several `data:` lines, as SSE wants."""
+    data = b"data: " + payload.replace(b"\n", b"\ndata: ") if b"\n" in payload else b"data: " + payload
     if event:
-        return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"
-    return b"data: " + payload + b"\n\n"
+        return b"event: " + event.encode() + b"\n" + data + b"\n\n"
+    return data + b"\n\n"
 
 
 def _as_is(body: bytes, status: int) -> bytes:

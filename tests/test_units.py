@@ -180,3 +180,11 @@ async def test_a_client_that_falls_too_far_behind_gets_an_explicit_error() -> No
     assert caught.value.code == "client_too_slow"
     replies.close()
     assert hub.statistics()["waiting"] == 0 and not hub._overflowed
+
+
+def test_sse_framing_names_events_and_splits_lines() -> None:
+    from ingress.relay import sse_event
+
+    assert sse_event(b'{"a":1}') == b'data: {"a":1}\n\n'
+    assert sse_event(b"x", "ping") == b"event: ping\ndata: x\n\n"
+    assert sse_event(b"one\ntwo", "e") == b"event: e\ndata: one\ndata: two\n\n"
