@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from quart import Response, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from ingress.edge import REFUSAL, BodyFirst
 from ingress.gateway import Gateway, Submission, new_request_id
 from ingress.keys import Identity
 from ingress.openapi import openapi_document
@@ -52,18 +54,40 @@ def protocol_headers(allowed: tuple[str, ...]) -> dict[str, str]:
     return headers
 
 
+_RULE_PART = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
+
+
+def served_endpoints(app: QuartTrio) -> str:
+    """Every endpoint this app serves, as `METHOD /path` (for the 404 message)."""
+    rules = sorted((rule.rule, method) for rule in app.url_map.iter_rules()
+                   for method in (rule.methods or ()) if method not in ("HEAD", "OPTIONS"))
+    # Werkzeug's `<path:target>` becomes `{target}`, as the OpenAPI document writes it.
+    return ", ".join(method + " " + _RULE_PART.sub(r"{\1}", path) for path, method in rules)
+
+
 def create_app(gateway: Gateway) -> QuartTrio:
     """The ingress application bound to one process's Gateway."""
-    app = QuartTrio("switchboard")
+    limits = gateway.config.limits
+    app = QuartTrio("switchboard", static_folder=None)
     app.config.update(
-        MAX_CONTENT_LENGTH=gateway.config.limits.max_body_bytes,
+        MAX_CONTENT_LENGTH=None,  # the edge enforces max_body_bytes, before any handler
         RESPONSE_TIMEOUT=None,  # streams last as long as the upstream does
-        BODY_TIMEOUT=60,
     )
+    # Every request passes the edge: its body is read before any handler may answer.
+    app.asgi_app = BodyFirst(app.asgi_app, limits.max_body_bytes, limits.body_timeout_s)  # type: ignore[method-assign,assignment]
 
     @app.before_request
     async def assign_request_id() -> None:
         g.request_id = new_request_id()
+        if request.routing_exception is not None:
+            raise request.routing_exception  # a wrong path or method says so, whatever the body
+        match request.scope.get(REFUSAL):
+            case "too_large":
+                raise GatewayError(413, "request_too_large",
+                                   f"the body exceeds {limits.max_body_bytes} bytes")
+            case "too_slow":
+                raise GatewayError(408, "request_timeout",
+                                   f"the body did not arrive within {limits.body_timeout_s:g} s")
 
     @app.after_request
     async def tag_response(response: Response) -> Response:
@@ -86,10 +110,17 @@ def create_app(gateway: Gateway) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def render_http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-        message = {413: f"the body exceeds {gateway.config.limits.max_body_bytes} bytes"}.get(
-            status, error.description or error.name)
-        return await render_error(GatewayError(status, codes.get(status, "http_error"), message))
+        if status == 404:
+            failure = GatewayError(404, "not_found", f"no endpoint {request.method} {request.path}; "
+                                   f"served: {served_endpoints(app)}")
+        elif status == 405:
+            allowed = sorted(error.valid_methods or []) if isinstance(error, MethodNotAllowed) else []
+            failure = GatewayError(405, "method_not_allowed",
+                                   f"{request.method} is not allowed on {request.path}; "
+                                   f"use {' or '.join(allowed) or 'another method'}")
+        else:
+            failure = GatewayError(status, "http_error", error.name)
+        return await render_error(failure)
 
     @app.errorhandler(Exception)
     async def render_crash(error: Exception) -> Response:

@@ -55,6 +55,7 @@ class Limits(Struct, forbid_unknown_fields=True):
     """Edge limits; defaults suit production."""
 
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024 * 1024
+    body_timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # the whole body must arrive in this time
     redis_timeout_s: Annotated[float, Meta(gt=0)] = 5.0
     key_cache_s: Annotated[float, Meta(ge=0)] = 5.0
     # Worker liveness: running jobs are re-claimed by their worker every heartbeat;
