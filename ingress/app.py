@@ -15,8 +15,8 @@ from ingress.edge import REFUSAL, BodyFirst
 from ingress.gateway import Gateway, Submission, new_request_id
 from ingress.keys import Identity
 from ingress.openapi import openapi_document
-from ingress.relay import DIALECTS
 from schemas.errors import GatewayError
+from schemas.kinds import dialect_of_path
 from workers.logs import log_event
 
 _encode = msgspec.json.Encoder().encode
@@ -41,8 +41,6 @@ def access_key() -> str | None:
 
 
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
-# Paths of the native APIs, whose clients expect their provider's error shape.
-NATIVE_PREFIXES = (("/anthropic/", "anthropic_messages"), ("/gemini/", "gemini_generate"))
 
 
 def protocol_headers(allowed: tuple[str, ...]) -> dict[str, str]:
@@ -97,8 +95,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     @app.errorhandler(GatewayError)
     async def render_error(error: GatewayError) -> Response:
         """The one place errors become responses, in the shape the caller's API uses."""
-        dialect = next((DIALECTS[endpoint] for prefix, endpoint in NATIVE_PREFIXES
-                        if request.path.startswith(prefix)), DIALECTS["chat"])
+        dialect = dialect_of_path(request.path)
         response = json_response(dialect.shape(error.encode(), error.status), error.status)
         if error.retry_after is not None:
             response.headers["retry-after"] = str(error.retry_after)

@@ -8,8 +8,6 @@ providers of its family. A `vendor` header pins one provider.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from schemas.chat import (
     ModelCard,
     ModelList,
@@ -20,13 +18,7 @@ from schemas.chat import (
 )
 from schemas.config import Config, ModelConfig, Route
 from schemas.errors import GatewayError
-
-# Model-name prefixes of each provider kind's family (data, not branching on names).
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "anthropic": ("claude-",),
-    "gemini": ("gemini-", "gemma-"),
-    "openai": ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-"),
-}
+from schemas.kinds import KINDS, Kind, is_native
 
 
 class Catalog:
@@ -37,23 +29,27 @@ class Catalog:
         self.created = created
         self.models: dict[str, ModelConfig] = {m.slug: m for m in config.models}
 
-    def routes(self, slug: str, *, pin: str | None = None,
-               kinds: Collection[str] | None = None) -> list[Route]:
+    def routes(self, slug: str, *, endpoint: str = "chat", pin: str | None = None) -> list[Route]:
         """The usable routes of a slug in failover order, or a 400 that says why not.
 
-        `pin` (the `vendor` header) keeps only that provider; `kinds` keeps only
-        providers of those kinds (native endpoints speak one provider's API).
+        Only routes to configured providers whose kind serves `endpoint` are usable;
+        `pin` (the `vendor` header) keeps only that provider.
         """
         if pin == "auto":
             pin = None
         if pin is not None and pin not in self.config.providers:
             raise GatewayError(400, "unknown_vendor",
                                f"vendor {pin!r} is not a configured provider", param="vendor")
-        routes = self._candidates(slug)
-        usable = [r for r in routes if r.provider in self.config.providers
-                  and (kinds is None or self.config.providers[r.provider].kind in kinds)]
+        configured = [r for r in self._candidates(slug) if r.provider in self.config.providers]
+        usable = [r for r in configured if endpoint in self.kind_of(r.provider).endpoints]
         if not usable:
-            where = f" of kind {'/'.join(sorted(kinds))}" if kinds else ""
+            if configured and not is_native(endpoint):
+                kinds = sorted({self.config.providers[r.provider].kind for r in configured})
+                raise GatewayError(400, "unsupported_endpoint",
+                                   f"provider kind {'/'.join(kinds)} does not serve {endpoint} "
+                                   f"(model {slug!r})", param="model")
+            serving = sorted(k for k, kind in KINDS.items() if endpoint in kind.endpoints)
+            where = f" of kind {'/'.join(serving)}" if is_native(endpoint) else ""
             raise GatewayError(400, "no_provider",
                                f"model {slug!r} has no route to a provider{where} configured here",
                                param="model")
@@ -64,6 +60,10 @@ class Catalog:
                                    f"vendor {pin!r} cannot serve model {slug!r}", param="vendor")
         return usable
 
+    def kind_of(self, provider: str) -> Kind:
+        """The table row of a configured provider's kind."""
+        return KINDS[self.config.providers[provider].kind]
+
     def _candidates(self, slug: str) -> list[Route]:
         model = self.models.get(slug)
         if model is not None:
@@ -73,7 +73,7 @@ class Catalog:
             if sep and upstream and provider in self.config.providers:
                 return [Route(provider, upstream)]
             family = [Route(name, slug) for name, p in self.config.providers.items()
-                      if slug.startswith(FAMILIES.get(p.kind, ()))]
+                      if KINDS[p.kind].families and slug.startswith(KINDS[p.kind].families)]
             if family:
                 return family
         raise GatewayError(400, "model_not_found",

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _keys(config: Config, args: argparse.Namespace) -> int:
     from ingress.keys import KeyStore
-    from workers.queue import connect
+    from workers.connection import connect
 
     async with connect(config.redis_url) as redis:
         store = KeyStore(redis)
@@ -124,21 +124,22 @@ async def _keys(config: Config, args: argparse.Namespace) -> int:
 async def _usage(config: Config, args: argparse.Namespace) -> int:
     import re
 
+    from ingress.admission import Admission
     from ingress.keys import KeyStore
     from schemas import names
-    from workers.queue import Queue, connect, month
+    from workers.connection import connect
 
-    when = args.month or month()
+    when = args.month or names.month()
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", when):
         print(f"switchboard: --month must look like 2026-11, not {when!r}", file=sys.stderr)
         return 2
     async with connect(config.redis_url) as redis:
         orgs = args.org or sorted({record.org for record in await KeyStore(redis).list()})
-        queue = Queue(redis)
+        admission = Admission(redis)
         print(f"{'ORG':20} {'PLAN':10} {'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>11} "
               f"{'TOKENS':>10} LIMIT")
         for org in orgs:
-            used = await queue.usage(org, when)
+            used = await admission.usage(org, when)
             plan = (await redis.hget(names.org(org), "plan") or b"").decode()
             limit = config.plans[plan].monthly_tokens if plan in config.plans else None
             print(f"{org:20} {plan or '-':10} {used.get('requests', 0):>9} "

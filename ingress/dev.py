@@ -84,7 +84,7 @@ Or with the OpenAI SDK:
 async def _serve_all(config: Config, host: str, port: int) -> None:
     from ingress.keys import KeyStore
     from ingress.server import run_ingress
-    from workers.queue import connect
+    from workers.connection import connect
     from workers.service import run_workers
 
     async with connect(config.redis_url) as redis:

@@ -12,19 +12,20 @@ import coredis
 import msgspec
 import trio
 
+from ingress.admission import ADMITTED, OVER_QUOTA, Admission
 from ingress.catalog import Catalog
 from ingress.keys import Identity, KeyStore
-from ingress.relay import DIALECTS, Outcome, first_frame, stream_events
+from ingress.relay import Outcome, first_frame, stream_events
 from ingress.replies import Replies, ReplyHub
 from schemas.chat import embedding_decoder, request_decoder
 from schemas.config import Config
 from schemas.envelopes import Done, Endpoint, Error, Head, Job
 from schemas.errors import GatewayError
+from schemas.kinds import dialect
 from schemas.native import anthropic_decoder, gemini_decoder
 from workers.logs import log_event
-from workers.queue import ADMITTED, OVER_QUOTA, Queue
 
-GRACE_S = 2.0  # how much longer than the job's deadline the ingress waits for a frame
+REPLY_GRACE_S = 2.0  # how much longer than the job's deadline the ingress waits for a frame
 T = TypeVar("T")
 S = TypeVar("S")
 
@@ -59,7 +60,6 @@ class Submission:
     body: bytes
     stream: bool = False
     include_usage: bool = False
-    kinds: frozenset[str] | None = None  # native endpoints: the provider kinds that speak it
     headers: dict[str, str] = field(default_factory=dict)  # native protocol headers to relay
 
 
@@ -85,7 +85,7 @@ class Gateway:
         self.config = config
         self.redis = redis
         self.hub = hub
-        self.queue = Queue(redis)
+        self.admission = Admission(redis)
         self.keys = KeyStore(redis, config.limits.key_cache_s)
         self.catalog = Catalog(config, int(time.time()))
 
@@ -115,18 +115,17 @@ class Gateway:
         """A native Anthropic Messages request, relayed as is to an `anthropic` provider,
         with the client's `anthropic-version` / `anthropic-beta` headers."""
         request = decode_body(anthropic_decoder, body)
-        return Submission("anthropic_messages", request.model, body, request.stream,
-                          kinds=frozenset({"anthropic"}), headers=headers)
+        return Submission("anthropic_messages", request.model, body, request.stream, headers=headers)
 
     def gemini_generate(self, model: str, stream: bool, body: bytes) -> Submission:
         """A native Gemini generateContent request, relayed as is to a `gemini` provider."""
         decode_body(gemini_decoder, body)
-        return Submission("gemini_generate", model, body, stream, kinds=frozenset({"gemini"}))
+        return Submission("gemini_generate", model, body, stream)
 
     async def submit(self, identity: Identity, submission: Submission, request_id: str,
                      pin: str | None = None) -> Reply:
         """Run one request through the queue. Raises GatewayError before output."""
-        routes = self.catalog.routes(submission.model, pin=pin, kinds=submission.kinds)
+        routes = self.catalog.routes(submission.model, endpoint=submission.endpoint, pin=pin)
         job = Job(request_id=request_id, org=identity.org, project=identity.project,
                   key_id=identity.key_id, model=submission.model, routes=routes,
                   body=submission.body, stream=submission.stream,
@@ -147,7 +146,7 @@ class Gateway:
                 case Error(status=status, body=error_body):
                     ticket.provider = frame.provider or job.route.provider
                     self._log(ticket, status)
-                    return Reply(status, DIALECTS[job.endpoint].shape(error_body, status))
+                    return Reply(status, dialect(job.endpoint).shape(error_body, status))
                 case Done(body=answer):
                     ticket.provider = frame.provider
                     self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
@@ -165,7 +164,7 @@ class Gateway:
     async def _admit(self, job: Job, identity: Identity, replies: Replies) -> Ticket:
         provider = self.config.providers[job.route.provider]
         plan = self.config.plans.get(identity.plan) if identity.plan else None
-        code, entry_id = await self.redis_call(self.queue.admit(
+        code, entry_id = await self.redis_call(self.admission.admit(
             job, max_queue=provider.max_queue,
             token_limit=plan.monthly_tokens if plan else None))
         if code == OVER_QUOTA:
@@ -175,14 +174,15 @@ class Gateway:
             raise GatewayError(429, "queue_full",
                                f"provider {job.route.provider!r} has too many queued requests",
                                retry_after=1)
-        wait_until = trio.current_time() + self.config.limits.request_timeout_s + GRACE_S
+        wait_until = trio.current_time() + self.config.limits.request_timeout_s + REPLY_GRACE_S
         return Ticket(job, entry_id, replies, wait_until)
 
     async def _stream(self, ticket: Ticket) -> AsyncIterator[bytes]:
         outcome = Outcome()
         try:
-            dialect = DIALECTS[ticket.job.endpoint]
-            async for event in stream_events(ticket.replies, ticket.wait_until, outcome, dialect):
+            events = stream_events(ticket.replies, ticket.wait_until, outcome,
+                                   dialect(ticket.job.endpoint))
+            async for event in events:
                 yield event
         finally:
             ticket.replies.close()
@@ -197,9 +197,9 @@ class Gateway:
         """The client left or nobody answered: drop the job, cancel its upstream call."""
         with trio.move_on_after(self.config.limits.redis_timeout_s):
             try:
-                await self.queue.withdraw(ticket.job.route.provider, ticket.entry_id,
+                await self.admission.withdraw(ticket.job.route.provider, ticket.entry_id,
                                           ticket.job.request_id,
-                                          self.config.limits.request_timeout_s + GRACE_S)
+                                          self.config.limits.request_timeout_s + REPLY_GRACE_S)
             except Exception as exc:
                 log_event("withdraw_failed", request_id=ticket.job.request_id,
                           error=type(exc).__name__)

@@ -1,22 +1,21 @@
 """Turning a request's frames into the HTTP answer: one JSON body, or an SSE stream.
 
 SSE framing lives here and only here: workers publish serialized chunks, this module
-wraps each in `data: ...` and ends a good stream with `data: [DONE]`. A stream that
+wraps each in `data: ...` and ends a good stream as its API's dialect does (OpenAI:
+`data: [DONE]`; dialects are in `schemas.kinds`). A stream that
 fails after it began ends with an error event and no `[DONE]` (invariant 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import trio
 
 from ingress.replies import Replies, RepliesLost
 from schemas.envelopes import Chunk, Done, Error, Frame, Head
-from schemas.errors import GatewayError, as_anthropic, as_gemini
-
-DONE_EVENT = b"data: [DONE]\n\n"
+from schemas.errors import GatewayError
+from schemas.kinds import Dialect
 
 
 def sse_event(payload: bytes, event: str = "") -> bytes:
@@ -28,29 +27,9 @@ def sse_event(payload: bytes, event: str = "") -> bytes:
     return data + b"\n\n"
 
 
-def _as_is(body: bytes, status: int) -> bytes:
-    return body
-
-
-@dataclass(frozen=True, slots=True)
-class Dialect:
-    """How one API ends a good stream and shapes its errors (as a body or an event)."""
-
-    done: bytes  # written after the last chunk of a complete answer
-    error_event: str  # the SSE event name of an error ("" for unnamed)
-    shape: Callable[[bytes, int], bytes] = _as_is  # the gateway's error body, reshaped
-
-    def error(self, body: bytes, status: int) -> bytes:
-        """An error event ending a stream."""
-        return sse_event(self.shape(body, status), self.error_event)
-
-
-DIALECTS: dict[str, Dialect] = {
-    "chat": Dialect(DONE_EVENT, ""),  # OpenAI: data: [DONE]
-    "embeddings": Dialect(DONE_EVENT, ""),  # never streamed
-    "anthropic_messages": Dialect(b"", "error", as_anthropic),  # ends at message_stop
-    "gemini_generate": Dialect(b"", "", as_gemini),  # the stream simply ends
-}
+def error_event(dialect: Dialect, body: bytes, status: int) -> bytes:
+    """The event that ends a stream with the gateway error `body`, in the API's dialect."""
+    return sse_event(dialect.shape(body, status), dialect.error_event)
 
 
 def lost_error() -> GatewayError:
@@ -102,7 +81,7 @@ async def stream_events(replies: Replies, deadline: float, outcome: Outcome,
             error = exc
         if error is not None:
             outcome.status = error.status
-            yield dialect.error(error.encode(), error.status)
+            yield error_event(dialect, error.encode(), error.status)
             return
         match frame:
             case Chunk(payloads=payloads, events=[]):
@@ -113,13 +92,13 @@ async def stream_events(replies: Replies, deadline: float, outcome: Outcome,
                 outcome.finished = True
                 outcome.prompt_tokens = frame.prompt_tokens
                 outcome.completion_tokens = frame.completion_tokens
-                if dialect.done:
-                    yield dialect.done
+                if dialect.done is not None:
+                    yield sse_event(dialect.done)
                 return
             case Error(body=body, status=status):
                 outcome.finished = True
                 outcome.status = status
-                yield dialect.error(body, status)
+                yield error_event(dialect, body, status)
                 return
             case Head() | None:
                 raise AssertionError("replies yield one head, first")

@@ -13,8 +13,8 @@ import trio
 from schemas import names
 from schemas.envelopes import Chunk, Done, Error, Frame, Head, frame_decoder
 from schemas.errors import GatewayError
+from workers.connection import subscription
 from workers.logs import log_event
-from workers.queue import subscription
 
 BUFFER = 1024  # frames a slow client may fall behind before its stream is failed
 WATCH_S = 1.0

@@ -12,10 +12,8 @@ from ingress.app import create_app
 from ingress.gateway import Gateway
 from ingress.replies import ReplyHub
 from schemas.config import Config
-from workers.queue import connect
-from workers.service import watch_signals
-
-GRACE_S = 30.0
+from workers.connection import connect
+from workers.signals import watch_signals
 
 
 async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080, *,
@@ -24,7 +22,7 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
     """Serve HTTP; `started(binds)` once listening (binds name the port).
 
     Owns the Redis client, the reply hub and Hypercorn in one nursery. When `stop` is
-    set, Hypercorn stops accepting and gives open requests GRACE_S seconds; then the
+    set, Hypercorn stops accepting and gives open requests `limits.shutdown_grace_s` seconds; then the
     hub stops. Cancellation stops everything at once.
     """
     async with connect(config.redis_url) as redis:
@@ -36,7 +34,7 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
         server.accesslog = None
         server.backlog = 4096  # bursts of new connections must queue, not be reset
         server.keep_alive_timeout = 75
-        server.graceful_timeout = GRACE_S
+        server.graceful_timeout = config.limits.shutdown_grace_s
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.serve)
             with trio.move_on_after(config.limits.redis_timeout_s):

@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from schemas.errors import detail_of
+
 # The HTTP status each error `type` has outside a stream (an `error` event carries none).
 ERROR_STATUS = {
     "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
@@ -179,3 +181,33 @@ block_delta_decoder = msgspec.json.Decoder(BlockDelta)
 message_delta_decoder = msgspec.json.Decoder(MessageDelta)
 usage_decoder = msgspec.json.Decoder(AnthropicUsage)
 error_decoder = msgspec.json.Decoder(ErrorBody)
+
+
+# ── the gateway's own errors, in Anthropic's shape (for the native endpoint's clients) ──
+class GatewayErrorDetail(Struct, omit_defaults=True):
+    type: str
+    message: str
+    code: str
+    param: str | None = None
+    details: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+class GatewayErrorBody(Struct):
+    error: GatewayErrorDetail
+    type: str = "error"
+
+
+_GATEWAY_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                  403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+                  413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error",
+                  503: "overloaded_error"}
+_encode = msgspec.json.Encoder().encode
+
+
+def error_dialect(body: bytes, status: int) -> bytes:
+    """A gateway error body in Anthropic's shape: {"type": "error", "error": {...}}; the
+    gateway's code travels along, so the Anthropic SDK reads the error and users see why."""
+    detail = detail_of(body)
+    kind = _GATEWAY_TYPES.get(status, "api_error")
+    return _encode(GatewayErrorBody(GatewayErrorDetail(
+        kind, detail.message, detail.code, detail.param, detail.details)))

@@ -8,32 +8,12 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta, Struct
 
-ProviderKind = Literal["openai", "anthropic", "gemini", "mock"]
-
-
-class ProviderConfig(Struct, forbid_unknown_fields=True):
-    """One upstream provider. Kind-specific knobs live in `options`-like fields below."""
-
-    kind: ProviderKind
-    base_url: str = ""
-    api_key_env: str | None = None
-    api_key_file: str | None = None
-    max_concurrency: Annotated[int, Meta(ge=1)] = 256
-    max_queue: Annotated[int, Meta(ge=1)] = 10000
-    timeout_s: Annotated[float, Meta(gt=0)] = 600.0
-    max_retries: Annotated[int, Meta(ge=0, le=10)] = 1
-    # anthropic only: Anthropic requires max_tokens; used when the client sends none
-    default_max_tokens: Annotated[int, Meta(ge=1)] = 4096
-    anthropic_version: str = "2023-06-01"
-    # mock provider only
-    latency_ms: Annotated[float, Meta(ge=0)] = 0.0
-    chunks: Annotated[int, Meta(ge=1)] = 8
-    chunk_delay_ms: Annotated[float, Meta(ge=0)] = 0.0
+from schemas.providers import ProviderConfig
 
 
 class Route(Struct, forbid_unknown_fields=True):
@@ -64,6 +44,8 @@ class Limits(Struct, forbid_unknown_fields=True):
     reclaim_after_s: Annotated[float, Meta(gt=0)] = 20.0
     max_deliveries: Annotated[int, Meta(ge=1)] = 3
     request_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
+    # SIGTERM: intake stops; running jobs and open requests get this long to finish
+    shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0
 
 
 class Config(Struct, forbid_unknown_fields=True):

@@ -80,73 +80,12 @@ class GatewayError(Exception):
         return f"GatewayError({self.status}, {self.code!r}, {self.message!r})"
 
 
-# ── the same error in the shapes of the native APIs ─────────────────────────────────
-# Clients of /anthropic/... and /gemini/... use those providers' SDKs, which read their
-# own error shapes; the gateway's code travels along in each.
-
-class AnthropicErrorDetail(msgspec.Struct, omit_defaults=True):
-    type: str
-    message: str
-    code: str
-    param: str | None = None
-    details: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
-
-
-class AnthropicErrorBody(msgspec.Struct):
-    error: AnthropicErrorDetail
-    type: str = "error"
-
-
-class GoogleErrorInfo(msgspec.Struct):
-    reason: str
-    metadata: dict[str, str]
-    domain: str = "switchboard"
-    type: str = msgspec.field(name="@type", default="type.googleapis.com/google.rpc.ErrorInfo")
-
-
-class GeminiErrorDetail(msgspec.Struct):
-    code: int
-    message: str
-    status: str
-    details: list[GoogleErrorInfo]
-
-
-class GeminiErrorBody(msgspec.Struct):
-    error: GeminiErrorDetail
-
-
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                    422: "invalid_request_error", 429: "rate_limit_error", 503: "overloaded_error"}
-_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-                  404: "NOT_FOUND", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
-                  429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
-                  504: "DEADLINE_EXCEEDED"}
 _decode_body = msgspec.json.Decoder(ErrorBody).decode
 
 
-def _detail(body: bytes) -> ErrorDetail:
+def detail_of(body: bytes) -> ErrorDetail:
+    """The detail of a rendered gateway error body (for reshaping it into another dialect)."""
     try:
         return _decode_body(body).error
     except msgspec.DecodeError:
         return ErrorDetail("upstream error", "api_error", "upstream_error")
-
-
-def as_anthropic(body: bytes, status: int) -> bytes:
-    """A gateway error body in Anthropic's shape: {"type": "error", "error": {...}}."""
-    detail = _detail(body)
-    kind = _ANTHROPIC_TYPES.get(status, "api_error")
-    return _encode(AnthropicErrorBody(AnthropicErrorDetail(
-        kind, detail.message, detail.code, detail.param, detail.details)))
-
-
-def as_gemini(body: bytes, status: int) -> bytes:
-    """A gateway error body in Google's shape: {"error": {"code", "message", "status"}}."""
-    detail = _detail(body)
-    google_status = _GOOGLE_STATUS.get(status, "INTERNAL")
-    # ErrorInfo metadata is a string map: the param and details travel as strings.
-    metadata = {key: str(value) for key, value in (detail.details or {}).items()}
-    if detail.param:
-        metadata["param"] = detail.param
-    return _encode(GeminiErrorBody(GeminiErrorDetail(
-        status, detail.message, google_status, [GoogleErrorInfo(detail.code, metadata)])))

@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from schemas.errors import detail_of
+
 
 def resource_name(model: str) -> str:
     """The model's resource name: `models/{model}`, or the name as given (`tunedModels/x`)."""
@@ -195,3 +197,42 @@ summary_decoder = msgspec.json.Decoder(ResponseSummary)
 error_decoder = msgspec.json.Decoder(ErrorBody)
 embed_decoder = msgspec.json.Decoder(EmbedContentResponse)
 batch_embed_decoder = msgspec.json.Decoder(BatchEmbedContentsResponse)
+
+
+# ── the gateway's own errors, in Google's shape (for the native endpoint's clients) ──
+class GoogleErrorInfo(Struct):
+    reason: str
+    metadata: dict[str, str]
+    domain: str = "switchboard"
+    type: str = msgspec.field(name="@type", default="type.googleapis.com/google.rpc.ErrorInfo")
+
+
+class GatewayErrorDetail(Struct):
+    code: int
+    message: str
+    status: str
+    details: list[GoogleErrorInfo]
+
+
+class GatewayErrorBody(Struct):
+    error: GatewayErrorDetail
+
+
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                  404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT",
+                  422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE",
+                  503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_encode = msgspec.json.Encoder().encode
+
+
+def error_dialect(body: bytes, status: int) -> bytes:
+    """A gateway error body in Google's shape: {"error": {"code", "message", "status",
+    "details": [ErrorInfo]}}, the gateway's code as the ErrorInfo's reason."""
+    detail = detail_of(body)
+    google_status = _GOOGLE_STATUS.get(status, "INTERNAL")
+    # ErrorInfo metadata is a string map: the param and details travel as strings.
+    metadata = {key: str(value) for key, value in (detail.details or {}).items()}
+    if detail.param:
+        metadata["param"] = detail.param
+    return _encode(GatewayErrorBody(GatewayErrorDetail(
+        status, detail.message, google_status, [GoogleErrorInfo(detail.code, metadata)])))

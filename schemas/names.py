@@ -5,6 +5,8 @@ All names share the `sb:` prefix so a shared Redis can hold other data beside th
 
 from __future__ import annotations
 
+import time
+
 PREFIX = "sb:"
 GROUP = "workers"  # the consumer group on every provider stream
 CANCEL_CHANNEL = PREFIX + "cancel"  # request ids whose client went away
@@ -44,3 +46,8 @@ def usage(org_id: str, month: str) -> str:
 def withdrawn(request_id: str) -> str:
     """Marks a request whose client left, for copies of its job elsewhere (failover)."""
     return f"{PREFIX}gone:{request_id}"
+
+
+def month(now: float | None = None) -> str:
+    """The calendar month (UTC) usage is metered into, as `YYYY-MM`."""
+    return time.strftime("%Y-%m", time.gmtime(now))

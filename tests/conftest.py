@@ -14,13 +14,14 @@ import openai
 import pytest
 import trio
 
+from ingress.admission import Admission
 from ingress.dev import start_private_redis
 from ingress.keys import KeyStore
 from ingress.server import run_ingress
 from schemas.config import Config, parse_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import serve_asgi
-from workers.queue import Queue, connect
+from workers.connection import connect
 from workers.service import run_workers
 
 FAST_LIMITS = {"heartbeat_s": 0.2, "reclaim_after_s": 1.0, "redis_timeout_s": 2.0,
@@ -105,7 +106,7 @@ class Gateway:
         return scope
 
     async def usage(self, org: str = "acme") -> dict[str, int]:
-        return await Queue(self.redis).usage(org)
+        return await Admission(self.redis).usage(org)
 
 
 async def start_gateway(nursery: trio.Nursery, config: Config, *, workers: bool = True,

@@ -12,14 +12,14 @@ import openai
 import pytest
 import trio
 
-from schemas.config import ProviderConfig
 from schemas.errors import GatewayError
+from schemas.providers import AnthropicProvider
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.anthropic_upstream import Behavior, FakeAnthropic
 from tests.fakes.server import serve_asgi
-from workers.anthropic_request import to_messages_request
-from workers.anthropic_response import StreamTranslator, finish_reason, to_chat_completion
-from workers.base import UpstreamFailure
+from workers.providers._base import UpstreamFailure
+from workers.providers.anthropic.request import to_messages_request
+from workers.providers.anthropic.response import StreamTranslator, finish_reason, to_chat_completion
 
 SECRET = "sk-ant-test-secret-0042"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -336,7 +336,7 @@ async def test_harmless_unknown_fields_are_dropped(gateway: Gateway, fake: FakeA
 
 # --- the pure translations ----------------------------------------------------------------
 
-CONFIG = ProviderConfig(kind="anthropic", default_max_tokens=321)
+CONFIG = AnthropicProvider(default_max_tokens=321)
 
 
 def translate(**body: Any) -> dict[str, Any]:

@@ -17,8 +17,8 @@ import trio
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.anthropic_upstream import Behavior, FakeAnthropic
 from tests.fakes.server import serve_asgi
-from workers.anthropic_native import NativeRelay, native_answer, native_request
-from workers.base import UpstreamFailure
+from workers.providers._base import UpstreamFailure
+from workers.providers.anthropic.native import NativeRelay, native_answer, native_request
 
 SECRET = "sk-ant-native-secret-0077"
 UPSTREAM_MODEL = "claude-upstream-1"

@@ -17,9 +17,9 @@ from schemas.gemini import GeminiError, GenerateContentResponse, UsageMetadata
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.gemini_upstream import Behavior, FakeGemini
 from tests.fakes.server import serve_asgi
-from workers.gemini import upstream_failure
-from workers.gemini_request import media_part, translate_request
-from workers.gemini_response import StreamTranslator, finish_reason, translate_response, usage_of
+from workers.providers.gemini.adapter import upstream_failure
+from workers.providers.gemini.request import media_part, translate_request
+from workers.providers.gemini.response import StreamTranslator, finish_reason, translate_response, usage_of
 
 KEY = "AIzaSy-test-credential-0123456789"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

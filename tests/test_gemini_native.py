@@ -16,15 +16,16 @@ import openai
 import pytest
 import trio
 
-from schemas.config import ProviderConfig, Route
+from schemas.config import Route
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
+from schemas.providers import GeminiProvider
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.gemini_upstream import Behavior, FakeGemini, embedding_of
 from tests.fakes.server import serve_asgi
-from workers.base import Call, UpstreamFailure
-from workers.gemini import GeminiAdapter
-from workers.gemini_embed import plan_embeddings
+from workers.providers._base import Call, UpstreamFailure
+from workers.providers.gemini import GeminiAdapter
+from workers.providers.gemini.embed import plan_embeddings
 
 KEY = "AIzaSy-native-test-credential-42"
 NATIVE = {
@@ -170,7 +171,7 @@ async def relay_stream(upstream: bytes) -> tuple[list[bytes], Any]:
 
     emitted: list[bytes] = []
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-        adapter = GeminiAdapter("gem", ProviderConfig(kind="gemini", base_url="http://up/v1beta"), http)
+        adapter = GeminiAdapter("gem", GeminiProvider(base_url="http://up/v1beta"), http)
         try:
             usage = await adapter.native_stream(Call(job(b"{}"), "gemini-2.5-flash"),
                                                 lambda payload, event="": emitted.append(payload))

@@ -376,7 +376,7 @@ async def test_workers_take_only_what_they_can_run(nursery: trio.Nursery, redis_
 
 async def test_a_bug_in_an_adapter_fails_one_request_not_the_worker(
         openai_gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.mock import MockAdapter
+    from workers.providers.mock import MockAdapter
 
     original = MockAdapter.complete
     calls = 0

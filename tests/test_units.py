@@ -10,8 +10,8 @@ from ingress.replies import ReplyHub
 from schemas.config import ConfigError, parse_config
 from schemas.envelopes import Chunk, Done, Error, Frame, Head, frame_encoder
 from schemas.errors import GatewayError
-from workers.mock import _pieces
-from workers.sse import iter_events
+from workers.providers._sse import iter_events
+from workers.providers.mock import _pieces
 
 
 async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -137,7 +137,7 @@ def test_open_routing_families_and_pins() -> None:
     assert routes("gpt-4o") == [("vllm", "llama")]  # the catalog keeps priority
     assert routes("claude/claude-opus-4") == [("claude", "claude-opus-4")]
     assert routes("o3-mini", pin="vllm") == [("vllm", "o3-mini")]
-    assert routes("claude-sonnet-4-6", kinds={"anthropic"}) == [("claude", "claude-sonnet-4-6")]
+    assert routes("claude-sonnet-4-6", endpoint="anthropic_messages") == [("claude", "claude-sonnet-4-6")]
     for slug, pin, code in (("claude-sonnet-4-6", "google", "vendor_cannot_serve"),
                             ("mistral-large", None, "model_not_found"),
                             ("nobody/model", None, "model_not_found")):
@@ -145,14 +145,15 @@ def test_open_routing_families_and_pins() -> None:
             catalog.routes(slug, pin=pin)
         assert caught.value.code == code and caught.value.status == 400
     with pytest.raises(GatewayError) as caught:
-        catalog.routes("gpt-4o", kinds={"anthropic"})
+        catalog.routes("gpt-4o", endpoint="anthropic_messages")
     assert caught.value.code == "no_provider"
 
 
 def test_error_bodies_in_native_shapes() -> None:
     import json
 
-    from schemas.errors import as_anthropic, as_gemini
+    from schemas.anthropic import error_dialect as as_anthropic
+    from schemas.gemini import error_dialect as as_gemini
 
     body = GatewayError(429, "queue_full", "busy", param="model",
                         details={"provider": "p"}).encode()

@@ -36,9 +36,6 @@ class Consumer:
         self._intake_scope = trio.CancelScope()
         self._jobs = trio.CancelScope()
 
-    def statistics(self) -> dict[str, int]:
-        return {"running": len(self.running), "free_slots": self.slots.value}
-
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Consume until drained or cancelled. Runs the heartbeat, the intake and every job.
 

@@ -1,45 +1,21 @@
-"""Redis streams as the job queue: admission, reading, reclaiming, finishing.
+"""The worker side of the job streams: reading, heartbeating, reclaiming, finishing.
 
-The ingress calls `admit`; workers call the rest. Every multi-step change is one Lua
-script or one MULTI, so a crash between steps cannot leave a job half-moved.
+Every multi-step change is one Lua script or one MULTI, so a crash between steps cannot
+leave a job half-moved. The ingress side (admission, withdrawal) is `ingress.admission`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import coredis
 import msgspec
-from coredis.patterns.pubsub import PubSub
-from coredis.retry import CompositeRetryPolicy, ConstantRetryPolicy
 
 from schemas import names
 from schemas.envelopes import Frame, Job, frame_encoder, job_decoder, job_encoder
 from workers.logs import log_event
-
-# Quota check and bounded XADD in one step (invariant 4). Entries stay in the stream
-# until acknowledged, so "waiting" is the length minus those delivered and running.
-_ADMIT = """
-local limit = tonumber(ARGV[2])
-if limit >= 0 then
-  local used = tonumber(redis.call('HGET', KEYS[2], 'tokens') or '0')
-  if used >= limit then return {0} end
-end
-local max = tonumber(ARGV[1])
-local len = redis.call('XLEN', KEYS[1])
-if len >= max then
-  local ok, pend = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[4])
-  local running = 0
-  if ok then running = pend[1] end
-  if len - running >= max then return {-1} end
-end
-return {1, redis.call('XADD', KEYS[1], '*', 'j', ARGV[3])}
-"""
 
 # Take over entries whose worker stopped heartbeating; return each with its count of
 # earlier deliveries so the new run can number its attempt. Deleted entries (their
@@ -82,7 +58,6 @@ return 1
 """
 USAGE_FIELDS = ("tokens", "prompt_tokens", "completion_tokens", "requests")
 
-ADMITTED, OVER_QUOTA, QUEUE_FULL = 1, 0, -1
 
 
 @dataclass(slots=True)
@@ -94,46 +69,11 @@ class Delivery:
     earlier_deliveries: int
 
 
-def connect(url: str, *, max_connections: int = 256, timeout: float = 5.0) -> coredis.Redis[bytes]:
-    """A Redis client (use it as an async context manager)."""
-    return coredis.Redis.from_url(
-        url,
-        max_connections=max_connections,
-        connect_timeout=timeout,
-        stream_timeout=None,
-        pool_timeout=timeout,
-    )
-
-
-@asynccontextmanager
-async def subscription(redis: coredis.Redis[bytes], channel: str) -> AsyncIterator[PubSub[bytes]]:
-    """A pub/sub subscription to one channel (re-subscribed by coredis after drops).
-
-    coredis tries to UNSUBSCRIBE on a connection it already closed when the
-    subscriber is cancelled; that error means only "we are shutting down".
-    """
-    # Re-subscribe at a steady pace after a drop, so service resumes soon after Redis does.
-    retry = CompositeRetryPolicy(
-        ConstantRetryPolicy((coredis.exceptions.ConnectionError,), retries=None, delay=0.5),
-        ConstantRetryPolicy((TimeoutError,), retries=2, delay=0.1))
-    try:
-        async with redis.pubsub(channels=[channel], retry_policy=retry) as pubsub:
-            yield pubsub
-    except* anyio.ClosedResourceError:
-        pass
-
-
-def month(now: float | None = None) -> str:
-    """The calendar month (UTC) usage is metered into, as `YYYY-MM`."""
-    return time.strftime("%Y-%m", time.gmtime(now))
-
-
 class Queue:
     """The job streams of all providers, seen through one Redis client."""
 
     def __init__(self, redis: coredis.Redis[bytes]) -> None:
         self.redis = redis
-        self._admit = redis.register_script(_ADMIT)
         self._reclaim = redis.register_script(_RECLAIM)
         self._finish = redis.register_script(_FINISH)
 
@@ -144,28 +84,6 @@ class Queue:
         except coredis.exceptions.StreamDuplicateConsumerGroupError:
             pass  # another process created it first
 
-    async def admit(self, job: Job, *, max_queue: int, token_limit: int | None) -> tuple[int, bytes]:
-        """Enqueue `job` unless the org is over quota or the queue is full.
-
-        Returns (ADMITTED, entry id), (OVER_QUOTA, b"") or (QUEUE_FULL, b"").
-        """
-        provider = job.route.provider
-        result: Any = await self._admit(
-            keys=[names.queue(provider), names.usage(job.org, month())],
-            args=[max_queue, -1 if token_limit is None else token_limit,
-                  job_encoder.encode(job), names.GROUP],
-        )
-        code = int(result[0])
-        return code, (result[1] if code == ADMITTED else b"")
-
-    async def withdraw(self, provider: str, entry_id: bytes, request_id: str,
-                       remember_s: float) -> None:
-        """The client left: drop its queued job, tell a worker running it to stop, and
-        remember it for `remember_s` so a copy moved to a failover route is not started."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xdel(names.queue(provider), [entry_id])
-            pipe.publish(names.CANCEL_CHANNEL, request_id.encode())
-            pipe.set(names.withdrawn(request_id), "1", ex=max(1, int(remember_s)))
 
     async def was_withdrawn(self, request_id: str) -> bool:
         """Whether the client of this request left (see `withdraw`)."""
@@ -239,16 +157,11 @@ class Queue:
             target, payload = "", b""
         metered = usage or {}
         await self._finish(
-            keys=[names.queue(job.route.provider), names.usage(job.org, month()),
+            keys=[names.queue(job.route.provider), names.usage(job.org, names.month()),
                   target if forward is not None else names.queue(job.route.provider)],
             args=[names.GROUP, delivery.entry_id, "forward" if forward is not None else
                   "publish" if frame is not None else "ack", target, payload,
                   *(metered.get(field, 0) for field in USAGE_FIELDS)])
-
-    async def usage(self, org: str, when: str | None = None) -> dict[str, int]:
-        """An org's metered usage for a month (default: this one)."""
-        raw = await self.redis.hgetall(names.usage(org, when or month()))
-        return {k.decode(): int(v) for k, v in raw.items()}
 
 
 def _bytes(value: str | bytes) -> bytes:

@@ -17,8 +17,8 @@ from schemas.chat import Usage
 from schemas.config import Config
 from schemas.envelopes import Done, Error, Job
 from schemas.errors import GatewayError
-from workers.base import Adapter, Answer, Call, UpstreamFailure
 from workers.logs import log_event
+from workers.providers._base import Adapter, Answer, Call, UpstreamFailure
 from workers.publisher import ClientGone, StreamPublisher
 from workers.queue import Delivery, Queue
 
@@ -32,7 +32,6 @@ class Runner:
     config: Config
     queue: Queue
     adapters: dict[str, Adapter]
-    redis_timeout_s: float = 5.0
     running: dict[str, trio.CancelScope] = field(default_factory=dict)
 
     def cancel(self, request_id: str) -> None:
@@ -169,7 +168,7 @@ class Runner:
             metered = {"tokens": usage.prompt_tokens + usage.completion_tokens,
                        "prompt_tokens": usage.prompt_tokens,
                        "completion_tokens": usage.completion_tokens, "requests": 1}
-        with trio.CancelScope(shield=True), trio.move_on_after(self.redis_timeout_s) as scope:
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.limits.redis_timeout_s) as scope:
             try:
                 await self.queue.finish(delivery, outcome, usage=metered, forward=forward)
             except Exception as exc:  # Redis trouble: the job stays pending and is reclaimed
@@ -186,7 +185,7 @@ async def _plain_call(adapter: Adapter, call: Call) -> Answer:
             return await adapter.complete(call)
         case "embeddings":
             return await adapter.embed(call)
-        case "anthropic_messages" | "gemini_generate":
+        case _:  # a native API: the provider's own request, relayed
             return await adapter.native(call)
 
 

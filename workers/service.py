@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -13,14 +12,14 @@ import trio
 
 from schemas import names
 from schemas.config import Config
-from workers.base import Adapter
+from workers.connection import connect, subscription
 from workers.consumer import Consumer
 from workers.logs import log_event
-from workers.queue import Queue, connect, subscription
+from workers.providers._base import Adapter
+from workers.queue import Queue
 from workers.registry import build_adapter
 from workers.runner import Runner
-
-GRACE_S = 30.0
+from workers.signals import watch_signals
 
 
 async def run_workers(config: Config, providers: Sequence[str] = (), *,
@@ -31,7 +30,7 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
     Owns one Redis client, one httpx client per provider, a consumer per provider and
     the cancel listener, all in one nursery; `started()` once every consumer group
     exists. Runs until cancelled, or until `stop` is set: then intake stops, running
-    jobs get GRACE_S seconds to finish, and it returns.
+    jobs get `limits.shutdown_grace_s` seconds to finish, and it returns.
     """
     chosen = list(providers) or list(config.providers)
     unknown = [p for p in chosen if p not in config.providers]
@@ -50,7 +49,7 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
                                     max_keepalive_connections=provider.max_concurrency),
             ))
             adapters[name] = build_adapter(name, provider, http)
-        runner = Runner(config, queue, adapters, config.limits.redis_timeout_s)
+        runner = Runner(config, queue, adapters)
         async with trio.open_nursery() as nursery:
             await nursery.start(_listen_for_cancels, redis, runner)
             consumers = [Consumer(name, consumer_id, config, queue, runner) for name in chosen]
@@ -64,7 +63,7 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
                     log_event("worker_draining", consumer=consumer_id,
                               running=sum(len(c.running) for c in consumers))
                     for consumer in consumers:
-                        consumer.drain(GRACE_S)
+                        consumer.drain(config.limits.shutdown_grace_s)
             nursery.cancel_scope.cancel()  # the cancel listener
 
 
@@ -75,15 +74,6 @@ async def run_until_signalled(config: Config, providers: Sequence[str] = ()) -> 
         nursery.start_soon(watch_signals, stop, nursery.cancel_scope)
         await run_workers(config, providers, stop=stop)
         nursery.cancel_scope.cancel()
-
-
-async def watch_signals(stop: trio.Event, scope: trio.CancelScope) -> None:
-    """Set `stop` on SIGTERM/SIGINT; cancel `scope` if asked a second time."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            if stop.is_set():
-                scope.cancel()  # asked twice: stop now, running jobs will be reclaimed
-            stop.set()
 
 
 async def _listen_for_cancels(redis: coredis.Redis[bytes], runner: Runner, *,

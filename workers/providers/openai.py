@@ -14,8 +14,8 @@ import httpx
 import msgspec
 
 from schemas.chat import Usage, raw_object_decoder
-from schemas.config import ProviderConfig
-from workers.base import (
+from schemas.providers import OpenAIProvider
+from workers.providers._base import (
     AdapterBase,
     Answer,
     Call,
@@ -52,12 +52,12 @@ class OpenAIAdapter(AdapterBase):
 
     kind = "openai"
 
-    def __init__(self, name: str, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: OpenAIProvider, http: httpx.AsyncClient) -> None:
         self.name = name
         base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
         self.url = base + "/chat/completions"
         self.embeddings_url = base + "/embeddings"
-        credential = read_credential(name, config)
+        credential = read_credential(config)
         headers = {"content-type": "application/json"}
         if credential:
             headers["authorization"] = f"Bearer {credential}"

@@ -35,7 +35,7 @@ from schemas.chat import (
     ToolCall,
     Usage,
 )
-from workers.base import CLIENT_FAULT, UpstreamFailure
+from workers.providers._base import CLIENT_FAULT, UpstreamFailure
 
 _encode = msgspec.json.Encoder().encode
 

@@ -1,9 +1,9 @@
 """Provider kind `gemini`: Google's Gemini API, with the key in `x-goog-api-key`.
 
-    OpenAI chat      ──workers.gemini_request──>  models/{m}:generateContent
+    OpenAI chat      ──workers.providers.gemini.request──>  models/{m}:generateContent
                                                   models/{m}:streamGenerateContent?alt=sse
-                     <──workers.gemini_response── GenerateContentResponse (body or SSE events)
-    OpenAI embeddings ──workers.gemini_embed──>   models/{m}:embedContent | :batchEmbedContents
+                     <──workers.providers.gemini.response── GenerateContentResponse (body or SSE events)
+    OpenAI embeddings ──workers.providers.gemini.embed──>   models/{m}:embedContent | :batchEmbedContents
     native Gemini    ──as received──>             models/{m}:generateContent | :stream...?alt=sse
                      <──as received──             the upstream body, or each SSE event's data
 
@@ -27,7 +27,6 @@ import httpx
 import msgspec
 
 from schemas.chat import Usage
-from schemas.config import ProviderConfig
 from schemas.gemini import (
     GeminiError,
     GenerateContentResponse,
@@ -37,7 +36,9 @@ from schemas.gemini import (
     response_decoder,
     summary_decoder,
 )
-from workers.base import (
+from schemas.providers import GeminiProvider
+from workers.logs import log_event
+from workers.providers._base import (
     CLIENT_FAULT,
     AdapterBase,
     Answer,
@@ -47,11 +48,10 @@ from workers.base import (
     UpstreamFailure,
     read_credential,
 )
-from workers.gemini_embed import embedding_answer, plan_embeddings
-from workers.gemini_request import translate_request
-from workers.gemini_response import StreamTranslator, translate_response, usage_of
-from workers.logs import log_event
-from workers.sse import Event
+from workers.providers._sse import Event
+from workers.providers.gemini.embed import embedding_answer, plan_embeddings
+from workers.providers.gemini.request import translate_request
+from workers.providers.gemini.response import StreamTranslator, translate_response, usage_of
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -111,10 +111,10 @@ class GeminiAdapter(AdapterBase):
 
     kind = "gemini"
 
-    def __init__(self, name: str, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: GeminiProvider, http: httpx.AsyncClient) -> None:
         self.name = name
         self.base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.credential = read_credential(name, config)
+        self.credential = read_credential(config)
         headers = {"content-type": "application/json"}
         if self.credential:
             headers["x-goog-api-key"] = self.credential

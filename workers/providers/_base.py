@@ -19,10 +19,10 @@ import httpx
 import msgspec
 
 from schemas.chat import Usage
-from schemas.config import ProviderConfig
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
-from workers.sse import Event, iter_events
+from schemas.providers import ProviderBase
+from workers.providers._sse import Event, iter_events
 
 
 class Emit(Protocol):
@@ -122,7 +122,7 @@ class AdapterBase:
         raise self._unsupported(f"the native endpoint {call.job.endpoint!r}")
 
 
-def read_credential(name: str, config: ProviderConfig) -> str | None:
+def read_credential(config: ProviderBase) -> str | None:
     """The provider's secret from its environment variable or secret file, if any."""
     if config.api_key_env:
         value = os.environ.get(config.api_key_env)

@@ -33,8 +33,8 @@ from schemas.chat import (
     embedding_decoder,
     request_decoder,
 )
-from schemas.config import ProviderConfig
-from workers.base import AdapterBase, Answer, Call, Emit
+from schemas.providers import MockProvider
+from workers.providers._base import AdapterBase, Answer, Call, Emit
 
 _encode = msgspec.json.Encoder().encode
 
@@ -69,7 +69,7 @@ class MockAdapter(AdapterBase):
 
     kind = "mock"
 
-    def __init__(self, name: str, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: MockProvider, http: httpx.AsyncClient) -> None:
         self.name = name
         self.config = config
 

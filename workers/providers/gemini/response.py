@@ -29,7 +29,7 @@ from schemas.chat import (
     Usage,
 )
 from schemas.gemini import Content, GenerateContentResponse, Part, UsageMetadata
-from workers.base import UpstreamFailure
+from workers.providers._base import UpstreamFailure
 
 CONTENT_FILTER = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
                             "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"})

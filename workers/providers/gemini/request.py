@@ -6,7 +6,7 @@ Every OpenAI field is either translated, ignored because it cannot change the an
 dropped silently. JSON schemas (tool parameters, `response_format`) go as
 `parametersJsonSchema` and `responseJsonSchema`, Gemini's fields that take JSON Schema as
 OpenAI clients write it. Thought signatures come back on tool calls as
-`extra_content.google.thought_signature` (see `workers.gemini_response`) and go upstream
+`extra_content.google.thought_signature` (see `workers.providers.gemini.response`) and go upstream
 again on the functionCall part they belong to.
 
 The OpenAI request is decoded into private Structs holding only what this translation
@@ -40,7 +40,7 @@ from schemas.gemini import (
     Part,
     ToolConfig,
 )
-from workers.base import screen_fields, unsupported_parameter
+from workers.providers._base import screen_fields, unsupported_parameter
 
 # Accepted and not forwarded (logged): they never change the answer.
 IGNORED = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier",

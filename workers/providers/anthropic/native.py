@@ -26,7 +26,7 @@ from schemas.anthropic import (
 )
 from schemas.chat import Usage, raw_object_decoder
 from schemas.errors import GatewayError
-from workers.anthropic_response import UsageCounter, event_failure, malformed, to_usage
+from workers.providers.anthropic.response import UsageCounter, event_failure, malformed, to_usage
 
 _encode = msgspec.json.Encoder().encode
 

@@ -1,9 +1,9 @@
 """Provider kind `anthropic`: Anthropic's Messages API, with the key in `x-api-key`.
 
-    OpenAI chat   --workers.anthropic_request-->   POST {base_url}/v1/messages
-                  <--workers.anthropic_response--  Message body, or its SSE events
-    native        --workers.anthropic_native--->   POST {base_url}/v1/messages, the client's body
-                  <--workers.anthropic_native----  the body or each event, only the model set
+    OpenAI chat   --workers.providers.anthropic.request-->   POST {base_url}/v1/messages
+                  <--workers.providers.anthropic.response--  Message body, or its SSE events
+    native        --workers.providers.anthropic.native--->   POST {base_url}/v1/messages, the client's body
+                  <--workers.providers.anthropic.native----  the body or each event, only the model set
 
 Chat completions are translated field by field; native relays (`call.job.endpoint ==
 "anthropic_messages"`) send the client's own request with only the model replaced and
@@ -21,18 +21,8 @@ import httpx
 import msgspec
 
 from schemas.chat import Usage
-from schemas.config import ProviderConfig
-from workers.anthropic_native import NativeRelay, native_answer, native_request
-from workers.anthropic_request import to_messages_request
-from workers.anthropic_response import (
-    StreamTranslator,
-    cut_short,
-    decode_error,
-    malformed,
-    to_chat_completion,
-    upstream_failure,
-)
-from workers.base import (
+from schemas.providers import AnthropicProvider
+from workers.providers._base import (
     AdapterBase,
     Answer,
     Call,
@@ -40,6 +30,16 @@ from workers.base import (
     Upstream,
     UpstreamFailure,
     read_credential,
+)
+from workers.providers.anthropic.native import NativeRelay, native_answer, native_request
+from workers.providers.anthropic.request import to_messages_request
+from workers.providers.anthropic.response import (
+    StreamTranslator,
+    cut_short,
+    decode_error,
+    malformed,
+    to_chat_completion,
+    upstream_failure,
 )
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -52,11 +52,11 @@ class AnthropicAdapter(AdapterBase):
 
     kind = "anthropic"
 
-    def __init__(self, name: str, config: ProviderConfig, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: AnthropicProvider, http: httpx.AsyncClient) -> None:
         self.name = name
         self.config = config
         self.url = (config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
-        self._secret = read_credential(name, config)
+        self._secret = read_credential(config)
         headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
         if self._secret:
             headers["x-api-key"] = self._secret

@@ -46,8 +46,8 @@ from schemas.gemini import (
     embed_decoder,
     resource_name,
 )
-from workers.base import Answer, UpstreamFailure, screen_fields
-from workers.gemini_request import unsupported
+from workers.providers._base import Answer, UpstreamFailure, screen_fields
+from workers.providers.gemini.request import unsupported
 
 _encode = msgspec.json.Encoder().encode
 _KNOWN = frozenset(EmbeddingRequest.__struct_fields__)

@@ -28,9 +28,9 @@ from schemas.anthropic import (
     Turn,
 )
 from schemas.chat import ResponseFormat, Tool, ToolCall, ToolChoice, raw_object_decoder
-from schemas.config import ProviderConfig
 from schemas.errors import GatewayError
-from workers.base import screen_fields, unsupported_parameter
+from schemas.providers import AnthropicProvider
+from workers.providers._base import screen_fields, unsupported_parameter
 
 KIND = "anthropic"
 
@@ -231,7 +231,7 @@ def _output_config(response_format: ResponseFormat | None) -> dict[str, Any] | N
     return {"format": {"type": "json_schema", "schema": schema}}
 
 
-def to_messages_request(body: bytes, model: str, config: ProviderConfig, *, stream: bool) -> bytes:
+def to_messages_request(body: bytes, model: str, config: AnthropicProvider, *, stream: bool) -> bytes:
     """The Anthropic request body for an OpenAI chat-completion body; GatewayError if untranslatable."""
     try:
         request, raw = _decode_request(body), raw_object_decoder.decode(body)

@@ -1,0 +1,61 @@
+"""Each provider kind's configuration (`[providers.NAME]`), a tagged union on `kind`.
+
+Every kind has the shared knobs of `ProviderBase` and only its own options beside them,
+so a wrong option for a kind is a config error naming the file, the provider and the
+field. Adding a kind adds its Struct here and to `ProviderConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+
+class ProviderBase(Struct, forbid_unknown_fields=True, tag_field="kind", kw_only=True):
+    """What every upstream provider has: where it is, its credential, its capacity."""
+
+    base_url: str = ""  # empty: the kind's default
+    api_key_env: str | None = None  # the credential is read from this variable...
+    api_key_file: str | None = None  # ...or this file; it is never stored in config
+    max_concurrency: Annotated[int, Meta(ge=1)] = 256  # in-flight calls per worker process
+    max_queue: Annotated[int, Meta(ge=1)] = 10000  # queued jobs before the ingress says 429
+    timeout_s: Annotated[float, Meta(gt=0)] = 600.0  # one upstream attempt
+    max_retries: Annotated[int, Meta(ge=0, le=10)] = 1  # retries of one route before failover
+
+    @property
+    def kind(self) -> str:
+        """The provider kind (the `kind` tag of the config table)."""
+        return str(self.__struct_config__.tag)
+
+
+class OpenAIProvider(ProviderBase, tag="openai"):
+    """Any OpenAI-compatible server: OpenAI, vLLM, Ollama, ..."""
+
+
+class AzureProvider(ProviderBase, tag="azure"):
+    """Azure OpenAI: `base_url` is `https://{resource}.openai.azure.com`; routes name deployments."""
+
+    api_version: str = "2024-10-21"
+
+
+class AnthropicProvider(ProviderBase, tag="anthropic"):
+    """Anthropic's Messages API."""
+
+    default_max_tokens: Annotated[int, Meta(ge=1)] = 4096  # Anthropic requires max_tokens
+    anthropic_version: str = "2023-06-01"
+
+
+class GeminiProvider(ProviderBase, tag="gemini"):
+    """Google's Gemini API."""
+
+
+class MockProvider(ProviderBase, tag="mock"):
+    """Deterministic local answers, no network."""
+
+    latency_ms: Annotated[float, Meta(ge=0)] = 0.0  # before the first chunk
+    chunks: Annotated[int, Meta(ge=1)] = 8  # pieces of a streamed answer
+    chunk_delay_ms: Annotated[float, Meta(ge=0)] = 0.0  # between chunks
+
+
+ProviderConfig = OpenAIProvider | AzureProvider | AnthropicProvider | GeminiProvider | MockProvider
