@@ -380,7 +380,7 @@ def test_native_answer_usage_and_slug() -> None:
     assert (caught.value.status, caught.value.retryable) == (502, True)
 
 
-def test_relay_counts_running_totals_and_flattens_data() -> None:
+def test_relay_counts_running_totals_and_keeps_data_as_sent() -> None:
     relay = NativeRelay("claude", "slug")
     start: dict[str, Any] = {"type": "message_start", "message": {
         "id": "m", "model": "claude-x", "content": [],
@@ -390,10 +390,10 @@ def test_relay_counts_running_totals_and_flattens_data() -> None:
     delta = (b'{"type": "message_delta",\n "delta": {"stop_reason": "end_turn"},\n'
              b' "usage": {"output_tokens": 9}}')
     (first, ping, last) = relay.feed("message_delta", delta)
-    assert first[0] == "message_start" and b"\n" not in first[1]
+    assert first[0] == "message_start"
     assert json.loads(first[1]) == {**start, "message": {**start["message"], "model": "slug"}}
     assert ping == ("ping", b'{"type": "ping"}')
-    assert last == ("message_delta", delta.replace(b"\n", b" "))
+    assert last == ("message_delta", delta)  # multi-line data is framed by the ingress
     assert relay.feed("some_future_event", b'{"a": 1}') == [("some_future_event", b'{"a": 1}')]
     assert not relay.done
     relay.feed("message_delta", b'{"usage": {"input_tokens": 8, "output_tokens": 12}}')

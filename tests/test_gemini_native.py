@@ -9,6 +9,7 @@ import base64
 import json
 import math
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -180,14 +181,24 @@ async def relay_stream(upstream: bytes) -> tuple[list[bytes], Any]:
     return emitted, usage
 
 
-async def test_native_stream_flattens_a_multi_line_data_field() -> None:
+async def test_native_stream_keeps_a_multi_line_data_field_and_the_ingress_frames_it() -> None:
+    from ingress.relay import sse_event
+    from workers.providers._sse import iter_events
+
     event = {"candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}],
              "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 1, "thoughtsTokenCount": 4}}
     pretty = json.dumps(event, indent=1).encode()
     upstream = b"".join(b"data: " + line + b"\n" for line in pretty.split(b"\n")) + b"\n"
     emitted, usage = await relay_stream(upstream)
     (payload,) = emitted
-    assert b"\n" not in payload and json.loads(payload) == event
+    assert json.loads(payload) == event
+    framed = sse_event(payload)  # as the ingress writes it: one `data:` line per line
+
+    async def one(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    relayed = [e.data async for e in iter_events(one(framed))]
+    assert [json.loads(data) for data in relayed] == [event]
     assert (usage.prompt_tokens, usage.completion_tokens) == (2, 5)  # thoughts count as completion
 
 

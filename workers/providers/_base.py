@@ -9,11 +9,10 @@ runner owns those.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import httpx
 import msgspec
@@ -22,7 +21,6 @@ from schemas.chat import Usage
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
 from schemas.providers import ProviderBase
-from workers.providers._sse import Event, iter_events
 
 
 class Emit(Protocol):
@@ -162,77 +160,46 @@ def screen_fields(raw: dict[str, msgspec.Raw], kind: str, *, translated: Collect
 
 # Upstream statuses that are the client's fault: relayed as they are, never retried.
 CLIENT_FAULT = frozenset({400, 413, 422})
+REDACTED = "[redacted]"
 
 
-def status_failure(provider: str, status: int, message: str = "",
-                   code: str | None = None) -> UpstreamFailure:
-    """Classify a provider's non-200 answer, the same way for every kind.
+def redact(text: str, secret: str | None) -> str:
+    """`text` with the provider's credential blotted out, should the provider echo it."""
+    return text.replace(secret, REDACTED) if secret and secret in text else text
+
+
+def status_failure(provider: str, status: int, message: str = "", code: str | None = None, *,
+                   secret: str | None = None, ours: bool = False, label: str = "") -> UpstreamFailure:
+    """Classify a provider's non-200 answer: the one rule every kind applies.
 
     400/413/422 are the client's own mistake (context too long, a bad parameter): relayed
-    with the provider's status and message, never retried or failed over. 408/409/429
-    and 5xx (Anthropic's 529 overloaded included) are retryable. Anything else (401,
-    403, 404: our credential or route is wrong) fails over without retrying. `message`
-    must not carry a credential: callers pass the provider's own error message only for
-    client faults.
+    with the provider's status, code and message (the credential redacted), never
+    retried or failed over — unless `ours` (the provider says our key or project is at
+    fault). 408/409/429 and 5xx (Anthropic's 529 overloaded included) are retryable.
+    Anything else (401, 403, 404: our credential or route is wrong) fails over without
+    retrying. Outside client faults only the status and `label` (the provider's error
+    type) are told, never the provider's message.
     """
-    if status in CLIENT_FAULT:
+    if status in CLIENT_FAULT and not ours:
         return UpstreamFailure(status, code or "upstream_invalid_request",
-                               message or f"provider {provider!r} rejected the request",
+                               redact(message, secret) or f"provider {provider!r} rejected the request",
                                provider=provider, upstream_status=status, failover=False)
     retryable = status in (408, 409, 429) or status >= 500
-    return UpstreamFailure(502, "upstream_error", f"provider {provider!r} answered {status}",
+    answered = f"{status} {label}".strip() if label else str(status)
+    return UpstreamFailure(502, "upstream_error", f"provider {provider!r} answered {answered}",
                            provider=provider, upstream_status=status, retryable=retryable)
 
 
-class Upstream:
-    """The HTTP side every adapter shares: POST for a body, or POST for an SSE stream.
+def malformed(provider: str, what: str = "JSON", *, retryable: bool = False) -> UpstreamFailure:
+    """The provider sent something the gateway cannot read."""
+    return UpstreamFailure(502, "upstream_error", f"provider {provider!r} sent a malformed {what}",
+                           provider=provider, retryable=retryable)
 
-    Non-200 answers become `failure(status, body)` (the kind knows its error shape),
-    transport errors become `transport_failure`; streamed responses are always closed.
-    """
 
-    def __init__(self, provider: str, http: httpx.AsyncClient, headers: dict[str, str],
-                 failure: Callable[[int, bytes], UpstreamFailure]) -> None:
-        self.provider = provider
-        self.http = http
-        self.headers = headers
-        self.failure = failure
-
-    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
-        return {**self.headers, **extra} if extra else self.headers
-
-    async def post(self, url: str, body: bytes, extra_headers: dict[str, str] | None = None) -> bytes:
-        """POST and return the 200 body."""
-        try:
-            response = await self.http.post(url, content=body, headers=self._headers(extra_headers))
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.provider, exc) from exc
-        if response.status_code != 200:
-            raise self.failure(response.status_code, response.content)
-        return response.content
-
-    @asynccontextmanager
-    async def events(self, url: str, body: bytes, extra_headers: dict[str, str] | None = None,
-                     params: dict[str, str] | None = None) -> AsyncIterator[AsyncIterator[Event]]:
-        """POST and yield the response's SSE events; transport errors while reading
-        become UpstreamFailure, and the response is closed on the way out."""
-        request = self.http.build_request("POST", url, content=body, params=params,
-                                          headers=self._headers(extra_headers))
-        try:
-            response = await self.http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.provider, exc) from exc
-        try:
-            if response.status_code != 200:
-                raise self.failure(response.status_code, await response.aread())
-            # iter_events is an async generator: closed here, not left to the garbage collector.
-            events = cast(AsyncGenerator[Event, None], iter_events(response.aiter_bytes()))
-            async with aclosing(events):
-                yield events
-        except httpx.HTTPError as exc:
-            raise transport_failure(self.provider, exc) from exc
-        finally:
-            await response.aclose()
+def cut_short(provider: str, before: str = "the answer was complete") -> UpstreamFailure:
+    """The provider's stream ended before its end marker (retryable until output began)."""
+    return UpstreamFailure(502, "upstream_error", f"provider {provider!r} ended the stream before {before}",
+                           provider=provider, retryable=True)
 
 
 def transport_failure(provider: str, exc: Exception) -> UpstreamFailure:

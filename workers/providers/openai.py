@@ -20,11 +20,13 @@ from workers.providers._base import (
     Answer,
     Call,
     Emit,
-    Upstream,
     UpstreamFailure,
+    cut_short,
+    malformed,
     read_credential,
     status_failure,
 )
+from workers.providers._http import Upstream, header_auth
 
 RawObject = dict[str, msgspec.Raw]
 
@@ -57,11 +59,9 @@ class OpenAIAdapter(AdapterBase):
         base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
         self.url = base + "/chat/completions"
         self.embeddings_url = base + "/embeddings"
-        credential = read_credential(config)
-        headers = {"content-type": "application/json"}
-        if credential:
-            headers["authorization"] = f"Bearer {credential}"
-        self.upstream = Upstream(name, http, headers, self._failure)
+        self.secret = read_credential(config)
+        auth = header_auth({"authorization": f"Bearer {self.secret}"}) if self.secret else None
+        self.upstream = Upstream(name, http, self._failure, auth=auth)
 
     async def embed(self, call: Call) -> Answer:
         """`POST {base_url}/embeddings`, model replaced both ways."""
@@ -79,8 +79,7 @@ class OpenAIAdapter(AdapterBase):
             answer = _decode_object(content)
             usage = _decode_usage(answer.get("usage", _NULL)) or Usage()
         except msgspec.DecodeError as exc:
-            raise UpstreamFailure(502, "upstream_error", f"provider {self.name!r} sent malformed JSON",
-                                  provider=self.name, retryable=True) from exc
+            raise malformed(self.name, retryable=True) from exc
         answer["model"] = msgspec.Raw(_encode(slug))
         return Answer(_encode(answer), usage)
 
@@ -119,17 +118,13 @@ class OpenAIAdapter(AdapterBase):
                 emit(_encode(chunk))
         if done:
             return usage
-        raise UpstreamFailure(502, "upstream_error",
-                              f"provider {self.name!r} ended the stream before [DONE]",
-                              provider=self.name, retryable=True)
+        raise cut_short(self.name, "[DONE]")
 
     def _decode_chunk(self, data: bytes) -> RawObject:
         try:
             return _decode_object(data)
         except msgspec.DecodeError as exc:
-            raise UpstreamFailure(502, "upstream_error",
-                                  f"provider {self.name!r} sent a malformed chunk",
-                                  provider=self.name) from exc
+            raise malformed(self.name, "chunk") from exc
 
     def _failure(self, status: int, content: bytes) -> UpstreamFailure:
         message, code = "", None
@@ -141,4 +136,5 @@ class OpenAIAdapter(AdapterBase):
                 message = error
         except msgspec.DecodeError:
             pass
-        return status_failure(self.name, status, message, str(code) if code else None)
+        return status_failure(self.name, status, message, str(code) if code else None,
+                              secret=self.secret)

@@ -27,17 +27,17 @@ from workers.providers._base import (
     Answer,
     Call,
     Emit,
-    Upstream,
     UpstreamFailure,
+    cut_short,
+    malformed,
     read_credential,
 )
+from workers.providers._http import Upstream, header_auth
 from workers.providers.anthropic.native import NativeRelay, native_answer, native_request
 from workers.providers.anthropic.request import to_messages_request
 from workers.providers.anthropic.response import (
     StreamTranslator,
-    cut_short,
     decode_error,
-    malformed,
     to_chat_completion,
     upstream_failure,
 )
@@ -57,10 +57,9 @@ class AnthropicAdapter(AdapterBase):
         self.config = config
         self.url = (config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
         self._secret = read_credential(config)
-        headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
-        if self._secret:
-            headers["x-api-key"] = self._secret
-        self.upstream = Upstream(name, http, headers, self._failure)
+        auth = header_auth({"x-api-key": self._secret}) if self._secret else None
+        self.upstream = Upstream(name, http, self._failure, auth=auth,
+                                 headers={"anthropic-version": config.anthropic_version})
 
     # ── OpenAI chat completions ──────────────────────────────────────────────────
     def _chat_body(self, call: Call) -> bytes:
@@ -86,7 +85,7 @@ class AnthropicAdapter(AdapterBase):
                     emit(chunk)
                 if translator.done:
                     return translator.usage
-        raise cut_short(self.name)
+        raise cut_short(self.name, "message_stop")
 
     # ── native Messages relays ───────────────────────────────────────────────────
     async def native(self, call: Call) -> Answer:
@@ -109,7 +108,7 @@ class AnthropicAdapter(AdapterBase):
                     emit(data, event=name)
                 if relay.done:
                     return relay.usage
-        raise cut_short(self.name)
+        raise cut_short(self.name, "message_stop")
 
     def _failure(self, status: int, content: bytes) -> UpstreamFailure:
         return upstream_failure(self.name, status, decode_error(content), self._secret)

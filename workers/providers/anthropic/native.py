@@ -26,7 +26,8 @@ from schemas.anthropic import (
 )
 from schemas.chat import Usage, raw_object_decoder
 from schemas.errors import GatewayError
-from workers.providers.anthropic.response import UsageCounter, event_failure, malformed, to_usage
+from workers.providers._base import malformed
+from workers.providers.anthropic.response import UsageCounter, event_failure, to_usage
 
 _encode = msgspec.json.Encoder().encode
 
@@ -102,9 +103,7 @@ class NativeRelay:
                     pass  # ping, content blocks, and event types Anthropic adds later: as they are
         except msgspec.DecodeError as exc:
             raise malformed(self.provider, f"{event} event") from exc
-        # A multi-line `data:` field arrives joined by "\n", which in JSON can only be
-        # whitespace; flattened, the ingress can frame it as one `data:` line.
-        self._held.append((event, data.replace(b"\n", b" ") if b"\n" in data else data))
+        self._held.append((event, data))
         self._began = self._began or event not in _PREAMBLE
         if not self._began:
             return []

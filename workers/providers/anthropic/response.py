@@ -35,7 +35,7 @@ from schemas.chat import (
     ToolCall,
     Usage,
 )
-from workers.providers._base import CLIENT_FAULT, UpstreamFailure
+from workers.providers._base import UpstreamFailure, malformed, status_failure
 
 _encode = msgspec.json.Encoder().encode
 
@@ -43,22 +43,10 @@ _encode = msgspec.json.Encoder().encode
 # ── failures ─────────────────────────────────────────────────────────────────────
 def upstream_failure(provider: str, status: int, error: AnthropicError,
                      secret: str | None = None) -> UpstreamFailure:
-    """The failure for an Anthropic error status (or an error event's equivalent status).
-
-    `status_failure`'s classification; a client fault relays Anthropic's message (with the
-    credential redacted, should it ever appear) and its error type as the code.
-    """
-    if status in CLIENT_FAULT:
-        message = error.message or f"provider {provider!r} rejected the request"
-        if secret:
-            message = message.replace(secret, "[redacted]")
-        return UpstreamFailure(status, error.type or "upstream_invalid_request", message,
-                               provider=provider, upstream_status=status, failover=False)
-    retryable = status in (408, 409, 429) or status >= 500
-    kind = f" ({error.type})" if error.type else ""
-    return UpstreamFailure(502, "upstream_error", f"provider {provider!r} answered {status}{kind}",
-                           provider=provider, upstream_status=status, retryable=retryable)
-
+    """The failure for an Anthropic error status (or an error event's equivalent status):
+    `status_failure`'s rule, Anthropic's error type as the code or label."""
+    return status_failure(provider, status, error.message, error.type or None, secret=secret,
+                          label=f"({error.type})" if error.type else "")
 
 def decode_error(content: bytes) -> AnthropicError:
     """The `error` of an error body or event; empty when the body is not Anthropic's."""
@@ -72,17 +60,6 @@ def event_failure(provider: str, data: bytes, secret: str | None = None) -> Upst
     """The failure for an `error` event: classified by the status its type has outside a stream."""
     error = decode_error(data)
     return upstream_failure(provider, ERROR_STATUS.get(error.type, 500), error, secret)
-
-
-def malformed(provider: str, what: str, *, retryable: bool = False) -> UpstreamFailure:
-    return UpstreamFailure(502, "upstream_error", f"provider {provider!r} sent a malformed {what}",
-                           provider=provider, retryable=retryable)
-
-
-def cut_short(provider: str) -> UpstreamFailure:
-    return UpstreamFailure(502, "upstream_error",
-                           f"provider {provider!r} ended the stream before message_stop",
-                           provider=provider, retryable=True)
 
 
 # ── usage ────────────────────────────────────────────────────────────────────────

@@ -39,15 +39,17 @@ from schemas.gemini import (
 from schemas.providers import GeminiProvider
 from workers.logs import log_event
 from workers.providers._base import (
-    CLIENT_FAULT,
     AdapterBase,
     Answer,
     Call,
     Emit,
-    Upstream,
     UpstreamFailure,
+    cut_short,
+    malformed,
     read_credential,
+    status_failure,
 )
+from workers.providers._http import Upstream, header_auth
 from workers.providers._sse import Event
 from workers.providers.gemini.embed import embedding_answer, plan_embeddings
 from workers.providers.gemini.request import translate_request
@@ -62,24 +64,12 @@ T = TypeVar("T")
 # ── failures ─────────────────────────────────────────────────────────────────────
 def upstream_failure(provider: str, status: int, error: GeminiError,
                      secret: str | None = None) -> UpstreamFailure:
-    """Map a Gemini error to a failure; the credential never appears in what is relayed.
-
-    `status_failure`'s classification, plus Gemini's own ways of saying that our key or
-    project is at fault (API_KEY_INVALID, FAILED_PRECONDITION), which fail over.
-    """
+    """`status_failure`'s rule, plus Gemini's own ways of saying that our key or project is
+    at fault (API_KEY_INVALID, FAILED_PRECONDITION), which fail over."""
     reasons = {d.get("reason") for d in error.details if isinstance(d, dict)}
     ours = "API_KEY_INVALID" in reasons or error.status == "FAILED_PRECONDITION"
-    if status in CLIENT_FAULT and not ours:
-        message = error.message or f"provider {provider!r} rejected the request"
-        if secret:
-            message = message.replace(secret, "[redacted]")
-        return UpstreamFailure(status, error.status.lower() or "upstream_invalid_request", message,
-                               provider=provider, upstream_status=status, failover=False)
-    retryable = status in (408, 409, 429) or status >= 500
-    answered = f"{status} {error.status}".strip()
-    return UpstreamFailure(502, "upstream_error", f"provider {provider!r} answered {answered}",
-                           provider=provider, upstream_status=status, retryable=retryable)
-
+    return status_failure(provider, status, error.message, error.status.lower() or None,
+                          secret=secret, ours=ours, label=error.status)
 
 @dataclass
 class NativeProgress:
@@ -115,10 +105,8 @@ class GeminiAdapter(AdapterBase):
         self.name = name
         self.base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         self.credential = read_credential(config)
-        headers = {"content-type": "application/json"}
-        if self.credential:
-            headers["x-goog-api-key"] = self.credential
-        self.upstream = Upstream(name, http, headers, self._failure)
+        auth = header_auth({"x-goog-api-key": self.credential}) if self.credential else None
+        self.upstream = Upstream(name, http, self._failure, auth=auth)
 
     def _url(self, model: str, method: str) -> str:
         return f"{self.base_url}/{resource_name(model)}:{method}"
@@ -149,7 +137,7 @@ class GeminiAdapter(AdapterBase):
                 for chunk in translator.feed(answer):
                     emit(chunk)
         if not translator.finished:
-            raise self._cut_short()
+            raise cut_short(self.name)
         if call.job.include_usage:
             emit(translator.usage_chunk())
         return translator.usage
@@ -182,9 +170,9 @@ class GeminiAdapter(AdapterBase):
                 progress.feed(summary)
                 # A multi-line `data:` field arrives joined by "\n", which in JSON can only be
                 # whitespace; flattened, the ingress can frame it as one `data:` line.
-                emit(event.data.replace(b"\n", b" ") if b"\n" in event.data else event.data)
+                emit(event.data)
         if not progress.finished:
-            raise self._cut_short()
+            raise cut_short(self.name)
         return progress.usage
 
     # ── HTTP ─────────────────────────────────────────────────────────────────────
@@ -198,8 +186,7 @@ class GeminiAdapter(AdapterBase):
         try:
             return decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamFailure(502, "upstream_error", f"provider {self.name!r} sent malformed JSON",
-                                  provider=self.name, retryable=retryable) from exc
+            raise malformed(self.name, retryable=retryable) from exc
 
     def _failure(self, status: int, content: bytes) -> UpstreamFailure:
         try:
@@ -207,11 +194,6 @@ class GeminiAdapter(AdapterBase):
         except (msgspec.DecodeError, msgspec.ValidationError):
             error = GeminiError()
         return upstream_failure(self.name, status, error, self.credential)
-
-    def _cut_short(self) -> UpstreamFailure:
-        return UpstreamFailure(502, "upstream_error",
-                               f"provider {self.name!r} ended the stream before the answer was complete",
-                               provider=self.name, retryable=True)
 
     def _log_ignored(self, call: Call, fields: list[str]) -> None:
         if fields:

@@ -46,7 +46,7 @@ from schemas.gemini import (
     embed_decoder,
     resource_name,
 )
-from workers.providers._base import Answer, UpstreamFailure, screen_fields
+from workers.providers._base import Answer, UpstreamFailure, malformed, screen_fields
 from workers.providers.gemini.request import unsupported
 
 _encode = msgspec.json.Encoder().encode
@@ -113,8 +113,7 @@ def embedding_answer(content: bytes, plan: EmbeddingPlan, slug: str, provider: s
         else:
             vectors = [e.values for e in batch_embed_decoder.decode(content).embeddings]
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise UpstreamFailure(502, "upstream_error", f"provider {provider!r} sent malformed JSON",
-                              provider=provider, retryable=True) from exc
+        raise malformed(provider, retryable=True) from exc
     if len(vectors) != len(plan.texts):
         raise UpstreamFailure(502, "upstream_error",
                               f"provider {provider!r} sent {len(vectors)} embeddings "

@@ -1,0 +1,97 @@
+"""The HTTP call every adapter makes, through one shared httpx client per provider.
+
+    Upstream.post(url, body)          -> the 200 body
+    Upstream.events(url, body)        -> the 200 response's Server-Sent Events
+    Upstream.chunks(url, body)        -> the 200 response's raw bytes (binary event streams)
+
+`auth` is applied to every request just before it is sent, so a kind may sign each
+request (AWS SigV4) instead of sending fixed headers. A non-200 answer becomes
+`failure(status, body)` (the kind knows its error shape); transport errors become
+`transport_failure`; a streamed response is always closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
+from typing import cast
+
+import httpx
+
+from workers.providers._base import UpstreamFailure, transport_failure
+from workers.providers._sse import Event, iter_events
+
+Auth = Callable[[httpx.Request], None]
+
+
+def header_auth(headers: dict[str, str]) -> Auth:
+    """An `auth` hook that sets fixed headers (a bearer token, an API key)."""
+
+    def apply(request: httpx.Request) -> None:
+        request.headers.update(headers)
+
+    return apply
+
+
+def _no_auth(request: httpx.Request) -> None:
+    pass
+
+
+class Upstream:
+    """POST to one provider: a JSON body back, or a stream of events or bytes."""
+
+    def __init__(self, provider: str, http: httpx.AsyncClient,
+                 failure: Callable[[int, bytes], UpstreamFailure], *, auth: Auth | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.provider = provider
+        self.http = http
+        self.failure = failure
+        self.auth = auth or _no_auth
+        self.headers = {"content-type": "application/json", **(headers or {})}
+
+    def _request(self, url: str, body: bytes, extra_headers: dict[str, str] | None,
+                 params: dict[str, str] | None) -> httpx.Request:
+        headers = {**self.headers, **extra_headers} if extra_headers else self.headers
+        request = self.http.build_request("POST", url, content=body, params=params, headers=headers)
+        self.auth(request)
+        return request
+
+    async def post(self, url: str, body: bytes, extra_headers: dict[str, str] | None = None,
+                   params: dict[str, str] | None = None) -> bytes:
+        """POST and return the 200 body."""
+        try:
+            response = await self.http.send(self._request(url, body, extra_headers, params))
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.provider, exc) from exc
+        if response.status_code != 200:
+            raise self.failure(response.status_code, response.content)
+        return response.content
+
+    @asynccontextmanager
+    async def chunks(self, url: str, body: bytes, extra_headers: dict[str, str] | None = None,
+                     params: dict[str, str] | None = None) -> AsyncIterator[AsyncIterator[bytes]]:
+        """POST and yield the 200 response's body as it arrives; transport errors while
+        reading become UpstreamFailure, and the response is closed on the way out."""
+        try:
+            response = await self.http.send(self._request(url, body, extra_headers, params),
+                                            stream=True)
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.provider, exc) from exc
+        try:
+            if response.status_code != 200:
+                raise self.failure(response.status_code, await response.aread())
+            yield response.aiter_bytes()
+        except httpx.HTTPError as exc:
+            raise transport_failure(self.provider, exc) from exc
+        finally:
+            await response.aclose()
+
+    @asynccontextmanager
+    async def events(self, url: str, body: bytes, extra_headers: dict[str, str] | None = None,
+                     params: dict[str, str] | None = None) -> AsyncIterator[AsyncIterator[Event]]:
+        """POST and yield the 200 response's SSE events (see `chunks`)."""
+        async with self.chunks(url, body, extra_headers, params) as chunks:
+            # iter_events is an async generator: closed here, not left to the garbage collector.
+            events = cast(AsyncGenerator[Event, None], iter_events(chunks))
+            async with aclosing(events):
+                yield events
