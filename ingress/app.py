@@ -3,54 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
 
-import msgspec
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ingress.edge import REFUSAL, BodyFirst
-from ingress.gateway import Gateway, Submission, new_request_id
-from ingress.keys import Identity
+from ingress.gateway import Gateway, new_request_id
+from ingress.native import native
 from ingress.openapi import openapi_document
+from ingress.respond import identity, json_response, relay
 from schemas.errors import GatewayError
 from schemas.kinds import dialect_of_path
 from workers.logs import log_event
-
-_encode = msgspec.json.Encoder().encode
-JSON = "application/json"
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-def json_response(value: Any, status: int = 200) -> Response:
-    return Response(value if isinstance(value, bytes) else _encode(value), status,
-                    content_type=JSON)
-
-
-def access_key() -> str | None:
-    """The access key, from whichever header the caller's SDK uses.
-
-    `Authorization: Bearer` (OpenAI), `x-api-key` (Anthropic), `x-goog-api-key` (Gemini).
-    """
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or None
-
-
-ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
-
-
-def protocol_headers(allowed: tuple[str, ...]) -> dict[str, str]:
-    """The client's protocol headers a native relay passes on (allow-listed, bounded)."""
-    headers = {name: request.headers[name] for name in allowed if name in request.headers}
-    for name, value in headers.items():
-        if len(value) > 512:
-            raise GatewayError(400, "invalid_header", f"header {name!r} is too long", param=name)
-    return headers
-
 
 _RULE_PART = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
 
@@ -67,6 +32,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     """The ingress application bound to one process's Gateway."""
     limits = gateway.config.limits
     app = QuartTrio("switchboard", static_folder=None)
+    app.config["GATEWAY"] = gateway
     app.config.update(
         MAX_CONTENT_LENGTH=None,  # the edge enforces max_body_bytes, before any handler
         RESPONSE_TIMEOUT=None,  # streams last as long as the upstream does
@@ -127,23 +93,6 @@ def create_app(gateway: Gateway) -> QuartTrio:
         return await render_error(GatewayError(500, "internal_error",
                                                "the gateway failed while handling this request"))
 
-    async def identity() -> Identity:
-        return await gateway.authenticate(access_key())
-
-    async def relay(make: Callable[[bytes], Submission]) -> Response:
-        """Authenticate, validate, submit and answer: the same path for every endpoint."""
-        caller = await identity()
-        body = await request.get_data(cache=False)
-        assert isinstance(body, bytes)
-        pin = request.headers.get("vendor") or None
-        reply = await gateway.submit(caller, make(body), g.request_id, pin)
-        if reply.events is None:
-            return json_response(reply.body, reply.status)
-        response = Response(reply.events, 200, content_type="text/event-stream",
-                            headers=SSE_HEADERS)
-        response.timeout = None
-        return response
-
     @app.post("/v1/chat/completions")
     @app.post("/v3/router/chat/completions")
     async def chat_completions() -> Response:
@@ -153,23 +102,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     async def embeddings() -> Response:
         return await relay(gateway.embeddings)
 
-    @app.post("/anthropic/v1/messages")
-    async def anthropic_messages() -> Response:
-        headers = protocol_headers(ANTHROPIC_HEADERS)
-        return await relay(lambda body: gateway.anthropic_messages(body, headers))
-
-    @app.post("/gemini/v1beta/models/<path:target>")
-    async def gemini_generate(target: str) -> Response:
-        model, _, method = target.rpartition(":")
-        if method not in ("generateContent", "streamGenerateContent") or not model:
-            raise GatewayError(404, "not_found", f"unknown Gemini method {method!r}")
-        stream = method == "streamGenerateContent"
-        if stream and request.args.get("alt") != "sse":
-            # Google's SDKs stream with alt=sse; the JSON-array stream is not relayed.
-            raise GatewayError(400, "unsupported_parameter",
-                               "streamGenerateContent is served as Server-Sent Events only: add ?alt=sse",
-                               param="alt")
-        return await relay(lambda body: gateway.gemini_generate(model, stream, body))
+    app.register_blueprint(native)
 
     @app.get("/v1/models")
     async def list_models() -> Response:

@@ -22,7 +22,6 @@ from schemas.config import Config
 from schemas.envelopes import Done, Endpoint, Error, Head, Job
 from schemas.errors import GatewayError
 from schemas.kinds import dialect
-from schemas.native import anthropic_decoder, gemini_decoder
 from workers.logs import log_event
 
 REPLY_GRACE_S = 2.0  # how much longer than the job's deadline the ingress waits for a frame
@@ -110,17 +109,6 @@ class Gateway:
     def embeddings(self, body: bytes) -> Submission:
         """An OpenAI embeddings request."""
         return Submission("embeddings", decode_body(embedding_decoder, body).model, body)
-
-    def anthropic_messages(self, body: bytes, headers: dict[str, str]) -> Submission:
-        """A native Anthropic Messages request, relayed as is to an `anthropic` provider,
-        with the client's `anthropic-version` / `anthropic-beta` headers."""
-        request = decode_body(anthropic_decoder, body)
-        return Submission("anthropic_messages", request.model, body, request.stream, headers=headers)
-
-    def gemini_generate(self, model: str, stream: bool, body: bytes) -> Submission:
-        """A native Gemini generateContent request, relayed as is to a `gemini` provider."""
-        decode_body(gemini_decoder, body)
-        return Submission("gemini_generate", model, body, stream)
 
     async def submit(self, identity: Identity, submission: Submission, request_id: str,
                      pin: str | None = None) -> Reply:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -18,7 +19,7 @@ from schemas.chat import (
     RouterModelList,
 )
 from schemas.errors import ErrorBody
-from schemas.native import AnthropicMessagesRequest, GeminiGenerateRequest
+from schemas.kinds import NATIVES
 
 _REF = "#/components/schemas/{name}"
 
@@ -36,7 +37,7 @@ def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the gateway's endpoints."""
     types = [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, RouterModelList,
              ModelProviderList, ErrorBody, EmbeddingRequest, EmbeddingList,
-             AnthropicMessagesRequest, GeminiGenerateRequest]
+             *(api.request for api in NATIVES)]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     chat = {
@@ -71,11 +72,13 @@ def openapi_document() -> dict[str, Any]:
                          "responses": {"200": {"description": "the provider's own answer"},
                                        **_errors(400, 401, 413, 422, 429, 502, 503, 504)}}}
 
-    gemini = native("GeminiGenerateRequest", "Gemini generateContent / streamGenerateContent "
-                    "(the path ends in `:generateContent` or `:streamGenerateContent?alt=sse`)")
-    gemini["post"]["parameters"] = [
-        {"name": "target", "in": "path", "required": True, "schema": {"type": "string"},
-         "description": "`{model}:generateContent` or `{model}:streamGenerateContent`"}]
+    natives = {}
+    for api in NATIVES:
+        natives[api.path] = native(api.request.__name__, api.summary)
+        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for name in re.findall(r"{(\w+)}", api.path)]
+        if parameters:
+            natives[api.path]["post"]["parameters"] = parameters
     health = {"get": {"responses": {"200": {"description": "ok"}, **_errors(503)}}}
     providers = listing("ModelProviderList", "The providers that serve a model")
     providers["get"]["parameters"] = [
@@ -87,9 +90,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/chat/completions": chat,
             "/v3/router/chat/completions": chat,
             "/v1/embeddings": embeddings,
-            "/anthropic/v1/messages": native("AnthropicMessagesRequest",
-                                             "Anthropic Messages API, relayed untranslated"),
-            "/gemini/v1beta/models/{target}": gemini,
+            **natives,
             "/v1/models": listing("ModelList", "The catalog in OpenAI's list shape"),
             "/v1/router/models": listing("RouterModelList", "The catalog with names"),
             "/v1/router/models/{model_id}/providers": providers,

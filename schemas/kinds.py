@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas import anthropic, gemini
+from schemas.native import AnthropicMessagesRequest, GeminiGenerateRequest
 
 
 def _as_is(body: bytes, status: int) -> bytes:
@@ -37,11 +38,15 @@ OPENAI = Dialect(b"[DONE]", "")
 
 @dataclass(frozen=True, slots=True)
 class NativeAPI:
-    """A provider's own API, relayed untranslated at `prefix`."""
+    """A provider's own API, relayed untranslated at `prefix`; `path`, `request` and
+    `summary` describe its route in the OpenAPI document."""
 
     endpoint: str
     prefix: str
     dialect: Dialect
+    path: str
+    request: type
+    summary: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +56,14 @@ class Kind:
     natives: tuple[NativeAPI, ...] = field(default=())
 
 
-ANTHROPIC_MESSAGES = NativeAPI("anthropic_messages", "/anthropic/",
-                               Dialect(None, "error", anthropic.error_dialect))
-GEMINI_GENERATE = NativeAPI("gemini_generate", "/gemini/", Dialect(None, "", gemini.error_dialect))
+ANTHROPIC_MESSAGES = NativeAPI(
+    "anthropic_messages", "/anthropic/", Dialect(None, "error", anthropic.error_dialect),
+    "/anthropic/v1/messages", AnthropicMessagesRequest, "Anthropic Messages API, relayed untranslated")
+GEMINI_GENERATE = NativeAPI(
+    "gemini_generate", "/gemini/", Dialect(None, "", gemini.error_dialect),
+    "/gemini/v1beta/models/{target}", GeminiGenerateRequest,
+    "Gemini generateContent / streamGenerateContent (`{target}` is `{model}:generateContent` "
+    "or `{model}:streamGenerateContent`, streamed with `?alt=sse`)")
 
 KINDS: dict[str, Kind] = {
     "openai": Kind(families=("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-")),

@@ -1,0 +1,62 @@
+"""How a route answers: a JSON body, or a relayed request (validate, submit, reply).
+
+Every inference route, OpenAI-shaped or native, goes through `relay`, so keys, limits,
+the queue and the answer's framing are the same for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from quart import Response, current_app, g, request
+
+from ingress.gateway import Gateway, Submission
+from ingress.keys import Identity
+
+_encode = msgspec.json.Encoder().encode
+JSON = "application/json"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    """A JSON answer; `value` is bytes already encoded, or a Struct / plain data."""
+    return Response(value if isinstance(value, bytes) else _encode(value), status,
+                    content_type=JSON)
+
+
+def gateway() -> Gateway:
+    """The process's Gateway (set on the app by `create_app`)."""
+    found: Gateway = current_app.config["GATEWAY"]
+    return found
+
+
+def access_key() -> str | None:
+    """The access key, from whichever header the caller's SDK uses.
+
+    `Authorization: Bearer` (OpenAI), `x-api-key` (Anthropic), `x-goog-api-key` (Gemini).
+    """
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or None
+
+
+async def identity() -> Identity:
+    """The caller, authenticated (401 / 503 otherwise)."""
+    return await gateway().authenticate(access_key())
+
+
+async def relay(make: Callable[[bytes], Submission]) -> Response:
+    """Authenticate, validate, submit and answer: the same path for every endpoint."""
+    caller = await identity()
+    body = await request.get_data(cache=False)
+    assert isinstance(body, bytes)
+    pin = request.headers.get("vendor") or None
+    reply = await gateway().submit(caller, make(body), g.request_id, pin)
+    if reply.events is None:
+        return json_response(reply.body, reply.status)
+    response = Response(reply.events, 200, content_type="text/event-stream", headers=SSE_HEADERS)
+    response.timeout = None
+    return response
