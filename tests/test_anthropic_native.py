@@ -6,22 +6,20 @@ unit tests of the relay's pure parts."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
-import trio
 
-from tests.conftest import Gateway, make_config, start_gateway
+from tests.conftest import TLS, Gateway, KindGateway, KindGateways
 from tests.fakes.anthropic_upstream import Behavior, FakeAnthropic
-from tests.fakes.server import serve_asgi
+from tests.kinds import CASES
 from workers.providers._base import UpstreamFailure
 from workers.providers.anthropic.native import NativeRelay, native_answer, native_request
 
-SECRET = "sk-ant-native-secret-0077"
-UPSTREAM_MODEL = "claude-upstream-1"
+SECRET = CASES["anthropic"].credential
+UPSTREAM_MODEL = CASES["anthropic"].upstream_model
 WEATHER_TOOL: Any = {
     "name": "get_weather", "description": "Weather for a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -29,31 +27,16 @@ WEATHER_TOOL: Any = {
 
 
 @pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeAnthropic:
-    app = FakeAnthropic()
-    app.base_url = await nursery.start(serve_asgi, app)
-    return app
-
-
-@pytest.fixture
-async def gateway(nursery: trio.Nursery, redis_url: str, fake: FakeAnthropic,
-                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
-    """Ingress + workers: one `anthropic` provider (the fake, one retry) and a `mock` one."""
-    monkeypatch.setenv("SB_TEST_ANTHROPIC_NATIVE_KEY", SECRET)
-    config = make_config(
-        redis_url,
-        {"claude": {"kind": "anthropic", "base_url": fake.base_url,
-                    "api_key_env": "SB_TEST_ANTHROPIC_NATIVE_KEY", "timeout_s": 5, "max_retries": 1},
-         "local": {"kind": "mock"}},
-        [{"slug": "claude-test", "routes": [{"provider": "claude", "model": UPSTREAM_MODEL}]},
-         {"slug": "echo", "routes": [{"provider": "local", "model": "echo"}]}],
-    )
-    yield await start_gateway(nursery, config)
+async def gateway(kind_gateway: KindGateways) -> KindGateway:
+    """`claude-test` routed to the fake Anthropic API (provider `primary`, one retry);
+    `echo` to a mock."""
+    return await kind_gateway("anthropic", slug="claude-test", echo=True)
 
 
 def client(gateway: Gateway, api_key: str | None = None) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=gateway.base_url + "/anthropic",
-                                    api_key=api_key or gateway.secret, max_retries=0)
+                                    api_key=api_key or gateway.secret, max_retries=0,
+                                    http_client=anthropic.DefaultAsyncHttpxClient(verify=TLS))
 
 
 def user(text: str) -> Any:
@@ -119,7 +102,7 @@ async def test_create_relays_the_body_and_answers_with_the_slug(gateway: Gateway
 async def test_only_the_model_changes_byte_for_byte(gateway: Gateway, fake: FakeAnthropic) -> None:
     sent = (b'{"max_tokens":32,"model":"claude-test","messages":[{"role":"user",'
             b'"content":"caf\\u00e9  ok"}],"zz_new":{"a":1.50,"b":[true,null]},"stream":false}')
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as http:
         response = await http.post(f"{gateway.base_url}/anthropic/v1/messages", content=sent,
                                    headers={"x-api-key": gateway.secret, "anthropic-version": "2023-06-01",
                                             "content-type": "application/json"})
@@ -250,7 +233,7 @@ async def test_stream_error_before_output_is_retried(gateway: Gateway, fake: Fak
 
 async def test_stream_error_after_output_ends_with_an_error_event(gateway: Gateway,
                                                                   fake: FakeAnthropic) -> None:
-    fake.then(Behavior(chunks=["a", "b", "c"], stream_error_after=2, chunk_delay_s=0.2))
+    fake.then(Behavior(chunks=["a", "b", "c"], stream_error_after=2, chunk_delay_s=0.05))
     stream = await client(gateway).messages.create(model="claude-test", max_tokens=64,
                                                    messages=user("x"), stream=True)
     seen: list[str] = []
@@ -261,7 +244,7 @@ async def test_stream_error_after_output_ends_with_an_error_event(gateway: Gatew
                     "content_block_delta"]
     assert isinstance(caught.value.body, dict)
     error = caught.value.body["error"]
-    assert (error["code"], error["details"]) == ("upstream_error", {"provider": "claude", "status": 529})
+    assert (error["code"], error["details"]) == ("upstream_error", {"provider": "primary", "status": 529})
     assert SECRET not in json.dumps(caught.value.body)
     assert len(fake.requests) == 1  # output began: no retry
     assert await gateway.usage() == {}
@@ -269,7 +252,7 @@ async def test_stream_error_after_output_ends_with_an_error_event(gateway: Gatew
 
 async def test_stream_cut_before_message_stop_is_an_error(gateway: Gateway,
                                                          fake: FakeAnthropic) -> None:
-    fake.then(Behavior(chunks=["a", "b", "c"], end_early_after=2, chunk_delay_s=0.2))
+    fake.then(Behavior(chunks=["a", "b", "c"], end_early_after=2, chunk_delay_s=0.05))
     async with client(gateway).messages.with_streaming_response.create(
             model="claude-test", max_tokens=64, messages=user("x"), stream=True) as response:
         body = await response.read()
@@ -315,7 +298,7 @@ async def test_overloaded_is_retried_then_502(gateway: Gateway, fake: FakeAnthro
     error = error_of(caught)
     assert caught.value.status_code == 502
     assert error["code"] == "upstream_error"
-    assert error["details"] == {"provider": "claude", "status": 529}
+    assert error["details"] == {"provider": "primary", "status": 529}
     assert "overloaded_error" in error["message"]
     assert len(fake.requests) == 2  # max_retries = 1
     assert await gateway.usage() == {}
@@ -350,7 +333,7 @@ async def test_upstream_rejecting_our_credential_is_502(gateway: Gateway, fake: 
         await client(gateway).messages.create(model="claude-test", max_tokens=16, messages=user("x"))
     error = error_of(caught)
     assert caught.value.status_code == 502
-    assert error["details"] == {"provider": "claude", "status": 401}
+    assert error["details"] == {"provider": "primary", "status": 401}
     assert len(fake.requests) == 1  # our key is wrong: retrying cannot help
 
 
@@ -434,7 +417,7 @@ def test_relay_malformed_message_start_is_an_upstream_error() -> None:
 
 async def test_client_protocol_headers_are_relayed(gateway: Gateway, fake: FakeAnthropic) -> None:
     sent = b'{"model":"claude-test","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as http:
         response = await http.post(
             f"{gateway.base_url}/anthropic/v1/messages", content=sent,
             headers={"x-api-key": gateway.secret, "anthropic-version": "2099-01-01",
@@ -452,7 +435,7 @@ async def test_client_protocol_headers_are_relayed(gateway: Gateway, fake: FakeA
 
 
 async def test_errors_come_in_anthropic_shape(gateway: Gateway, fake: FakeAnthropic) -> None:
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as http:
         refused = await http.post(f"{gateway.base_url}/anthropic/v1/messages",
                                   json={"model": "claude-test", "max_tokens": 8,
                                         "messages": [{"role": "user", "content": "hi"}]},

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from ingress.dev import free_port
-from tests.conftest import RedisServer
+from tests.conftest import TLS, RedisServer
 from tests.fakes.openai_upstream import FakeOpenAI
 
 SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
@@ -77,7 +77,7 @@ async def test_cli_keys_serve_worker_models(nursery: trio.Nursery, redis_url: st
             [SWITCHBOARD, "worker", "--config", config], env=env, stderr=sink, stdout=sink)
         try:
             base = f"http://127.0.0.1:{port}"
-            async with httpx.AsyncClient(base_url=base) as http:
+            async with httpx.AsyncClient(verify=TLS, base_url=base) as http:
                 with trio.fail_after(20):
                     while True:
                         try:

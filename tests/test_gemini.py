@@ -1,5 +1,6 @@
-"""The `gemini` provider kind: pure translation both ways, then end to end with the
-official OpenAI SDK through ingress, Redis and a worker against a fake Gemini API."""
+"""The `gemini` provider kind, beside the conformance suite: pure translation both ways,
+then end to end with the official OpenAI SDK through ingress, Redis and a worker against a
+fake Gemini API."""
 
 from __future__ import annotations
 
@@ -10,18 +11,17 @@ import httpx
 import msgspec
 import openai
 import pytest
-import trio
 
 from schemas.errors import GatewayError
 from schemas.gemini import GeminiError, GenerateContentResponse, UsageMetadata
-from tests.conftest import Gateway, make_config, start_gateway
+from tests.conftest import TLS, Gateway, KindGateway, KindGateways
 from tests.fakes.gemini_upstream import Behavior, FakeGemini
-from tests.fakes.server import serve_asgi
+from tests.kinds import CASES
 from workers.providers.gemini.adapter import upstream_failure
 from workers.providers.gemini.request import media_part, translate_request
 from workers.providers.gemini.response import StreamTranslator, finish_reason, translate_response, usage_of
 
-KEY = "AIzaSy-test-credential-0123456789"
+KEY = CASES["gemini"].credential
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 PDF = "JVBERi0xLjQKJcTl8uXrp/Og0MTGCjEgMCBvYmoKPDwgPj4KZW5kb2JqCnRyYWlsZXIKPDwgPj4KJSVFT0YK"
 WEATHER = {"type": "function", "function": {
@@ -271,75 +271,34 @@ def test_relayed_messages_never_carry_the_credential() -> None:
 
 # ── end to end ───────────────────────────────────────────────────────────────────
 @pytest.fixture
-async def fake_gemini(nursery: trio.Nursery) -> FakeGemini:
-    fake = FakeGemini()
-    fake.base_url = await nursery.start(serve_asgi, fake) + "/v1beta"
-    return fake
-
-
-@pytest.fixture
-async def gateway(nursery: trio.Nursery, redis_url: str, fake_gemini: FakeGemini,
-                  monkeypatch: pytest.MonkeyPatch) -> Gateway:
-    monkeypatch.setenv("SB_TEST_GEMINI_KEY", KEY)
-    config = make_config(
-        redis_url,
-        {"gem": {"kind": "gemini", "base_url": fake_gemini.base_url,
-                 "api_key_env": "SB_TEST_GEMINI_KEY", "timeout_s": 5, "max_retries": 1}},
-        [{"slug": "gem-test", "routes": [{"provider": "gem", "model": "gemini-2.5-flash"}]}])
-    return await start_gateway(nursery, config)
+async def gateway(kind_gateway: KindGateways) -> KindGateway:
+    """`gem-test` routed to the fake Gemini API (provider `primary`, one retry)."""
+    return await kind_gateway("gemini", slug="gem-test")
 
 
 async def post_raw(gateway: Gateway, payload: dict[str, Any]) -> httpx.Response:
     """The gateway's raw HTTP answer (body fully read, streams included)."""
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as http:
         return await http.post(f"{gateway.base_url}/v1/chat/completions", json=payload,
                                headers={"authorization": f"Bearer {gateway.secret}"})
 
 
-async def test_plain_completion(gateway: Gateway, fake_gemini: FakeGemini) -> None:
-    answer = await gateway.client().chat.completions.create(
-        model="gem-test", messages=[user("count these four words")])
-    assert answer.choices[0].message.content == "count these four words"
-    assert answer.choices[0].finish_reason == "stop"
-    assert answer.model == "gem-test" and answer.object == "chat.completion"
-    assert answer.usage is not None and answer.usage.total_tokens == 8
-    (seen,) = fake_gemini.requests
-    assert seen.path == "/v1beta/models/gemini-2.5-flash:generateContent" and seen.query == {}
-    assert seen.headers["x-goog-api-key"] == KEY and "authorization" not in seen.headers
-    assert seen.body == {"contents": [{"role": "user", "parts": [{"text": "count these four words"}]}]}
-    assert await gateway.usage() == {"tokens": 8, "prompt_tokens": 4, "completion_tokens": 4,
-                                     "requests": 1}
+async def test_requests_on_the_wire(gateway: Gateway, fake: FakeGemini) -> None:
+    client = gateway.client()
+    await client.chat.completions.create(model="gem-test", messages=[user("count these four words")])
+    await client.chat.completions.create(model="gem-test", messages=[user("one two three")],
+                                         stream=True, stream_options={"include_usage": True})
+    plain, streamed = fake.requests
+    assert plain.path == "/v1beta/models/gemini-2.5-flash:generateContent" and plain.query == {}
+    assert plain.headers["x-goog-api-key"] == KEY and "authorization" not in plain.headers
+    assert plain.body == {"contents": [{"role": "user", "parts": [{"text": "count these four words"}]}]}
+    assert streamed.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    assert streamed.query == {"alt": ["sse"]} and streamed.headers["x-goog-api-key"] == KEY
+    assert streamed.body == {"contents": [{"role": "user", "parts": [{"text": "one two three"}]}]}
 
 
-async def test_streamed_completion_with_usage(gateway: Gateway, fake_gemini: FakeGemini) -> None:
-    stream = await gateway.client().chat.completions.create(
-        model="gem-test", stream=True, stream_options={"include_usage": True},
-        messages=[user("one two three")])
-    chunks = [chunk async for chunk in stream]
-    assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (3, 3)
-    assert {c.model for c in chunks} == {"gem-test"}
-    (seen,) = fake_gemini.requests
-    assert seen.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
-    assert seen.query == {"alt": ["sse"]} and seen.headers["x-goog-api-key"] == KEY
-    assert (await gateway.usage())["tokens"] == 6
-
-
-async def test_streamed_completion_without_usage_chunk(gateway: Gateway) -> None:
-    response = await post_raw(gateway, {"model": "gem-test", "stream": True,
-                                        "messages": [user("a b")]})
-    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert all(c["choices"] and "usage" not in c for c in chunks)
-    assert KEY not in response.text
-
-
-async def test_tool_call_round_trip(gateway: Gateway, fake_gemini: FakeGemini) -> None:
-    fake_gemini.then(Behavior(function_calls=[{"name": "get_weather", "args": {"city": "Paris"}}],
+async def test_tool_call_round_trip(gateway: Gateway, fake: FakeGemini) -> None:
+    fake.then(Behavior(function_calls=[{"name": "get_weather", "args": {"city": "Paris"}}],
                               thought_signature="c2lnbmF0dXJl"))
     client = gateway.client()
     messages: list[Any] = [user("Weather in Paris?")]
@@ -354,7 +313,7 @@ async def test_tool_call_round_trip(gateway: Gateway, fake_gemini: FakeGemini) -
     second = await client.chat.completions.create(model="gem-test", messages=messages, tools=[WEATHER])
     assert second.choices[0].message.content == 'tool said {"temp_c": 21}'
     assert second.choices[0].finish_reason == "stop"
-    one, two = (r.body for r in fake_gemini.requests)
+    one, two = (r.body for r in fake.requests)
     assert one["tools"] == [{"functionDeclarations": [{
         "name": "get_weather", "description": "Weather in a city",
         "parametersJsonSchema": WEATHER["function"]["parameters"]}]}]
@@ -368,8 +327,8 @@ async def test_tool_call_round_trip(gateway: Gateway, fake_gemini: FakeGemini) -
     assert "toolConfig" not in two
 
 
-async def test_streamed_parallel_tool_calls(gateway: Gateway, fake_gemini: FakeGemini) -> None:
-    fake_gemini.then(Behavior(function_calls=[{"name": "get_weather", "args": {"city": "Oslo"}},
+async def test_streamed_parallel_tool_calls(gateway: Gateway, fake: FakeGemini) -> None:
+    fake.then(Behavior(function_calls=[{"name": "get_weather", "args": {"city": "Oslo"}},
                                               {"name": "get_weather", "args": {"city": "Rome"}}]))
     stream = await gateway.client().chat.completions.create(
         model="gem-test", stream=True, messages=[user("Oslo and Rome?")], tools=[WEATHER])
@@ -381,7 +340,7 @@ async def test_streamed_parallel_tool_calls(gateway: Gateway, fake_gemini: FakeG
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-async def test_images_pdf_and_system_reach_gemini(gateway: Gateway, fake_gemini: FakeGemini) -> None:
+async def test_images_pdf_and_system_reach_gemini(gateway: Gateway, fake: FakeGemini) -> None:
     await gateway.client().chat.completions.create(model="gem-test", messages=[
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": [
@@ -390,7 +349,7 @@ async def test_images_pdf_and_system_reach_gemini(gateway: Gateway, fake_gemini:
             {"type": "image_url", "image_url": {"url": "https://example.com/photo.webp"}},
             {"type": "file", "file": {"filename": "doc.pdf",
                                       "file_data": f"data:application/pdf;base64,{PDF}"}}]}])
-    (seen,) = fake_gemini.requests
+    (seen,) = fake.requests
     assert seen.body["systemInstruction"] == {"parts": [{"text": "You are terse."}]}
     assert seen.body["contents"] == [{"role": "user", "parts": [
         {"text": "Describe both."},
@@ -400,27 +359,27 @@ async def test_images_pdf_and_system_reach_gemini(gateway: Gateway, fake_gemini:
 
 
 async def test_generation_options_and_several_candidates(gateway: Gateway,
-                                                         fake_gemini: FakeGemini) -> None:
+                                                         fake: FakeGemini) -> None:
     answer = await gateway.client().chat.completions.create(
         model="gem-test", messages=[user("pick")], temperature=0.3, top_p=0.8,
         max_completion_tokens=32, stop=["\n\n", "END"], seed=42, presence_penalty=0.1,
         frequency_penalty=0.2, n=2)
     assert [c.index for c in answer.choices] == [0, 1]
-    assert fake_gemini.requests[0].body["generationConfig"] == {
+    assert fake.requests[0].body["generationConfig"] == {
         "temperature": 0.3, "topP": 0.8, "maxOutputTokens": 32, "stopSequences": ["\n\n", "END"],
         "seed": 42, "presencePenalty": 0.1, "frequencyPenalty": 0.2, "candidateCount": 2}
 
 
-async def test_json_schema_response_format(gateway: Gateway, fake_gemini: FakeGemini) -> None:
+async def test_json_schema_response_format(gateway: Gateway, fake: FakeGemini) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
               "additionalProperties": False}
-    fake_gemini.then(Behavior(text='{"city": "Lyon"}'))
+    fake.then(Behavior(text='{"city": "Lyon"}'))
     answer = await gateway.client().chat.completions.create(
         model="gem-test", messages=[user("a city as JSON")],
         response_format={"type": "json_schema",
                          "json_schema": {"name": "City", "strict": True, "schema": schema}})
     assert json.loads(answer.choices[0].message.content or "") == {"city": "Lyon"}
-    assert fake_gemini.requests[0].body["generationConfig"] == {
+    assert fake.requests[0].body["generationConfig"] == {
         "responseMimeType": "application/json", "responseJsonSchema": schema}
 
 
@@ -430,9 +389,9 @@ async def test_json_schema_response_format(gateway: Gateway, fake_gemini: FakeGe
     (Behavior(finish_reason="RECITATION", chunks=["It was the best"]), "content_filter"),
     (Behavior(block_reason="PROHIBITED_CONTENT"), "content_filter"),
 ])
-async def test_finish_reasons_plain_and_streamed(gateway: Gateway, fake_gemini: FakeGemini,
+async def test_finish_reasons_plain_and_streamed(gateway: Gateway, fake: FakeGemini,
                                                  behavior: Behavior, expected: str) -> None:
-    fake_gemini.then(behavior, behavior)
+    fake.then(behavior, behavior)
     client = gateway.client()
     answer = await client.chat.completions.create(model="gem-test", messages=[user("risky")])
     assert answer.choices[0].finish_reason == expected
@@ -443,70 +402,22 @@ async def test_finish_reasons_plain_and_streamed(gateway: Gateway, fake_gemini: 
     assert [c.choices[0].finish_reason for c in chunks][-1] == expected
 
 
-async def test_rate_limit_is_retried_then_502(gateway: Gateway, fake_gemini: FakeGemini) -> None:
-    limited = Behavior(status=429, error_status="RESOURCE_EXHAUSTED",
-                       message="Resource has been exhausted (e.g. check quota).")
-    fake_gemini.then(limited, limited)
-    with pytest.raises(openai.InternalServerError) as info:
-        await gateway.client().chat.completions.create(model="gem-test", messages=[user("hi")])
-    assert info.value.status_code == 502
-    assert isinstance(info.value.body, dict)
-    assert info.value.body["code"] == "upstream_error"
-    assert info.value.body["details"] == {"provider": "gem", "status": 429}
-    assert len(fake_gemini.requests) == 2  # max_retries = 1
-    assert await gateway.usage() == {}
-
-
-async def test_rate_limit_then_success_is_invisible(gateway: Gateway, fake_gemini: FakeGemini) -> None:
-    fake_gemini.then(Behavior(status=503, error_status="UNAVAILABLE"))
-    stream = await gateway.client().chat.completions.create(
-        model="gem-test", stream=True, messages=[user("still here")])
-    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-    assert text == "still here" and len(fake_gemini.requests) == 2
-
-
-async def test_invalid_argument_is_relayed(gateway: Gateway, fake_gemini: FakeGemini) -> None:
-    fake_gemini.then(Behavior(status=400, error_status="INVALID_ARGUMENT",
-                              message="* GenerateContentRequest.generation_config.stop_sequences: too many"))
-    with pytest.raises(openai.BadRequestError) as info:
-        await gateway.client().chat.completions.create(model="gem-test", messages=[user("hi")])
-    assert "stop_sequences: too many" in info.value.message
-    assert info.value.code == "invalid_argument"
-    assert len(fake_gemini.requests) == 1
-
-
-async def test_bad_credential_is_502_and_never_echoed(gateway: Gateway, fake_gemini: FakeGemini) -> None:
+async def test_bad_credential_is_502_and_never_echoed(gateway: Gateway, fake: FakeGemini) -> None:
     bad_key = Behavior(status=400, error_status="INVALID_ARGUMENT", error_reason="API_KEY_INVALID",
                        message=f"API key not valid: {KEY}. Please pass a valid API key.")
     denied = Behavior(status=403, error_status="PERMISSION_DENIED", message=f"key {KEY} denied")
     relayed = Behavior(status=400, error_status="INVALID_ARGUMENT", message=f"odd value {KEY}")
-    fake_gemini.then(bad_key, denied, relayed)
+    fake.then(bad_key, denied, relayed)
     for expected in (502, 502, 400):
         response = await post_raw(gateway, {"model": "gem-test", "messages": [user("hi")]})
         assert response.status_code == expected
         assert KEY not in response.text
-    assert len(fake_gemini.requests) == 3  # none of them is retried
-    assert all(r.headers["x-goog-api-key"] == KEY and KEY not in r.path for r in fake_gemini.requests)
+    assert len(fake.requests) == 3  # none of them is retried
+    assert all(r.headers["x-goog-api-key"] == KEY and KEY not in r.path for r in fake.requests)
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_unsupported_parameter_is_400_and_nothing_goes_upstream(
-        gateway: Gateway, fake_gemini: FakeGemini, stream: bool) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        await gateway.client().chat.completions.create(
-            model="gem-test", messages=[user("hi")], logit_bias={"50256": -100}, stream=stream)
-    assert info.value.code == "unsupported_parameter"
-    assert info.value.param == "logit_bias" and "gemini" in info.value.message
-    assert fake_gemini.requests == []
-
-
-@pytest.mark.parametrize(("behavior", "message"), [
-    (Behavior(unfinished=True, chunk_delay_s=0.05), "ended the stream before the answer was complete"),
-    (Behavior(break_after=2, chunk_delay_s=0.05), "could not be reached (RemoteProtocolError)"),
-])
-async def test_stream_that_ends_abnormally_is_an_error(gateway: Gateway, fake_gemini: FakeGemini,
-                                                       behavior: Behavior, message: str) -> None:
-    fake_gemini.then(behavior)
+async def test_stream_without_finish_reason_is_an_error(gateway: Gateway, fake: FakeGemini) -> None:
+    fake.then(Behavior(unfinished=True, chunk_delay_s=0.05))
     stream = await gateway.client().chat.completions.create(
         model="gem-test", stream=True, messages=[user("one two three four")])
     received = []
@@ -514,6 +425,6 @@ async def test_stream_that_ends_abnormally_is_an_error(gateway: Gateway, fake_ge
         async for chunk in stream:
             received.append(chunk)
     assert received  # output had begun, so the failure could not be retried
-    assert message in info.value.message
+    assert "ended the stream before the answer was complete" in info.value.message
     assert isinstance(info.value.body, dict) and info.value.body["code"] == "upstream_error"
-    assert len(fake_gemini.requests) == 1
+    assert len(fake.requests) == 1

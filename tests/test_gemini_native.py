@@ -15,20 +15,19 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import trio
 
 from schemas.config import Route
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
 from schemas.providers import GeminiProvider
-from tests.conftest import Gateway, make_config, start_gateway
+from tests.conftest import TLS, Gateway, KindGateway, KindGateways
 from tests.fakes.gemini_upstream import Behavior, FakeGemini, embedding_of
-from tests.fakes.server import serve_asgi
+from tests.kinds import CASES
 from workers.providers._base import Call, UpstreamFailure
 from workers.providers.gemini import GeminiAdapter
 from workers.providers.gemini.embed import plan_embeddings
 
-KEY = "AIzaSy-native-test-credential-42"
+KEY = CASES["gemini"].credential
 NATIVE = {
     "contents": [{"role": "user", "parts": [{"text": "four little words here"}]}],
     "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}],
@@ -37,31 +36,17 @@ NATIVE = {
 
 
 @pytest.fixture
-async def fake_gemini(nursery: trio.Nursery) -> FakeGemini:
-    fake = FakeGemini()
-    fake.base_url = await nursery.start(serve_asgi, fake) + "/v1beta"
-    return fake
-
-
-@pytest.fixture
-async def gateway(nursery: trio.Nursery, redis_url: str, fake_gemini: FakeGemini,
-                  monkeypatch: pytest.MonkeyPatch) -> Gateway:
-    monkeypatch.setenv("SB_TEST_GEMINI_NATIVE_KEY", KEY)
-    config = make_config(
-        redis_url,
-        {"gem": {"kind": "gemini", "base_url": fake_gemini.base_url,
-                 "api_key_env": "SB_TEST_GEMINI_NATIVE_KEY", "timeout_s": 5, "max_retries": 1},
-         "local": {"kind": "mock"}},
-        [{"slug": "gem-test", "routes": [{"provider": "gem", "model": "gemini-2.5-flash"}]},
-         {"slug": "gem-embed", "routes": [{"provider": "gem", "model": "gemini-embedding-001"}]},
-         {"slug": "echo", "routes": [{"provider": "local", "model": "echo"}]}])
-    return await start_gateway(nursery, config)
+async def gateway(kind_gateway: KindGateways) -> KindGateway:
+    """`gem-test` and `gem-embed` routed to the fake Gemini API (provider `primary`, one
+    retry); `echo` to a mock."""
+    return await kind_gateway("gemini", slug="gem-test", echo=True, models=[
+        {"slug": "gem-embed", "routes": [{"provider": "primary", "model": "gemini-embedding-001"}]}])
 
 
 async def native(gateway: Gateway, slug: str, body: bytes, *, stream: bool = False) -> httpx.Response:
     """A native call the way Google's SDKs make it: the key in `x-goog-api-key`."""
     method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as http:
         return await http.post(f"{gateway.base_url}/gemini/v1beta/models/{slug}:{method}",
                                content=body, headers={"x-goog-api-key": gateway.secret,
                                                       "content-type": "application/json"})
@@ -74,31 +59,31 @@ def sse_payloads(sent: bytes) -> list[bytes]:
 
 # ── native generateContent ───────────────────────────────────────────────────────
 async def test_native_generate_relays_both_bodies_as_they_are(gateway: Gateway,
-                                                             fake_gemini: FakeGemini) -> None:
+                                                             fake: FakeGemini) -> None:
     sent = json.dumps(NATIVE, indent=1).encode()  # odd formatting: it must arrive byte for byte
     response = await native(gateway, "gem-test", sent)
     assert response.status_code == 200 and response.headers["x-request-id"].startswith("req_")
-    (seen,) = fake_gemini.requests
+    (seen,) = fake.requests
     assert seen.path == "/v1beta/models/gemini-2.5-flash:generateContent" and seen.query == {}
     assert seen.raw == sent
     assert seen.headers["x-goog-api-key"] == KEY
     assert gateway.secret not in json.dumps(seen.headers)
-    assert response.content == fake_gemini.answers[0]  # the upstream body, untouched
+    assert response.content == fake.answers[0]  # the upstream body, untouched
     assert response.json()["candidates"][0]["content"]["parts"] == [{"text": "four little words here"}]
     assert await gateway.usage() == {"tokens": 8, "prompt_tokens": 4, "completion_tokens": 4,
                                      "requests": 1}
 
 
 async def test_native_stream_relays_every_event_in_order_and_nothing_after(
-        gateway: Gateway, fake_gemini: FakeGemini) -> None:
-    fake_gemini.then(Behavior(text="Hello there world", chunks=["Hello", " there", " world"]))
+        gateway: Gateway, fake: FakeGemini) -> None:
+    fake.then(Behavior(text="Hello there world", chunks=["Hello", " there", " world"]))
     response = await native(gateway, "gem-test", json.dumps(NATIVE).encode(), stream=True)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    (seen,) = fake_gemini.requests
+    (seen,) = fake.requests
     assert seen.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
     assert seen.query == {"alt": ["sse"]} and seen.body == NATIVE
-    upstream = sse_payloads(fake_gemini.answers[0])
+    upstream = sse_payloads(fake.answers[0])
     assert len(upstream) == 3
     assert response.content == b"".join(b"data: " + p + b"\n\n" for p in upstream)
     assert json.loads(upstream[-1])["candidates"][0]["finishReason"] == "STOP"
@@ -107,55 +92,55 @@ async def test_native_stream_relays_every_event_in_order_and_nothing_after(
 
 
 async def test_native_stream_without_finish_reason_ends_with_an_error_event(
-        gateway: Gateway, fake_gemini: FakeGemini) -> None:
-    fake_gemini.then(Behavior(chunks=["a", " b", " c"], unfinished=True, chunk_delay_s=0.05))
+        gateway: Gateway, fake: FakeGemini) -> None:
+    fake.then(Behavior(chunks=["a", " b", " c"], unfinished=True, chunk_delay_s=0.05))
     response = await native(gateway, "gem-test", json.dumps(NATIVE).encode(), stream=True)
     events = [e.removeprefix(b"data: ") for e in response.content.split(b"\n\n") if e]
-    assert events[:-1] == sse_payloads(fake_gemini.answers[0])  # what was relayed before the cut
+    assert events[:-1] == sse_payloads(fake.answers[0])  # what was relayed before the cut
     error = json.loads(events[-1])["error"]  # in Google's error shape
     assert (error["code"], error["status"]) == (502, "UNAVAILABLE")
     assert error["details"][0]["reason"] == "upstream_error"
     assert "ended the stream before the answer was complete" in error["message"]
-    assert len(fake_gemini.requests) == 1  # output had begun: no retry
+    assert len(fake.requests) == 1  # output had begun: no retry
     assert await gateway.usage() == {}
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_native_rate_limit_is_502_with_details(gateway: Gateway, fake_gemini: FakeGemini,
+async def test_native_rate_limit_is_502_with_details(gateway: Gateway, fake: FakeGemini,
                                                      stream: bool) -> None:
     limited = Behavior(status=429, error_status="RESOURCE_EXHAUSTED",
                        message=f"Quota exceeded for key {KEY}")
-    fake_gemini.then(limited, limited)
+    fake.then(limited, limited)
     response = await native(gateway, "gem-test", json.dumps(NATIVE).encode(), stream=stream)
     assert response.status_code == 502
     error = response.json()["error"]  # in Google's error shape, the gateway's code inside
     assert (error["code"], error["status"]) == (502, "UNAVAILABLE")
     assert error["details"][0]["reason"] == "upstream_error"
-    assert error["details"][0]["metadata"] == {"provider": "gem", "status": "429"}
+    assert error["details"][0]["metadata"] == {"provider": "primary", "status": "429"}
     assert KEY not in response.text
-    assert len(fake_gemini.requests) == 2  # retried once (max_retries = 1), then given up
+    assert len(fake.requests) == 2  # retried once (max_retries = 1), then given up
     assert await gateway.usage() == {}
 
 
 async def test_native_request_for_a_slug_without_gemini_route_is_400(gateway: Gateway,
-                                                                     fake_gemini: FakeGemini) -> None:
+                                                                     fake: FakeGemini) -> None:
     response = await native(gateway, "echo", json.dumps(NATIVE).encode())
     assert response.status_code == 400
     assert response.json()["error"]["details"][0]["reason"] == "no_provider"
     assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
     assert "gemini" in response.json()["error"]["message"]
-    assert fake_gemini.requests == []
+    assert fake.requests == []
 
 
 @pytest.mark.parametrize("body", [{"generationConfig": {"temperature": 0.5}}, {"contents": []}])
-async def test_malformed_native_body_is_422(gateway: Gateway, fake_gemini: FakeGemini,
+async def test_malformed_native_body_is_422(gateway: Gateway, fake: FakeGemini,
                                             body: dict[str, Any]) -> None:
     response = await native(gateway, "gem-test", json.dumps(body).encode())
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["reason"] == "validation_error"
     assert response.json()["error"]["code"] == 422
     assert "contents" in response.json()["error"]["message"]
-    assert fake_gemini.requests == []
+    assert fake.requests == []
 
 
 # ── native relay, adapter level ──────────────────────────────────────────────────
@@ -218,13 +203,13 @@ async def test_native_stream_needs_every_candidate_finished() -> None:
 
 # ── OpenAI embeddings on the gemini kind ─────────────────────────────────────────
 async def test_embedding_of_one_input_uses_embed_content(gateway: Gateway,
-                                                         fake_gemini: FakeGemini) -> None:
+                                                         fake: FakeGemini) -> None:
     # The SDK asks for base64 when not told otherwise, and decodes it back to floats.
     result = await gateway.client().embeddings.create(model="gem-embed", input="hello world")
     assert result.model == "gem-embed" and result.object == "list"
     assert [d.index for d in result.data] == [0]
     assert result.data[0].embedding == embedding_of("hello world")
-    (seen,) = fake_gemini.requests
+    (seen,) = fake.requests
     assert seen.path == "/v1beta/models/gemini-embedding-001:embedContent"
     assert seen.body == {"content": {"parts": [{"text": "hello world"}]}}
     assert seen.headers["x-goog-api-key"] == KEY
@@ -235,13 +220,13 @@ async def test_embedding_of_one_input_uses_embed_content(gateway: Gateway,
 
 
 async def test_embeddings_of_a_list_use_batch_embed_contents(gateway: Gateway,
-                                                             fake_gemini: FakeGemini) -> None:
+                                                             fake: FakeGemini) -> None:
     result = await gateway.client().embeddings.create(
         model="gem-embed", input=["alpha", "beta gamma"], dimensions=4, encoding_format="float")
     assert [d.index for d in result.data] == [0, 1]
     assert [d.embedding for d in result.data] == [embedding_of("alpha", 4),
                                                   embedding_of("beta gamma", 4)]
-    (seen,) = fake_gemini.requests
+    (seen,) = fake.requests
     assert seen.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
     assert seen.body == {"requests": [
         {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "alpha"}]},
@@ -251,15 +236,15 @@ async def test_embeddings_of_a_list_use_batch_embed_contents(gateway: Gateway,
     assert result.usage.prompt_tokens == 2 + 3
 
 
-async def test_embedding_encodings(gateway: Gateway, fake_gemini: FakeGemini) -> None:
+async def test_embedding_encodings(gateway: Gateway, fake: FakeGemini) -> None:
     client = gateway.client()
     packed = await client.embeddings.create(model="gem-embed", input="x y", dimensions=3,
                                             encoding_format="base64")
     encoded = packed.data[0].embedding
     assert isinstance(encoded, str)  # asked for explicitly, the SDK hands back the text
     assert list(struct.unpack("<3f", base64.b64decode(encoded))) == embedding_of("x y", 3)
-    assert fake_gemini.requests[0].body["outputDimensionality"] == 3
-    async with httpx.AsyncClient(timeout=10) as http:  # no encoding_format: floats
+    assert fake.requests[0].body["outputDimensionality"] == 3
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as http:  # no encoding_format: floats
         response = await http.post(f"{gateway.base_url}/v1/embeddings",
                                    json={"model": "gem-embed", "input": ["x y"]},
                                    headers={"authorization": f"Bearer {gateway.secret}"})
@@ -274,25 +259,25 @@ async def test_embedding_encodings(gateway: Gateway, fake_gemini: FakeGemini) ->
     ({"input": [[1, 2], [3]]}, "input"),
     ({"input": "x", "extra_body": {"task_type": "RETRIEVAL_QUERY"}}, "task_type"),
 ])
-async def test_embedding_inputs_gemini_cannot_take_are_400(gateway: Gateway, fake_gemini: FakeGemini,
+async def test_embedding_inputs_gemini_cannot_take_are_400(gateway: Gateway, fake: FakeGemini,
                                                            kwargs: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         await gateway.client().embeddings.create(model="gem-embed", **kwargs)
     assert info.value.code == "unsupported_parameter" and info.value.param == param
     assert "gemini" in info.value.message
-    assert fake_gemini.requests == []
+    assert fake.requests == []
     assert await gateway.usage() == {}
 
 
 async def test_embedding_upstream_rejection_is_relayed(gateway: Gateway,
-                                                       fake_gemini: FakeGemini) -> None:
-    fake_gemini.then(Behavior(status=400, error_status="INVALID_ARGUMENT",
+                                                       fake: FakeGemini) -> None:
+    fake.then(Behavior(status=400, error_status="INVALID_ARGUMENT",
                               message="outputDimensionality must be at most 3072"))
     with pytest.raises(openai.BadRequestError) as info:
         await gateway.client().embeddings.create(model="gem-embed", input="x", dimensions=5000)
     assert info.value.code == "invalid_argument"
     assert "at most 3072" in info.value.message
-    assert len(fake_gemini.requests) == 1
+    assert len(fake.requests) == 1
 
 
 def test_embedding_plan_errors_before_upstream() -> None:
@@ -308,11 +293,11 @@ def test_embedding_plan_errors_before_upstream() -> None:
 
 
 async def test_native_stream_without_alt_sse_is_a_clear_400(gateway: Gateway,
-                                                            fake_gemini: FakeGemini) -> None:
-    async with httpx.AsyncClient(timeout=10) as http:
+                                                            fake: FakeGemini) -> None:
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as http:
         response = await http.post(
             f"{gateway.base_url}/gemini/v1beta/models/gem-test:streamGenerateContent",
             content=json.dumps(NATIVE).encode(), headers={"x-goog-api-key": gateway.secret})
     assert response.status_code == 400
     assert response.json()["error"]["details"][0]["metadata"]["param"] == "alt"
-    assert fake_gemini.requests == []
+    assert fake.requests == []

@@ -16,7 +16,7 @@ import openai
 import pytest
 import trio
 
-from tests.conftest import Gateway, make_config, start_gateway
+from tests.conftest import TLS, Gateway, make_config, start_gateway
 
 LIMIT = 4 * 1024 * 1024
 CHAT = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "ping " * 4000}]}).encode()
@@ -76,7 +76,7 @@ async def test_an_early_answer_leaves_the_connection_usable(gateway: Gateway, ea
     keys = {"good": gateway.secret, "bad": "sb-not-a-key", None: None}
     headers = {"authorization": f"Bearer {keys[early.key]}"} if keys[early.key] else {}
     # One connection at most: every follow-up either reuses it or replaces a cleanly closed one.
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=5,
+    async with httpx.AsyncClient(verify=TLS, base_url=gateway.base_url, timeout=5,
                                  limits=httpx.Limits(max_connections=1)) as http:
         for _ in range(8):
             answer = await http.request(early.method, early.path, content=early.body, headers=headers)
@@ -94,7 +94,7 @@ async def test_small_early_answers_keep_the_connection_alive(gateway: Gateway) -
     """Bodies the gateway can afford to read are read: the same connection serves on."""
     peers: set[tuple[str, int]] = set()
 
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=5,
+    async with httpx.AsyncClient(verify=TLS, base_url=gateway.base_url, timeout=5,
                                  limits=httpx.Limits(max_connections=1)) as http:
         for path in ("/v1/nothing", "/v1/chat/completions"):
             for _ in range(5):
@@ -111,7 +111,7 @@ async def test_small_early_answers_keep_the_connection_alive(gateway: Gateway) -
 
 
 async def test_unknown_paths_name_the_served_endpoints(gateway: Gateway) -> None:
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=5) as http:
+    async with httpx.AsyncClient(verify=TLS, base_url=gateway.base_url, timeout=5) as http:
         missing = await http.post("/v1/responses-not-served", content=b"{}")
         wrong = await http.delete("/v1/chat/completions")
         gemini = await http.get("/gemini/v1beta/nothing")
@@ -142,7 +142,7 @@ async def test_openai_sdk_unknown_endpoint_then_chat_is_immediate(gateway: Gatew
 
 async def test_a_body_over_the_limit_is_not_buffered(gateway: Gateway) -> None:
     """A 413 is answered without holding the oversized body, and the gateway serves on."""
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+    async with httpx.AsyncClient(verify=TLS, base_url=gateway.base_url, timeout=10) as http:
         answer = await http.post("/v1/chat/completions", content=b"x" * 64_000_000,
                                  headers={"authorization": f"Bearer {gateway.secret}"})
         assert answer.status_code == 413
@@ -168,7 +168,7 @@ async def test_an_idle_keep_alive_connection_does_not_hold_a_graceful_stop(
         stopped.set()
 
     binds = await nursery.start(serve)
-    async with httpx.AsyncClient(base_url=binds[0], timeout=5) as http:
+    async with httpx.AsyncClient(verify=TLS, base_url=binds[0], timeout=5) as http:
         for path in ("/v1/chat/completions", "/v1/nothing"):
             assert (await http.post(path, content=b"{}")).status_code in (401, 404)
         stop.set()

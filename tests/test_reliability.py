@@ -19,9 +19,8 @@ import trio
 
 from ingress.dev import start_private_redis
 from ingress.keys import KeyStore
-from tests.conftest import Gateway, RedisServer, make_config, start_gateway
+from tests.conftest import TLS, FakeUpstreams, Gateway, RedisServer, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
-from tests.fakes.server import serve_asgi
 
 HI = [{"role": "user", "content": "hi there"}]
 
@@ -31,15 +30,9 @@ def upstream(fake: FakeOpenAI, **options: Any) -> dict[str, Any]:
             **options}
 
 
-async def second_fake(nursery: trio.Nursery) -> FakeOpenAI:
-    fake = FakeOpenAI()
-    fake.base_url = await nursery.start(serve_asgi, fake) + "/v1"
-    return fake
-
-
 async def sse_payloads(gateway: Gateway, body: dict[str, Any]) -> list[Any]:
     """POST a streamed request and return each event's data (JSON, or the string [DONE])."""
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http:
+    async with httpx.AsyncClient(verify=TLS, base_url=gateway.base_url, timeout=30) as http:
         reply = await http.post("/v1/chat/completions", json={**body, "stream": True},
                                 headers={"authorization": f"Bearer {gateway.secret}"})
     assert reply.status_code == 200, reply.text
@@ -69,38 +62,6 @@ async def test_retry_before_first_byte_is_invisible(nursery: trio.Nursery, redis
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "xy"  # one complete answer, no trace of the failed try
     assert len(fake_openai.requests) == 2
-
-
-async def test_failover_to_next_route_plain_and_streamed(nursery: trio.Nursery, redis_url: str,
-                                                         fake_openai: FakeOpenAI) -> None:
-    backup = await second_fake(nursery)
-    config = make_config(
-        redis_url, {"primary": upstream(fake_openai), "backup": upstream(backup)},
-        [{"slug": "m", "routes": [{"provider": "primary", "model": "p"},
-                                  {"provider": "backup", "model": "b"}]}])
-    gateway = await start_gateway(nursery, config)
-    fake_openai.then(Behavior(status=500), Behavior(status=429))
-    answer = await gateway.client().chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
-    assert answer.choices[0].message.content == "hi there" and answer.model == "m"
-    payloads = await sse_payloads(gateway, {"model": "m", "messages": HI})
-    assert payloads[-1] == "[DONE]"
-    assert [r.body["model"] for r in backup.requests] == ["b", "b"]
-    assert len(fake_openai.requests) == 2
-
-
-async def test_no_failover_after_output_began(nursery: trio.Nursery, redis_url: str,
-                                              fake_openai: FakeOpenAI) -> None:
-    backup = await second_fake(nursery)
-    config = make_config(
-        redis_url, {"primary": upstream(fake_openai, max_retries=2), "backup": upstream(backup)},
-        [{"slug": "m", "routes": [{"provider": "primary", "model": "p"},
-                                  {"provider": "backup", "model": "b"}]}])
-    gateway = await start_gateway(nursery, config)
-    fake_openai.then(Behavior(chunks=["a", "b", "c"], break_after=2, chunk_delay_s=0.1))
-    payloads = await sse_payloads(gateway, {"model": "m", "messages": HI})
-    assert [p["choices"][0]["delta"]["content"] for p in payloads[:2]] == ["a", "b"]
-    assert "error" in payloads[-1] and "[DONE]" not in payloads
-    assert len(fake_openai.requests) == 1 and backup.requests == []
 
 
 async def test_dead_worker_job_is_reclaimed_and_answered_once(
@@ -139,7 +100,7 @@ async def test_worker_dying_mid_stream_ends_stream_with_error(
     events: list[str] = []
 
     async def read() -> None:
-        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http, http.stream(
+        async with httpx.AsyncClient(verify=TLS, base_url=gateway.base_url, timeout=30) as http, http.stream(
                 "POST", "/v1/chat/completions",
                 json={"model": "m", "stream": True, "messages": HI},
                 headers={"authorization": f"Bearer {gateway.secret}"}) as reply:
@@ -177,7 +138,7 @@ async def test_heartbeat_keeps_long_stream_from_being_stolen(
 async def test_client_disconnect_cancels_upstream_stream_within_a_second(
         openai_gateway: Gateway, fake_openai: FakeOpenAI) -> None:
     fake_openai.then(Behavior(chunks=[f"c{i}" for i in range(100)], chunk_delay_s=0.1))
-    async with httpx.AsyncClient(base_url=openai_gateway.base_url) as http, http.stream(
+    async with httpx.AsyncClient(verify=TLS, base_url=openai_gateway.base_url) as http, http.stream(
             "POST", "/v1/chat/completions",
             json={"model": "gpt-test", "stream": True, "messages": HI},
             headers={"authorization": f"Bearer {openai_gateway.secret}"}) as reply:
@@ -247,7 +208,7 @@ async def test_redis_hang_is_503_within_timeout_and_service_resumes(
     try:
         config = make_config(f"redis://127.0.0.1:{port}/0", {"local": {"kind": "mock"}},
                              [{"slug": "echo", "routes": [{"provider": "local", "model": "m"}]}],
-                             limits={"redis_timeout_s": 1.0})
+                             limits={"redis_timeout_s": 1.0, "request_timeout_s": 5.0})
         gateway = await start_gateway(nursery, config)
         client = gateway.client(timeout=10)
         await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
@@ -258,7 +219,7 @@ async def test_redis_hang_is_503_within_timeout_and_service_resumes(
                 await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
             assert caught.value.status_code == 503
             assert caught.value.body["code"] == "service_unavailable"  # type: ignore[index]
-            assert time.monotonic() - asked < 3.0
+            assert time.monotonic() - asked < config.limits.request_timeout_s  # an answer, not a hang
         finally:
             os.kill(process.pid, signal.SIGCONT)
         assert await served_after_outage(client, within_s=15) == "hi there"
@@ -310,7 +271,7 @@ async def test_hundreds_of_concurrent_streams_complete_in_order(
         assert "".join(results[i]) == words
 
     limits = httpx.Limits(max_connections=count + 10)
-    async with httpx.AsyncClient(base_url=gateway.base_url, limits=limits, timeout=60,
+    async with httpx.AsyncClient(verify=TLS, base_url=gateway.base_url, limits=limits, timeout=60,
                                  headers={"authorization": f"Bearer {gateway.secret}"}) as http:
         async with trio.open_nursery() as inner:
             for i in range(count):
@@ -406,7 +367,7 @@ async def test_a_bug_in_the_ingress_answers_500_in_the_error_shape(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Catalog, "model_list", broken)
-    async with httpx.AsyncClient(base_url=openai_gateway.base_url) as http:
+    async with httpx.AsyncClient(verify=TLS, base_url=openai_gateway.base_url) as http:
         reply = await http.get("/v1/models", headers={"authorization": f"Bearer {openai_gateway.secret}"})
         assert reply.status_code == 500 and reply.json()["error"]["code"] == "internal_error"
         assert reply.headers["x-request-id"]
@@ -441,8 +402,9 @@ async def test_own_entry_read_but_never_run_is_reclaimed(nursery: trio.Nursery, 
 
 
 async def test_failover_copy_of_a_departed_client_is_not_run(
-        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
-    backup = await second_fake(nursery)
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI,
+        fake_upstream: FakeUpstreams) -> None:
+    backup = await fake_upstream("openai")
     config = make_config(
         redis_url, {"primary": upstream(fake_openai), "backup": upstream(backup)},
         [{"slug": "m", "routes": [{"provider": "primary", "model": "p"},

@@ -9,9 +9,8 @@ import openai
 import pytest
 import trio
 
-from tests.conftest import Gateway, make_config, start_gateway
+from tests.conftest import FakeUpstreams, Gateway, make_config, start_gateway
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.server import serve_asgi
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -32,9 +31,9 @@ async def routed_gateway(nursery: trio.Nursery, redis_url: str, fake: FakeOpenAI
 
 
 @pytest.fixture
-async def other_fake(nursery: trio.Nursery) -> FakeOpenAI:
-    fake = FakeOpenAI()
-    fake.base_url = await nursery.start(serve_asgi, fake) + "/v1"
+async def other_fake(fake_upstream: FakeUpstreams) -> FakeOpenAI:
+    """A second OpenAI-compatible upstream (the `vllm` provider)."""
+    fake: FakeOpenAI = await fake_upstream("openai")
     return fake
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from tests.fakes.server import ScriptedUpstream, read_request
+from tests.fakes.server import DropConnection, Received, ScriptedUpstream, send_json, start_sse
 
 
 @dataclass
@@ -36,31 +36,19 @@ class Behavior:
     stream_error_after: int | None = None  # send an `error` event after this many deltas
     stream_error_type: str = "overloaded_error"
     end_early_after: int | None = None  # end the body after this many deltas, no message_stop
+    break_after: int | None = None  # drop the connection after this many deltas
     usage_extra: dict[str, int] = field(default_factory=dict)  # e.g. cache_read_input_tokens
 
 
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    raw: bytes = b""
-
-
-class FakeAnthropic(ScriptedUpstream[Behavior, Received]):
-    """The ASGI app. `base_url` is set by the fixture that serves it."""
+class FakeAnthropic(ScriptedUpstream[Behavior]):
+    """The ASGI app, served at the origin (the adapter appends `/v1/messages`)."""
 
     def __init__(self) -> None:
         super().__init__(Behavior)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        incoming = await read_request(scope, receive, send)
-        if incoming is None:
-            return  # a lifespan exchange
-        headers, body = incoming
-        request = json.loads(body) if body else {}
-        self.requests.append(Received(scope["path"], headers, request, body))
-        if scope["method"] != "POST" or scope["path"] != "/v1/messages":
+    async def answer(self, received: Received, receive: Any, send: Any) -> None:
+        request = received.body
+        if received.method != "POST" or received.path != "/v1/messages":
             await _send_json(send, 404, _error("not_found_error", "Not found"))
             return
         behavior = self.next_behavior()
@@ -147,8 +135,7 @@ class FakeAnthropic(ScriptedUpstream[Behavior, Received]):
         return events
 
     async def _stream(self, request: dict[str, Any], behavior: Behavior, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await start_sse(send, b"text/event-stream; charset=utf-8")
         sent = bytearray()
         self.answers.append(b"")
         deltas = 0
@@ -161,6 +148,8 @@ class FakeAnthropic(ScriptedUpstream[Behavior, Received]):
                     break
                 if deltas == behavior.end_early_after:
                     break
+                if deltas == behavior.break_after:
+                    raise DropConnection
                 deltas += 1
             sent += await _event(send, name, {"type": name, **payload})
             self.answers[-1] = bytes(sent)
@@ -179,9 +168,6 @@ async def _event(send: Any, name: str, payload: dict[str, Any]) -> bytes:
     return data
 
 
+
 async def _send_json(send: Any, status: int, payload: Any) -> None:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"request-id", b"req_fake01")]})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, payload, [(b"request-id", b"req_fake01")])

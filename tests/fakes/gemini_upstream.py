@@ -21,11 +21,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 import trio
 
-from tests.fakes.server import ScriptedUpstream, read_request
+from tests.fakes.server import DropConnection, Received, ScriptedUpstream, send_json, start_sse
 
 REQUEST_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig",
                   "safetySettings", "cachedContent"}
@@ -59,15 +58,6 @@ class Behavior:
     unfinished: bool = False  # end the stream cleanly without a finishReason
 
 
-@dataclass
-class Received:
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: dict[str, Any]
-    raw: bytes = b""  # the body as received
-
-
 def error_body(code: int, status: str, message: str, reason: str | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message, "status": status}
     if reason:
@@ -76,32 +66,25 @@ def error_body(code: int, status: str, message: str, reason: str | None = None) 
     return {"error": error}
 
 
-class FakeGemini(ScriptedUpstream[Behavior, Received]):
-    """The ASGI app. `base_url` (ending in /v1beta) is set by the fixture that serves it."""
+class FakeGemini(ScriptedUpstream[Behavior]):
+    """The ASGI app, served under `/v1beta`."""
+
+    base_path = "/v1beta"
 
     def __init__(self) -> None:
         super().__init__(Behavior)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        incoming = await read_request(scope, receive, send)
-        if incoming is None:
-            return  # a lifespan exchange
-        headers, body = incoming
-        query = parse_qs(scope.get("query_string", b"").decode())
-        try:
-            request = json.loads(body) if body else {}
-        except ValueError:
-            request = {}
-        self.requests.append(Received(scope["path"], query, headers, request, body))
-        resource, _, method = scope["path"].removeprefix("/v1beta/").rpartition(":")
-        if not headers.get("x-goog-api-key"):
-            await _send_json(send, 403, error_body(403, "PERMISSION_DENIED",
-                                                   "Method doesn't allow unregistered callers."))
+    async def answer(self, received: Received, receive: Any, send: Any) -> None:
+        request, query, path = received.body, received.query, received.path
+        resource, _, method = path.removeprefix("/v1beta/").rpartition(":")
+        if not received.headers.get("x-goog-api-key"):
+            await send_json(send, 403, error_body(403, "PERMISSION_DENIED",
+                                                  "Method doesn't allow unregistered callers."))
             return
-        if scope["method"] != "POST" or not scope["path"].startswith("/v1beta/models/") or \
+        if received.method != "POST" or not path.startswith("/v1beta/models/") or \
                 method not in ("generateContent", "streamGenerateContent", "embedContent",
                                "batchEmbedContents"):
-            await _send_json(send, 404, error_body(404, "NOT_FOUND", "not found"))
+            await send_json(send, 404, error_body(404, "NOT_FOUND", "not found"))
             return
         if method in ("embedContent", "batchEmbedContents"):
             problem = _validate_embed(request, method, resource)
@@ -110,22 +93,22 @@ class FakeGemini(ScriptedUpstream[Behavior, Received]):
         if method == "streamGenerateContent" and query.get("alt") != ["sse"]:
             problem = problem or "the fake only streams with alt=sse"
         if problem:
-            await _send_json(send, 400, error_body(400, "INVALID_ARGUMENT", problem))
+            await send_json(send, 400, error_body(400, "INVALID_ARGUMENT", problem))
             return
         behavior = self.next_behavior()
         await trio.sleep(behavior.delay_s)
         if behavior.status != 200:
-            await _send_json(send, behavior.status, error_body(
+            await send_json(send, behavior.status, error_body(
                 behavior.status, behavior.error_status, behavior.message, behavior.error_reason))
         elif method == "streamGenerateContent":
             await self._stream(request, behavior, send)
         elif method == "embedContent":
-            self.answers.append(await _send_json(send, 200, {"embedding": _embedding(request)}))
+            self.answers.append(await send_json(send, 200, {"embedding": _embedding(request)}))
         elif method == "batchEmbedContents":
             embeddings = [_embedding(r) for r in request["requests"]]
-            self.answers.append(await _send_json(send, 200, {"embeddings": embeddings}))
+            self.answers.append(await send_json(send, 200, {"embeddings": embeddings}))
         else:
-            self.answers.append(await _send_json(send, 200, self._answer(request, behavior)))
+            self.answers.append(await send_json(send, 200, self._answer(request, behavior)))
 
     def _answer(self, request: dict[str, Any], behavior: Behavior) -> dict[str, Any]:
         text = behavior.text if behavior.text is not None else _echo(request)
@@ -152,8 +135,7 @@ class FakeGemini(ScriptedUpstream[Behavior, Received]):
 
     async def _stream(self, request: dict[str, Any], behavior: Behavior, send: Any) -> None:
         text = behavior.text if behavior.text is not None else _echo(request)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await start_sse(send)
         events: list[dict[str, Any]] = []
         base = {"modelVersion": "fake-gemini", "responseId": "fake-stream-1"}
         if behavior.block_reason:
@@ -181,10 +163,10 @@ class FakeGemini(ScriptedUpstream[Behavior, Received]):
             events[-1]["usageMetadata"] = _usage(request, text)
         sent = b""
         for i, payload in enumerate(events):
-            if behavior.break_after is not None and i == behavior.break_after:
-                raise ConnectionAbortedError("fake upstream drops the connection")
             if i:
                 await trio.sleep(behavior.chunk_delay_s)
+            if behavior.break_after is not None and i == behavior.break_after:
+                raise DropConnection  # when the next event was due
             event = f"data: {json.dumps(payload)}\r\n\r\n".encode()
             sent += event
             await send({"type": "http.response.body", "more_body": True, "body": event})
@@ -266,12 +248,3 @@ def _usage(request: dict[str, Any], answer: str, count: int = 1) -> dict[str, in
     candidates = len(answer.split()) * count
     return {"promptTokenCount": prompt, "candidatesTokenCount": candidates,
             "totalTokenCount": prompt + candidates}
-
-
-async def _send_json(send: Any, status: int, payload: Any) -> bytes:
-    body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
-    return body
-

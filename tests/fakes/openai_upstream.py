@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from tests.fakes.server import ScriptedUpstream, read_request
+from tests.fakes.server import DropConnection, Received, ScriptedUpstream, send_json, start_sse
 
 
 @dataclass
@@ -26,46 +26,36 @@ class Behavior:
     error: dict[str, Any] | None = None  # the error body for a non-200 status
     delay_s: float = 0.0  # before the response starts
     chunks: list[str] | None = None  # content pieces of a streamed answer
-    chunk_delay_s: float = 0.0
+    chunk_delay_s: float = 0.0  # before each chunk but the first (and the drop)
     break_after: int | None = None  # drop the connection after this many chunks
     tool_calls: list[dict[str, Any]] | None = None
     extra_chunk_fields: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
+class FakeOpenAI(ScriptedUpstream[Behavior]):
+    """The ASGI app, served under `/v1`."""
 
-
-class FakeOpenAI(ScriptedUpstream[Behavior, Received]):
-    """The ASGI app. `base_url` is set by the fixture that serves it."""
+    base_path = "/v1"
 
     def __init__(self) -> None:
         super().__init__(Behavior)
         self.disconnects: list[float] = []
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        incoming = await read_request(scope, receive, send)
-        if incoming is None:
-            return  # a lifespan exchange
-        headers, body = incoming
-        request = json.loads(body) if body else {}
-        self.requests.append(Received(scope["path"], headers, request))
+    async def answer(self, received: Received, receive: Any, send: Any) -> None:
+        request = received.body
         behavior = self.next_behavior()
         await trio.sleep(behavior.delay_s)
         if behavior.status != 200:
             error = behavior.error or {"error": {"message": "upstream trouble", "type": "server_error",
                                                  "code": None, "param": None}}
-            await _send_json(send, behavior.status, error)
+            await send_json(send, behavior.status, error)
             return
-        if scope["path"].endswith("/embeddings"):
-            await _send_json(send, 200, self._embeddings(request))
+        if received.path.endswith("/embeddings"):
+            await send_json(send, 200, self._embeddings(request))
         elif request.get("stream"):
             await self._stream(request, behavior, receive, send)
         else:
-            await _send_json(send, 200, self._completion(request, behavior))
+            await send_json(send, 200, self._completion(request, behavior))
 
     def _embeddings(self, request: dict[str, Any]) -> dict[str, Any]:
         inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
@@ -106,8 +96,7 @@ class FakeOpenAI(ScriptedUpstream[Behavior, Received]):
         pieces = behavior.chunks if behavior.chunks is not None else [
             w if i == 0 else " " + w for i, w in enumerate(answer.split(" "))]
         include_usage = (request.get("stream_options") or {}).get("include_usage", False)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await start_sse(send)
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": request.get("model"),
                 "system_fingerprint": "fp_fake", **behavior.extra_chunk_fields}
@@ -133,10 +122,10 @@ class FakeOpenAI(ScriptedUpstream[Behavior, Received]):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
             for i, delta in enumerate(deltas):
-                if behavior.break_after is not None and i == behavior.break_after:
-                    raise ConnectionAbortedError("fake upstream drops the connection")
                 if i:
                     await trio.sleep(behavior.chunk_delay_s)
+                if behavior.break_after is not None and i == behavior.break_after:
+                    raise DropConnection  # when the next chunk was due
                 await event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                   "finish_reason": None}]})
             finish = "tool_calls" if behavior.tool_calls else "stop"
@@ -156,9 +145,3 @@ class FakeOpenAI(ScriptedUpstream[Behavior, Received]):
                 scope.cancel()
                 return
 
-
-async def _send_json(send: Any, status: int, payload: Any) -> None:
-    body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
