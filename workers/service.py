@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -41,10 +42,11 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
         redis = await stack.enter_async_context(connect(config.redis_url))
         queue = Queue(redis)
         adapters: dict[str, Adapter] = {}
+        tls = ssl.create_default_context()  # one CA bundle load per process, not per provider
         for name in chosen:
             provider = config.providers[name]
             http = await stack.enter_async_context(httpx.AsyncClient(
-                timeout=httpx.Timeout(provider.timeout_s, connect=10.0),
+                timeout=httpx.Timeout(provider.timeout_s, connect=10.0), verify=tls,
                 limits=httpx.Limits(max_connections=provider.max_concurrency,
                                     max_keepalive_connections=provider.max_concurrency),
             ))
