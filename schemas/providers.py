@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 from msgspec import Meta, Struct
 
 
@@ -37,6 +38,11 @@ class AzureProvider(ProviderBase, tag="azure"):
     """Azure OpenAI: `base_url` is `https://{resource}.openai.azure.com`; routes name deployments."""
 
     api_version: str = "2024-10-21"
+
+    def __post_init__(self) -> None:
+        if not self.base_url:  # there is no default resource
+            raise msgspec.ValidationError(
+                'kind "azure" needs base_url = "https://{resource}.openai.azure.com" - at `$.base_url`')
 
 
 class AnthropicProvider(ProviderBase, tag="anthropic"):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.fakes import anthropic_upstream as anthropic
+from tests.fakes import azure_upstream as azure
 from tests.fakes import gemini_upstream as gemini
 from tests.fakes import openai_upstream as openai
 from tests.fakes.server import Received, ScriptedUpstream
@@ -137,4 +138,14 @@ CASES: dict[str, KindCase] = {case.kind: case for case in [
         unsupported={"logit_bias": {"50256": -100}},
     ),
     KindCase(kind="mock", fake=None, upstream_model="echo"),
+    KindCase(
+        kind="azure", fake=azure.FakeAzure, upstream_model="gpt-4o-deployment",
+        provider={"api_version": "2024-10-21"},
+        credential="azure-conformance-key-0005", auth_header="api-key",
+        sent_model=azure.deployment_of,  # Azure names the deployment in the path
+        server_error=azure.server_error, client_error=azure.client_error,
+        client_error_code="context_length_exceeded",
+        cut_stream=lambda pieces, after: azure.cut_stream(pieces, after, CUT_DELAY_S),
+        tool_call=azure.tool_call, tool_result=openai_tool_result,
+    ),
 ]}

@@ -16,6 +16,7 @@ from schemas.providers import (
 )
 from workers.providers._base import Adapter
 from workers.providers.anthropic import AnthropicAdapter
+from workers.providers.azure import AzureAdapter
 from workers.providers.gemini import GeminiAdapter
 from workers.providers.mock import MockAdapter
 from workers.providers.openai import OpenAIAdapter
@@ -27,7 +28,7 @@ def build_adapter(name: str, config: ProviderConfig, http: httpx.AsyncClient) ->
         case OpenAIProvider():
             return OpenAIAdapter(name, config, http)
         case AzureProvider():
-            raise NotImplementedError("azure")
+            return AzureAdapter(name, config, http)
         case AnthropicProvider():
             return AnthropicAdapter(name, config, http)
         case GeminiProvider():
