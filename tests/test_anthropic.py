@@ -283,7 +283,6 @@ def test_request_parallel_tool_calls_without_choice() -> None:
 @pytest.mark.parametrize("messages", [
     [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}],
     [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-123"}}]}],
-    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,raw"}}]}],
 ])
 def test_request_rejects_untranslatable_content(messages: list[dict[str, Any]]) -> None:
     with pytest.raises(GatewayError) as caught:

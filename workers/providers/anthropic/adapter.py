@@ -32,9 +32,10 @@ from workers.providers._base import (
     malformed,
     read_credential,
 )
+from workers.providers._chat_view import log_not_forwarded
 from workers.providers._http import Upstream, header_auth
 from workers.providers.anthropic.native import NativeRelay, native_answer, native_request
-from workers.providers.anthropic.request import to_messages_request
+from workers.providers.anthropic.request import translate_request
 from workers.providers.anthropic.response import (
     StreamTranslator,
     decode_error,
@@ -63,8 +64,10 @@ class AnthropicAdapter(AdapterBase):
 
     # ── OpenAI chat completions ──────────────────────────────────────────────────
     def _chat_body(self, call: Call) -> bytes:
-        return to_messages_request(call.job.body, call.upstream_model, self.config,
-                                   stream=call.job.stream)
+        translation = translate_request(call.job.body, call.upstream_model, self.config,
+                                        stream=call.job.stream)
+        log_not_forwarded(call, self.name, translation.ignored)
+        return _encode(translation.request)
 
     async def complete(self, call: Call) -> Answer:
         """Non-streamed call: one Message back, translated to a chat.completion."""

@@ -2,9 +2,11 @@
 
 A parameter that would change the answer and that Anthropic cannot honour is a 400
 `unsupported_parameter` before any upstream call; only harmless ones (`store`,
-`metadata`, `image_url.detail`, ...) are dropped. System and developer messages become
-`system`; tool results become user turns of `tool_result` blocks; consecutive turns of
-one role merge (Anthropic wants them alternating).
+`metadata`, `image_url.detail`, ...) are dropped, and reported for the adapter to log.
+System and developer messages become `system`; tool results become user turns of
+`tool_result` blocks; consecutive turns of one role merge (Anthropic wants them
+alternating). The request is read through the view shared with other translating kinds
+(`workers.providers._chat_view`): one shape check, one data-URL parser.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from msgspec import UNSET, Struct
+from msgspec import UNSET
 
 from schemas.anthropic import (
     DocumentBlock,
@@ -27,65 +29,23 @@ from schemas.anthropic import (
     ToolUseBlock,
     Turn,
 )
-from schemas.chat import ResponseFormat, Tool, ToolCall, ToolChoice, raw_object_decoder
+from schemas.chat import ResponseFormat, ToolChoice
 from schemas.errors import GatewayError
 from schemas.providers import AnthropicProvider
-from workers.providers._base import screen_fields, unsupported_parameter
+from workers.providers._base import unsupported_parameter
+from workers.providers._chat_view import (
+    HARMLESS,
+    ChatView,
+    Message,
+    Part,
+    ToolCall,
+    Translation,
+    decode_chat,
+    dropped_details,
+    parse_data_url,
+)
 
 KIND = "anthropic"
-
-
-# ── the OpenAI request, as far as this translation reads it ──────────────────────
-class _ImageURL(Struct):
-    url: str
-
-
-class _File(Struct):
-    file_data: str | None = None
-
-
-class _Part(Struct):
-    type: str
-    text: str = ""
-    refusal: str = ""
-    image_url: _ImageURL | None = None
-    file: _File | None = None
-
-
-class _Message(Struct):
-    role: str
-    content: str | list[_Part] | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str = ""
-
-
-class _Request(Struct):
-    messages: list[_Message]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    stop: str | list[str] | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None  # not OpenAI's, but Anthropic's own sampling knob
-    tools: list[Tool] | None = None
-    tool_choice: str | ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
-    user: str | None = None
-    # Answer-changing parameters Anthropic has no equivalent for (see _UNSUPPORTED).
-    n: int | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, Any] | None = None
-    functions: Any = None
-    function_call: Any = None
-    audio: Any = None
-    modalities: list[str] | None = None
-    reasoning_effort: Any = None
-    web_search_options: Any = None
 
 
 # The values of those parameters that ask for nothing (clients send explicit defaults).
@@ -95,9 +55,10 @@ _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "functions": (None,), "function_call": (None,), "audio": (None,),
     "modalities": (None, ["text"]), "reasoning_effort": (None,), "web_search_options": (None,),
 }
-_decode_request = msgspec.json.Decoder(_Request).decode
-_HARMLESS = frozenset({"metadata", "store", "service_tier", "safety_identifier",
-                       "prompt_cache_key", "prediction"})  # never change the answer: dropped
+# What this translation reads of the view, those refused parameters included.
+_TRANSLATED = frozenset({"messages", "max_tokens", "max_completion_tokens", "stop", "temperature",
+                         "top_p", "top_k", "tools", "tool_choice", "parallel_tool_calls",
+                         "response_format", "user", *_UNSUPPORTED})
 _decode_arguments = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -106,49 +67,39 @@ def _unsupported(param: str, what: str = "") -> GatewayError:
     return unsupported_parameter(KIND, param, what)
 
 
-def _reject(request: _Request) -> None:
+def _reject(request: ChatView) -> None:
     """Refuse parameters that change the answer and that Anthropic cannot honour."""
     for param, harmless in _UNSUPPORTED.items():
         if getattr(request, param) not in harmless:
             raise _unsupported(param)
 
 
-def _data_url(url: str) -> tuple[str, str] | None:
-    """(media type, base64 data) of a `data:` URL; None for any other URL."""
-    if not url.startswith("data:"):
-        return None
-    header, comma, data = url[5:].partition(",")
-    media_type, *params = header.split(";")
-    if not comma or "base64" not in params:
-        raise _unsupported("messages", "a data URL that is not base64")
-    return media_type, data
-
-
-def _block(part: _Part) -> InputBlock:
+def _block(part: Part, where: str) -> InputBlock:
     match part.type:
         case "text":
-            return TextBlock(part.text)
+            return TextBlock(part.text or "")
         case "refusal":
-            return TextBlock(part.refusal)
+            return TextBlock(part.refusal or "")
         case "image_url" if part.image_url is not None:
             url = part.image_url.url
-            inline = _data_url(url)
+            inline = parse_data_url(url, f"{where}.image_url.url")
             if inline is None:
                 return ImageBlock(Source("url", url=url))
-            return ImageBlock(Source("base64", media_type=inline[0], data=inline[1]))
+            return ImageBlock(Source("base64", media_type=inline.mime_type, data=inline.data))
         case "file" if part.file is not None and part.file.file_data:
-            inline = _data_url(part.file.file_data)
-            if inline is not None and inline[0] == "application/pdf":
-                return DocumentBlock(Source("base64", media_type=inline[0], data=inline[1]))
-            raise _unsupported("messages", "a file part that is not base64 PDF data")
+            inline = parse_data_url(part.file.file_data, f"{where}.file.file_data")
+            if inline is not None and inline.mime_type == "application/pdf":
+                return DocumentBlock(Source("base64", media_type=inline.mime_type, data=inline.data))
+            raise _unsupported("messages", "a file part that is not a data URL of PDF data")
     raise _unsupported("messages", f"content part type {part.type!r}")
 
 
-def _blocks(content: str | list[_Part] | None) -> list[InputBlock]:
-    """Content blocks of a message; empty text is dropped (Anthropic refuses it)."""
+def _blocks(message: Message, i: int) -> list[InputBlock]:
+    """Content blocks of message `i`; empty text is dropped (Anthropic refuses it)."""
+    content = message.content
     if isinstance(content, str):
         return [TextBlock(content)] if content else []
-    blocks = [_block(part) for part in content or []]
+    blocks = [_block(part, f"messages[{i}].content[{j}]") for j, part in enumerate(content or [])]
     return [b for b in blocks if not (isinstance(b, TextBlock) and not b.text)]
 
 
@@ -162,28 +113,28 @@ def _tool_use(call: ToolCall) -> ToolUseBlock:
     return ToolUseBlock(call.id, call.function.name, arguments)
 
 
-def _turns(messages: list[_Message]) -> tuple[list[TextBlock], list[Turn]]:
+def _turns(messages: list[Message]) -> tuple[list[TextBlock], list[Turn]]:
     """System text and the conversation; consecutive same-role turns merge into one."""
     system: list[TextBlock] = []
     turns: list[Turn] = []
-    for message in messages:
+    for i, message in enumerate(messages):
         match message.role:
             case "system" | "developer":
-                for block in _blocks(message.content):
+                for block in _blocks(message, i):
                     if not isinstance(block, TextBlock):
                         raise _unsupported("messages", "a non-text system message part")
                     system.append(block)
                 continue
             case "user":
-                role, blocks = "user", _blocks(message.content)
+                role, blocks = "user", _blocks(message, i)
             case "assistant":
                 role = "assistant"
-                blocks = _blocks(message.content)
+                blocks = _blocks(message, i)
                 blocks += [_tool_use(call) for call in message.tool_calls or []]
             case "tool":
                 content = message.content if isinstance(message.content, str) else [
-                    b for b in _blocks(message.content) if isinstance(b, TextBlock)]
-                role, blocks = "user", [ToolResultBlock(message.tool_call_id, content or "")]
+                    b for b in _blocks(message, i) if isinstance(b, TextBlock)]
+                role, blocks = "user", [ToolResultBlock(message.tool_call_id or "", content or "")]
             case other:
                 raise _unsupported("messages", f"message role {other!r}")
         if turns and turns[-1].role == role:
@@ -193,12 +144,12 @@ def _turns(messages: list[_Message]) -> tuple[list[TextBlock], list[Turn]]:
     return system, turns
 
 
-def _tools(request: _Request) -> tuple[list[ToolParam] | None, ToolChoiceParam | None]:
+def _tools(request: ChatView) -> tuple[list[ToolParam] | None, ToolChoiceParam | None]:
     if not request.tools:
         return None, None
     specs = []
     for tool in request.tools:
-        if tool.type != "function":
+        if tool.type != "function" or tool.function is None:
             raise _unsupported("tools", f"tool type {tool.type!r}")
         fn = tool.function
         schema = fn.parameters or {"type": "object", "properties": {}}
@@ -231,13 +182,11 @@ def _output_config(response_format: ResponseFormat | None) -> dict[str, Any] | N
     return {"format": {"type": "json_schema", "schema": schema}}
 
 
-def to_messages_request(body: bytes, model: str, config: AnthropicProvider, *, stream: bool) -> bytes:
-    """The Anthropic request body for an OpenAI chat-completion body; GatewayError if untranslatable."""
-    try:
-        request, raw = _decode_request(body), raw_object_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise GatewayError(422, "validation_error", f"invalid request: {exc}") from None
-    screen_fields(raw, KIND, translated=_Request.__struct_fields__, harmless=_HARMLESS)
+def translate_request(body: bytes, model: str, config: AnthropicProvider, *,
+                      stream: bool) -> Translation[MessagesRequest]:
+    """The Anthropic request for an OpenAI chat-completion body, and the accepted fields it
+    does not forward (the adapter logs them). GatewayError (400, 422) if untranslatable."""
+    request, ignored = decode_chat(body, KIND, translated=_TRANSLATED, harmless=HARMLESS)
     _reject(request)
     system, turns = _turns(request.messages)
     tools, tool_choice = _tools(request)
@@ -251,4 +200,9 @@ def to_messages_request(body: bytes, model: str, config: AnthropicProvider, *, s
         metadata={"user_id": request.user} if request.user else None,
         output_config=_output_config(request.response_format), stream=stream,
     )
-    return _encode(out)
+    return Translation(out, ignored + dropped_details(request))
+
+
+def to_messages_request(body: bytes, model: str, config: AnthropicProvider, *, stream: bool) -> bytes:
+    """The Anthropic request body alone (`translate_request`, encoded)."""
+    return _encode(translate_request(body, model, config, stream=stream).request)

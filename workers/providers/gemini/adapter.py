@@ -37,7 +37,6 @@ from schemas.gemini import (
     summary_decoder,
 )
 from schemas.providers import GeminiProvider
-from workers.logs import log_event
 from workers.providers._base import (
     AdapterBase,
     Answer,
@@ -49,6 +48,7 @@ from workers.providers._base import (
     read_credential,
     status_failure,
 )
+from workers.providers._chat_view import log_not_forwarded
 from workers.providers._http import Upstream, header_auth
 from workers.providers._sse import Event
 from workers.providers.gemini.embed import embedding_answer, plan_embeddings
@@ -114,7 +114,7 @@ class GeminiAdapter(AdapterBase):
     # ── OpenAI chat completions ──────────────────────────────────────────────────
     def _chat_body(self, call: Call) -> bytes:
         translation = translate_request(call.job.body)
-        self._log_ignored(call, translation.ignored)
+        log_not_forwarded(call, self.name, translation.ignored)
         return _encode(translation.request)
 
     async def complete(self, call: Call) -> Answer:
@@ -146,7 +146,7 @@ class GeminiAdapter(AdapterBase):
     async def embed(self, call: Call) -> Answer:
         """One input: `embedContent`; several: `batchEmbedContents`. Usage is estimated."""
         plan = plan_embeddings(call.job.body, call.upstream_model)
-        self._log_ignored(call, plan.ignored)
+        log_not_forwarded(call, self.name, plan.ignored)
         content = await self.upstream.post(self._url(call.upstream_model, plan.method), plan.body)
         return embedding_answer(content, plan, call.job.model, self.name)
 
@@ -194,8 +194,3 @@ class GeminiAdapter(AdapterBase):
         except (msgspec.DecodeError, msgspec.ValidationError):
             error = GeminiError()
         return upstream_failure(self.name, status, error, self.credential)
-
-    def _log_ignored(self, call: Call, fields: list[str]) -> None:
-        if fields:
-            log_event("fields_not_forwarded", request_id=call.job.request_id, provider=self.name,
-                      fields=fields)

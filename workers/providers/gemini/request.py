@@ -9,22 +9,20 @@ OpenAI clients write it. Thought signatures come back on tool calls as
 `extra_content.google.thought_signature` (see `workers.providers.gemini.response`) and go upstream
 again on the functionCall part they belong to.
 
-The OpenAI request is decoded into private Structs holding only what this translation
-reads; Gemini's shapes live in `schemas.gemini`. Wire format:
+The OpenAI request is read through the view shared with other translating kinds
+(`workers.providers._chat_view`: one shape check, a 422 naming the field; one data-URL
+parser); Gemini's shapes live in `schemas.gemini`. Wire format:
 https://ai.google.dev/api/generate-content.
 """
 
 from __future__ import annotations
 
-import base64
 import mimetypes
-from dataclasses import dataclass, field
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import urlsplit
 
 import msgspec
-from msgspec import Struct
 
-from schemas.chat import FunctionCall, FunctionDef, ResponseFormat, ToolChoice, raw_object_decoder
+from schemas.chat import ToolChoice
 from schemas.errors import GatewayError
 from schemas.gemini import (
     Blob,
@@ -40,91 +38,31 @@ from schemas.gemini import (
     Part,
     ToolConfig,
 )
-from workers.providers._base import screen_fields, unsupported_parameter
+from workers.providers._base import unsupported_parameter
+from workers.providers._chat_view import (
+    HARMLESS,
+    ChatView,
+    File,
+    Message,
+    Translation,
+    decode_chat,
+    dropped_details,
+    parse_data_url,
+)
 
-# Accepted and not forwarded (logged): they never change the answer.
-IGNORED = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier",
-                     "prompt_cache_key", "prediction"})
+# Accepted and not forwarded (logged): they never change the answer. Gemini has no field
+# for the end user's id either.
+IGNORED = HARMLESS | {"user"}
 _MIME_BY_SUFFIX = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                    ".webp": "image/webp", ".heic": "image/heic", ".heif": "image/heif",
                    ".gif": "image/gif", ".pdf": "application/pdf"}
 
 
-# ── the OpenAI request, as far as this adapter reads it ───────────────────────────
-class _ImageURL(Struct):
-    url: str
-    detail: str | None = None
-
-
-class _File(Struct):
-    file_data: str | None = None
-    file_id: str | None = None
-    filename: str | None = None
-
-
-class _InputAudio(Struct):
-    data: str
-    format: str
-
-
-class _Part(Struct):
-    type: str
-    text: str | None = None
-    refusal: str | None = None
-    image_url: _ImageURL | None = None
-    file: _File | None = None
-    input_audio: _InputAudio | None = None
-
-
-class _GoogleExtra(Struct):
-    thought_signature: str | None = None
-
-
-class _ExtraContent(Struct):
-    google: _GoogleExtra | None = None
-
-
-class _ToolCallIn(Struct):
-    id: str
-    function: FunctionCall
-    type: str = "function"
-    extra_content: _ExtraContent | None = None
-
-
-class _Message(Struct):
-    role: str
-    content: str | list[_Part] | None = None
-    name: str | None = None
-    tool_calls: list[_ToolCallIn] | None = None
-    tool_call_id: str | None = None
-
-
-class _Tool(Struct):
-    function: FunctionDef | None = None  # absent for tool types other than "function"
-    type: str = "function"
-
-
-class _Request(Struct):
-    messages: list[_Message]
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    n: int | None = None
-    tools: list[_Tool] | None = None
-    tool_choice: str | ToolChoice | None = None
-    response_format: ResponseFormat | None = None
-    logprobs: bool | None = None
-    parallel_tool_calls: bool | None = None
-    modalities: list[str] | None = None
-
-
-_decode_request = msgspec.json.Decoder(_Request).decode
+# What this translation reads of the view; any other field that is set is refused.
+_TRANSLATED = frozenset({"messages", "temperature", "top_p", "top_k", "max_tokens",
+                         "max_completion_tokens", "stop", "seed", "presence_penalty",
+                         "frequency_penalty", "n", "tools", "tool_choice", "response_format",
+                         "logprobs", "parallel_tool_calls", "modalities"})
 
 
 # ── translation ──────────────────────────────────────────────────────────────────
@@ -137,29 +75,17 @@ def _invalid(message: str, param: str | None = None) -> GatewayError:
     return GatewayError(400, "invalid_request", message, param=param)
 
 
-@dataclass
-class Translation:
-    """The upstream request and the names of accepted fields that were not forwarded."""
-
-    request: GenerateContentRequest
-    ignored: list[str] = field(default_factory=list)
-
-
-def translate_request(body: bytes) -> Translation:
-    """The Gemini request for an OpenAI chat request body. Raises GatewayError (400)."""
-    try:
-        raw, request = raw_object_decoder.decode(body), _decode_request(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _invalid(f"cannot translate the request for provider kind 'gemini': {exc}") from None
-    ignored = screen_fields(raw, "gemini", translated=_Request.__struct_fields__,
-                            harmless=IGNORED)
+def translate_request(body: bytes) -> Translation[GenerateContentRequest]:
+    """The Gemini request for an OpenAI chat request body. Raises GatewayError (400, 422)."""
+    request, ignored = decode_chat(body, "gemini", translated=_TRANSLATED, harmless=IGNORED)
+    ignored += dropped_details(request)
     if request.logprobs:
         raise unsupported("logprobs")
     if request.parallel_tool_calls is False:
         raise unsupported("parallel_tool_calls", "parallel_tool_calls=false")
     if request.modalities not in (None, [], ["text"]):
         raise unsupported("modalities", "output modalities other than text")
-    system, contents = _contents(request.messages, ignored)
+    system, contents = _contents(request.messages)
     if not contents:
         raise _invalid("the conversation needs at least one user or assistant message", "messages")
     tools, tool_config = _tools(request, ignored)
@@ -167,19 +93,17 @@ def translate_request(body: bytes) -> Translation:
                                               _generation_config(request)), ignored)
 
 
-def _contents(messages: list[_Message], ignored: list[str]) -> tuple[Content | None, list[Content]]:
+def _contents(messages: list[Message]) -> tuple[Content | None, list[Content]]:
     system: list[Part] = []
     contents: list[Content] = []
     calls: dict[str, str] = {}  # tool call id -> function name (a later reuse of an id wins)
     for i, message in enumerate(messages):
-        if message.name and "messages[].name" not in ignored:
-            ignored.append("messages[].name")
         match message.role:
             case "system" | "developer":
                 system.extend(_text_parts(message, i))
                 continue
             case "user":
-                role, parts = "user", _user_parts(message, i, ignored)
+                role, parts = "user", _user_parts(message, i)
             case "assistant":
                 role, parts = "model", _text_parts(message, i) + _call_parts(message, i, calls)
             case "tool":
@@ -195,7 +119,7 @@ def _contents(messages: list[_Message], ignored: list[str]) -> tuple[Content | N
     return (Content(system) if system else None), contents
 
 
-def _text_parts(message: _Message, i: int) -> list[Part]:
+def _text_parts(message: Message, i: int) -> list[Part]:
     if isinstance(message.content, str):
         return [Part(text=message.content)] if message.content else []
     parts = []
@@ -209,7 +133,7 @@ def _text_parts(message: _Message, i: int) -> list[Part]:
     return parts
 
 
-def _user_parts(message: _Message, i: int, ignored: list[str]) -> list[Part]:
+def _user_parts(message: Message, i: int) -> list[Part]:
     if not isinstance(message.content, list):
         return _text_parts(message, i)
     parts = []
@@ -220,9 +144,7 @@ def _user_parts(message: _Message, i: int, ignored: list[str]) -> list[Part]:
                 if part.text:
                     parts.append(Part(text=part.text))
             case "image_url" if part.image_url is not None:
-                if part.image_url.detail not in (None, "auto") and "image_url.detail" not in ignored:
-                    ignored.append("image_url.detail")
-                parts.append(media_part(part.image_url.url, where))
+                parts.append(media_part(part.image_url.url, f"{where}.image_url.url"))
             case "file" if part.file is not None:
                 parts.append(_file_part(part.file, where))
             case "input_audio" if part.input_audio is not None:
@@ -233,10 +155,12 @@ def _user_parts(message: _Message, i: int, ignored: list[str]) -> list[Part]:
     return parts
 
 
-def media_part(url: str, where: str = "url") -> Part:
-    """A data URL as inline data; any other URL as a file reference, typed by its suffix."""
-    if url.startswith("data:"):
-        return Part(inline_data=_data_url(url, where))
+def media_part(url: str, param: str = "url") -> Part:
+    """A data URL as inline data; any other URL as a file reference, typed by its suffix.
+    `param` locates the URL in the request, for the 422 of a malformed data URL."""
+    inline = parse_data_url(url, param)
+    if inline is not None:
+        return Part(inline_data=Blob(inline.mime_type, inline.data))
     return Part(file_data=FileData(url, _mime_of(urlsplit(url).path)))
 
 
@@ -246,28 +170,19 @@ def _mime_of(path: str) -> str | None:
     return _MIME_BY_SUFFIX.get(suffix) or (mimetypes.guess_type(name)[0] if suffix else None)
 
 
-def _data_url(url: str, where: str) -> Blob:
-    header, comma, payload = url[len("data:"):].partition(",")
-    if not comma:
-        raise _invalid(f"{where} is not a valid data URL", where)
-    mime, *params = header.split(";")
-    if "base64" in params:
-        return Blob(mime or "text/plain", payload)
-    return Blob(mime or "text/plain", base64.b64encode(unquote_to_bytes(payload)).decode())
-
-
-def _file_part(file: _File, where: str) -> Part:
+def _file_part(file: File, where: str) -> Part:
     if file.file_id:
         raise unsupported(f"{where}.file.file_id", "file_id (OpenAI uploaded files)")
     if not file.file_data:
         raise _invalid(f"{where}.file needs file_data", where)
-    if file.file_data.startswith("data:"):
-        return Part(inline_data=_data_url(file.file_data, where))
+    inline = parse_data_url(file.file_data, f"{where}.file.file_data")
+    if inline is not None:
+        return Part(inline_data=Blob(inline.mime_type, inline.data))
     mime = _mime_of(file.filename or "") or "application/pdf"
     return Part(inline_data=Blob(mime, file.file_data))
 
 
-def _call_parts(message: _Message, i: int, calls: dict[str, str]) -> list[Part]:
+def _call_parts(message: Message, i: int, calls: dict[str, str]) -> list[Part]:
     parts = []
     for k, call in enumerate(message.tool_calls or []):
         where = f"messages[{i}].tool_calls[{k}].function.arguments"
@@ -284,7 +199,7 @@ def _call_parts(message: _Message, i: int, calls: dict[str, str]) -> list[Part]:
     return parts
 
 
-def _tool_result(message: _Message, i: int, calls: dict[str, str]) -> Part:
+def _tool_result(message: Message, i: int, calls: dict[str, str]) -> Part:
     name = calls.get(message.tool_call_id or "")
     if name is None:
         raise _invalid(f"messages[{i}].tool_call_id does not match a tool call of an earlier "
@@ -301,7 +216,7 @@ def _tool_result(message: _Message, i: int, calls: dict[str, str]) -> Part:
     return Part(function_response=FunctionResponse(name, response))
 
 
-def _tools(request: _Request, ignored: list[str]) -> tuple[list[GeminiTool] | None, ToolConfig | None]:
+def _tools(request: ChatView, ignored: list[str]) -> tuple[list[GeminiTool] | None, ToolConfig | None]:
     declarations = []
     for k, tool in enumerate(request.tools or []):
         if tool.type != "function" or tool.function is None:
@@ -330,7 +245,7 @@ def _tools(request: _Request, ignored: list[str]) -> tuple[list[GeminiTool] | No
     return [GeminiTool(declarations)], config
 
 
-def _generation_config(request: _Request) -> GenerationConfig | None:
+def _generation_config(request: ChatView) -> GenerationConfig | None:
     mime, schema = None, None
     if request.response_format is not None:
         match request.response_format.type:
