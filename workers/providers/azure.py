@@ -32,14 +32,11 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from schemas.chat import Usage, raw_object_decoder
+from schemas.chat import Usage
 from schemas.providers import AzureProvider
 from workers.providers._base import (
-    Answer,
     Call,
-    Emit,
     UpstreamFailure,
-    cut_short,
     malformed,
     read_credential,
     status_failure,
@@ -99,8 +96,9 @@ def _flagged(innererror: msgspec.Raw) -> list[str]:
 
 
 class AzureAdapter(OpenAIAdapter):
-    """OpenAIAdapter's body rewrite, JSON relay and chunk decoding, at a deployment's URL
-    with the `api-key` header, and a stream loop that knows Azure's annotation events."""
+    """OpenAIAdapter's calls and stream loop, with Azure's deployment URL (`_url`), the
+    `api-key` header, a chunk filter that knows Azure's annotation events (`_relayable`) and
+    Azure's error bodies (`_failure`)."""
 
     kind = "azure"
 
@@ -114,43 +112,6 @@ class AzureAdapter(OpenAIAdapter):
 
     def _url(self, call: Call, operation: str) -> str:
         return f"{self.base}{quote(call.upstream_model, safe='')}/{operation}{self.query}"
-
-    async def complete(self, call: Call) -> Answer:
-        """Non-streamed call: one JSON body back, `model` replaced by the slug."""
-        return await self._relay_json(self._url(call, "chat/completions"), self._body(call),
-                                      call.job.model)
-
-    async def embed(self, call: Call) -> Answer:
-        """`POST .../embeddings`, model replaced both ways."""
-        body = raw_object_decoder.decode(call.job.body)
-        body["model"] = msgspec.Raw(_encode(call.upstream_model))
-        return await self._relay_json(self._url(call, "embeddings"), _encode(body), call.job.model)
-
-    async def stream(self, call: Call, emit: Emit) -> Usage:
-        """Streamed call: each chunk re-emitted with the slug as `model`, annotation-only
-        events dropped or (when they finish a choice) made into chunks."""
-        usage = Usage()
-        model = msgspec.Raw(_encode(call.job.model))
-        stream_id: dict[str, msgspec.Raw] = {}  # the id and created of the stream's chunks
-        done = False
-        async with self.upstream.events(self._url(call, "chat/completions"), self._body(call)) as events:
-            async for event in events:
-                # Read to the end of the body after [DONE] so the connection is reused.
-                if done or event.data == b"[DONE]":
-                    done = True
-                    continue
-                chunk = self._decode_chunk(event.data)
-                if "error" in chunk:
-                    raise self._failure(502, event.data)
-                if "usage" in chunk:
-                    usage = _decode_usage(chunk["usage"]) or usage
-                relayed = self._relayable(chunk, stream_id, call.job.include_usage)
-                if relayed is not None:
-                    relayed["model"] = model
-                    emit(_encode(relayed))
-        if done:
-            return usage
-        raise cut_short(self.name, "[DONE]")
 
     def _relayable(self, chunk: RawObject, stream_id: dict[str, msgspec.Raw],
                    include_usage: bool) -> RawObject | None:

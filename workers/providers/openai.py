@@ -56,22 +56,25 @@ class OpenAIAdapter(AdapterBase):
 
     def __init__(self, name: str, config: OpenAIProvider, http: httpx.AsyncClient) -> None:
         self.name = name
-        base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
-        self.url = base + "/chat/completions"
-        self.embeddings_url = base + "/embeddings"
+        self.base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
         self.secret = read_credential(config)
         auth = header_auth({"authorization": f"Bearer {self.secret}"}) if self.secret else None
         self.upstream = Upstream(name, http, self._failure, auth=auth)
+
+    def _url(self, call: Call, operation: str) -> str:
+        """Where an operation (`chat/completions`, `embeddings`) of this provider is served."""
+        return f"{self.base}/{operation}"
 
     async def embed(self, call: Call) -> Answer:
         """`POST {base_url}/embeddings`, model replaced both ways."""
         body = _decode_object(call.job.body)
         body["model"] = msgspec.Raw(_encode(call.upstream_model))
-        return await self._relay_json(self.embeddings_url, _encode(body), call.job.model)
+        return await self._relay_json(self._url(call, "embeddings"), _encode(body), call.job.model)
 
     async def complete(self, call: Call) -> Answer:
         """Non-streamed call: one JSON body back, `model` replaced by the slug."""
-        return await self._relay_json(self.url, self._body(call), call.job.model)
+        return await self._relay_json(self._url(call, "chat/completions"), self._body(call),
+                                      call.job.model)
 
     async def _relay_json(self, url: str, content: bytes, slug: str) -> Answer:
         content = await self.upstream.post(url, content)
@@ -98,8 +101,9 @@ class OpenAIAdapter(AdapterBase):
         """Streamed call: each upstream chunk is re-emitted with the slug as `model`."""
         usage = Usage()
         model = msgspec.Raw(_encode(call.job.model))
+        state: dict[str, msgspec.Raw] = {}  # what `_relayable` keeps across one stream's chunks
         done = False
-        async with self.upstream.events(self.url, self._body(call)) as events:
+        async with self.upstream.events(self._url(call, "chat/completions"), self._body(call)) as events:
             async for event in events:
                 # Read to the end of the body after [DONE] so the connection is reused.
                 if done or event.data == b"[DONE]":
@@ -110,15 +114,23 @@ class OpenAIAdapter(AdapterBase):
                     raise self._failure(502, event.data)
                 if "usage" in chunk:
                     usage = _decode_usage(chunk["usage"]) or usage
-                    if not call.job.include_usage:
-                        if chunk.get("choices", _NULL) in _NO_CHOICES:
-                            continue  # the usage-only chunk the client did not ask for
-                        del chunk["usage"]
-                chunk["model"] = model
-                emit(_encode(chunk))
+                relayed = self._relayable(chunk, state, call.job.include_usage)
+                if relayed is not None:
+                    relayed["model"] = model
+                    emit(_encode(relayed))
         if done:
             return usage
         raise cut_short(self.name, "[DONE]")
+
+    def _relayable(self, chunk: RawObject, state: dict[str, msgspec.Raw],
+                   include_usage: bool) -> RawObject | None:
+        """The chunk as the client gets it, or None when it is nothing for the client
+        (here: the usage-only chunk the client did not ask for)."""
+        if "usage" in chunk and not include_usage:
+            if chunk.get("choices", _NULL) in _NO_CHOICES:
+                return None
+            del chunk["usage"]
+        return chunk
 
     def _decode_chunk(self, data: bytes) -> RawObject:
         try:
