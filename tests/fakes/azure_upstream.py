@@ -35,6 +35,7 @@ from typing import Any
 
 import trio
 
+from tests.fakes.openai_upstream import Behavior as OpenAIBehavior
 from tests.fakes.server import DropConnection, Received, ScriptedUpstream, send_json, start_sse
 
 API_VERSIONS = frozenset({"2024-02-01", "2024-06-01", "2024-10-21", "2024-12-01-preview",
@@ -56,16 +57,9 @@ NO_DEPLOYMENT = {"error": {"code": "DeploymentNotFound", "message": (
 
 
 @dataclass
-class Behavior:
-    """How to answer one request. Unset fields mean: answer normally."""
+class Behavior(OpenAIBehavior):
+    """FakeOpenAI's behaviours, and Azure's content filters."""
 
-    status: int = 200
-    error: dict[str, Any] | None = None  # the error body for a non-200 status
-    delay_s: float = 0.0  # before the response starts
-    chunks: list[str] | None = None  # content pieces of a streamed answer
-    chunk_delay_s: float = 0.0  # before each chunk but the first (and the drop)
-    break_after: int | None = None  # drop the connection after this many chunks
-    tool_calls: list[dict[str, Any]] | None = None
     filtered: str | None = None  # the output filter cuts the completion for this category
     async_filter: bool = False  # stream as the Asynchronous Filter does
 
