@@ -54,14 +54,14 @@ class BodyFirst:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = _Request(receive)
+        request = _Request(receive, self.discard_bytes)
         refusal = await request.read(self.max_body_bytes, self.body_timeout_s,
                                      _declared_length(scope))
         if refusal == "gone":
             return  # the client left before it finished sending
         if refusal:
             scope[REFUSAL] = refusal
-        answer = _Answer(send, request, closing=bool(refusal), discard_bytes=self.discard_bytes)
+        answer = _Answer(send, request, closing=bool(refusal))
         await self.app(scope, request.replay, answer.send)
 
 
@@ -78,13 +78,13 @@ def _declared_length(scope: Scope) -> int | None:
 class _Request:
     """The request side: the body read up front, then replayed to the application."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, discard_bytes: int) -> None:
         self._receive = receive
         self._body = b""
         self.complete = False  # the client sent its whole body
         self.discarded = trio.Event()  # set once an unread body was discarded (or given up)
         self._replayed = False
-        self._discard_budget = 0
+        self._discard_budget = discard_bytes  # how much of a refused body is read and dropped
 
     async def read(self, limit: int, timeout_s: float, declared: int | None) -> str:
         """Read the body; "" when read whole, else why not ("too_large", "too_slow", "gone")."""
@@ -139,11 +139,10 @@ class _Request:
 class _Answer:
     """The response side: `Connection: close` after a refused body; a shielded last send."""
 
-    def __init__(self, send: Send, request: _Request, *, closing: bool, discard_bytes: int) -> None:
+    def __init__(self, send: Send, request: _Request, *, closing: bool) -> None:
         self._send = send
         self._request = request
         self._closing = closing
-        request._discard_budget = discard_bytes
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start" and self._closing:

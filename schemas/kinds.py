@@ -14,7 +14,7 @@ adds one row here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from schemas import anthropic, gemini
 from schemas.native import AnthropicMessagesRequest, GeminiGenerateRequest
@@ -53,7 +53,7 @@ class NativeAPI:
 class Kind:
     families: tuple[str, ...] = ()
     endpoints: frozenset[str] = frozenset({"chat", "embeddings"})
-    natives: tuple[NativeAPI, ...] = field(default=())
+    natives: tuple[NativeAPI, ...] = ()
 
 
 ANTHROPIC_MESSAGES = NativeAPI(
