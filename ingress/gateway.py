@@ -96,7 +96,7 @@ class Gateway:
         self.redis = redis
         self.hub = hub
         self.admission = Admission(redis)
-        self.keys = KeyStore(redis, config.limits.key_cache_s)
+        self.keys = KeyStore(redis, config.limits.key_cache_s, config.limits.key_miss_cache_s)
         self.catalog = Catalog(config, int(time.time()))
 
     async def redis_call(self, awaitable: Awaitable[T]) -> T:
