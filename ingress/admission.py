@@ -22,7 +22,7 @@ from schemas.reservations import RELEASE_LUA, Hold
 
 SWEEP_BATCH = 16  # expired reservations released per admission (bounded work per call)
 EXPIRY_GRACE_S = 60.0  # past its job's deadline a reservation is abandoned (no job runs then)
-HOLD_ARGS = 5  # ARGV slots per Hold: counter, amount, limit, used, used_field
+MAX_ESTIMATE = 2**40  # tokens; above any plan, and far below what overflows a counter
 
 # Sweep expired reservations; refuse if any limit has no room or the queue is full;
 # else reserve every Hold, record the reservation and XADD: one step (invariants 4, 9).
@@ -93,7 +93,8 @@ def estimate_tokens(body_bytes: int, max_output: int | None, default_output: int
     `max_tokens` limit, else `default_output`, for each of `choices` answers.
     """
     output = default_output if max_output is None else max_output
-    return -(-body_bytes // 4) + output * choices
+    # Clamped: a client's absurd max_tokens must not overflow Redis's 64-bit counters.
+    return min(-(-body_bytes // 4) + output * choices, MAX_ESTIMATE)
 
 
 def holds_for(job: Job, month: str, *, token_limit: int | None, estimate: int,

@@ -79,6 +79,20 @@ async def test_concurrent_requests_overshoot_only_by_in_flight_estimates(
     assert await leftovers(gateway.redis) == []
 
 
+async def test_absurd_output_limits_are_reserved_clamped_not_a_500(
+        nursery: trio.Nursery, redis_url: str) -> None:
+    config = make_config(redis_url, {"local": {"kind": "mock"}}, ECHO,
+                         plans={"small": {"monthly_tokens": 1000}})
+    gateway = await start_gateway(nursery, config, plan="small")
+    answer = await gateway.client().chat.completions.create(
+        model="echo", messages=HI, max_tokens=2**62, n=2**20)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "hi"
+    assert await leftovers(gateway.redis) == []
+    # Its reservation was above the plan, but the plan had room when it was admitted;
+    # the real usage is what counts now, so the next request is admitted too.
+    await gateway.client().chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
+
+
 async def test_reservation_is_held_while_running_and_released_on_failure(
         nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI,
         monkeypatch: pytest.MonkeyPatch) -> None:
