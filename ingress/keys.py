@@ -109,18 +109,16 @@ class KeyStore:
         secret_hash = await self.redis.get(names.key_by_id(key_id))
         if secret_hash is None:
             return False
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(names.key_by_hash(secret_hash.decode()), {"revoked": "1"})
-            pipe.publish(names.KEYS_CHANGED, _change_encoder.encode(
-                KeyChange(secret_hashes=[secret_hash.decode()])))
-        self.drop(KeyChange(secret_hashes=[secret_hash.decode()]))
+        await self.redis.hset(names.key_by_hash(secret_hash.decode()), {"revoked": "1"})
+        # Stored first: an ingress that misses the broadcast still sees it within cache_s.
+        await self.invalidate(KeyChange(secret_hashes=[secret_hash.decode()]))
         return True
 
     async def invalidate(self, change: KeyChange) -> None:
         """Make every ingress drop the cached keys `change` names (this process at once).
 
-        The one entry point for changes to a key or an org that caches must not outlive:
-        call it after the change is stored (`revoke` stores and publishes in one MULTI).
+        The one entry point for changes to a key or an org that caches must not outlive
+        (revocation; rotation and limit changes): call it after the change is stored.
         """
         self.drop(change)
         await self.redis.publish(names.KEYS_CHANGED, _change_encoder.encode(change))

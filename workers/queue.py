@@ -41,7 +41,7 @@ return out
 """
 
 # Publish the outcome (or move the job to its next route), meter, acknowledge: one step.
-_FINISH = RELEASE_LUA + """
+_FINISH = """
 if ARGV[3] == 'publish' then
   redis.call('PUBLISH', ARGV[4], ARGV[5])
 elseif ARGV[3] == 'forward' then
@@ -60,6 +60,7 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 if ARGV[3] ~= 'forward' then release(KEYS[4], KEYS[5]) end
 return 1
 """
+_FINISH = RELEASE_LUA + _FINISH  # defines release(), which the settle block calls
 USAGE_FIELDS = ("tokens", "prompt_tokens", "completion_tokens", "requests")
 
 
