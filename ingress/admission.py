@@ -1,39 +1,114 @@
 """The ingress side of the job streams: admitting a job, withdrawing it, reading usage.
 
-Admission is one Lua script (quota check and bounded XADD together, invariant 4), so two
-ingress processes can never both take the last place in a queue. The worker side of the
-same streams (read, heartbeat, reclaim, finish) is `workers.queue`.
+Admission is one Lua script (limits, reservations and the bounded XADD together,
+invariants 4 and 9), so two ingress processes can never both take the last place in a
+queue or the last tokens of a plan. What a request reserves is a list of `Hold`s
+(`schemas.reservations`): the worker's finish settles them, a withdraw releases them,
+and admission sweeps those whose owners died. The worker side of the same streams
+(read, heartbeat, reclaim, finish) is `workers.queue`.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import coredis
 
 from schemas import names
 from schemas.envelopes import Job, job_encoder
+from schemas.reservations import RELEASE_LUA, Hold
 
-# Quota check and bounded XADD in one step (invariant 4). Entries stay in the stream
-# until acknowledged, so "waiting" is the length minus those delivered and running.
-_ADMIT = """
-local limit = tonumber(ARGV[2])
-if limit >= 0 then
-  local used = tonumber(redis.call('HGET', KEYS[2], 'tokens') or '0')
-  if used >= limit then return {0} end
+SWEEP_BATCH = 16  # expired reservations released per admission (bounded work per call)
+EXPIRY_GRACE_S = 60.0  # past its job's deadline a reservation is abandoned (no job runs then)
+MAX_ESTIMATE = 2**40  # tokens; above any plan, and far below what overflows a counter
+
+# Sweep expired reservations; refuse if any limit has no room or the queue is full;
+# else reserve every Hold, record the reservation and XADD: one step (invariants 4, 9).
+# Entries stay in the stream until acknowledged, so "waiting" is the length minus
+# those delivered and running.
+_ADMIT = RELEASE_LUA + """
+for _, record in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4],
+                                   'LIMIT', 0, tonumber(ARGV[6]))) do
+  release(record, KEYS[3])
+end
+local holds = tonumber(ARGV[7])
+for i = 0, holds - 1 do
+  local at = 8 + i * 5
+  local level = tonumber(redis.call('GET', ARGV[at]) or '0')
+  if ARGV[at + 3] ~= '' then
+    level = level + tonumber(redis.call('HGET', ARGV[at + 3], ARGV[at + 4]) or '0')
+  end
+  if level >= tonumber(ARGV[at + 2]) then return {0, i} end
 end
 local max = tonumber(ARGV[1])
 local len = redis.call('XLEN', KEYS[1])
 if len >= max then
-  local ok, pend = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[4])
+  local ok, pend = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[3])
   local running = 0
   if ok then running = pend[1] end
   if len - running >= max then return {-1} end
 end
-return {1, redis.call('XADD', KEYS[1], '*', 'j', ARGV[3])}
+for i = 0, holds - 1 do
+  local at = 8 + i * 5
+  redis.call('INCRBY', ARGV[at], ARGV[at + 1])
+  redis.call('HINCRBY', KEYS[2], ARGV[at], ARGV[at + 1])
+end
+if holds > 0 then redis.call('ZADD', KEYS[3], ARGV[5], KEYS[2]) end
+return {1, redis.call('XADD', KEYS[1], '*', 'j', ARGV[2])}
 """
 
-ADMITTED, OVER_QUOTA = 1, 0
+# The client left: drop the queued entry, remember the request as withdrawn, release
+# its reservation and tell a worker running it to stop; one step.
+_WITHDRAW = RELEASE_LUA + """
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+release(KEYS[3], KEYS[4])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+_RELEASE = RELEASE_LUA + "return release(KEYS[1], KEYS[2])"
+
+ADMITTED, OVER_LIMIT, QUEUE_FULL = 1, 0, -1
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Admission's answer: the entry id when admitted, else the Hold that refused it
+    (`refused`), or neither when the provider's queue is full."""
+
+    code: int
+    entry_id: bytes = b""
+    refused: Hold | None = None
+
+
+def estimate_tokens(body_bytes: int, max_output: int | None, default_output: int,
+                    choices: int = 1) -> int:
+    """What a request may cost in tokens, reserved until its real usage is known.
+
+    The prompt is estimated as a quarter of the body's bytes (above the real count for
+    text, since the JSON around it is counted too), the output as the request's own
+    `max_tokens` limit, else `default_output`, for each of `choices` answers.
+    """
+    output = default_output if max_output is None else max_output
+    # Clamped: a client's absurd max_tokens must not overflow Redis's 64-bit counters.
+    return min(-(-body_bytes // 4) + output * choices, MAX_ESTIMATE)
+
+
+def holds_for(job: Job, month: str, *, token_limit: int | None, estimate: int,
+              org_cap: int) -> list[Hold]:
+    """The limits a job falls under: its org's monthly plan (if it has one), and its
+    org's share of the provider's queue."""
+    holds = []
+    if token_limit is not None:
+        holds.append(Hold(counter=names.held_tokens(job.org, month), amount=estimate,
+                          limit=token_limit, code="subscription_limit",
+                          used=names.usage(job.org, month), used_field="tokens"))
+    holds.append(Hold(counter=names.held_queue(job.route.provider, job.org), amount=1,
+                      limit=org_cap, code="queue_full"))
+    return holds
 
 
 class Admission:
@@ -42,32 +117,47 @@ class Admission:
     def __init__(self, redis: coredis.Redis[bytes]) -> None:
         self.redis = redis
         self._admit = redis.register_script(_ADMIT)
+        self._withdraw = redis.register_script(_WITHDRAW)
+        self._release = redis.register_script(_RELEASE)
 
-    async def admit(self, job: Job, *, max_queue: int, token_limit: int | None) -> tuple[int, bytes]:
-        """Enqueue `job` unless the org is over quota or the queue is full.
+    async def admit(self, job: Job, *, holds: list[Hold], max_queue: int,
+                    expires_at: float) -> Verdict:
+        """Enqueue `job` and reserve its `holds` unless a limit or the queue is full.
 
-        Returns (ADMITTED, entry id), or (OVER_QUOTA or a full queue's -1, b"").
+        The reservation is swept as abandoned after `expires_at` (unix time) if nothing
+        settled it by then.
         """
-        provider = job.route.provider
+        args: list[Any] = [max_queue, job_encoder.encode(job), names.GROUP, time.time(),
+                           expires_at, SWEEP_BATCH, len(holds)]
+        for hold in holds:
+            args += [hold.counter, hold.amount, hold.limit, hold.used, hold.used_field]
         result: Any = await self._admit(
-            keys=[names.queue(provider), names.usage(job.org, names.month())],
-            args=[max_queue, -1 if token_limit is None else token_limit,
-                  job_encoder.encode(job), names.GROUP],
-        )
+            keys=[names.queue(job.route.provider), names.reservation(job.request_id),
+                  names.RESERVATIONS_DUE], args=args)
         code = int(result[0])
-        return code, (result[1] if code == ADMITTED else b"")
+        if code == ADMITTED:
+            return Verdict(ADMITTED, entry_id=result[1])
+        if code == OVER_LIMIT:
+            return Verdict(OVER_LIMIT, refused=holds[int(result[1])])
+        return Verdict(QUEUE_FULL)
 
     async def withdraw(self, provider: str, entry_id: bytes, request_id: str,
                        remember_s: float) -> None:
-        """The client left: drop its queued job, tell a worker running it to stop, and
-        remember it for `remember_s` so a copy moved to a failover route is not started."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xdel(names.queue(provider), [entry_id])
-            pipe.publish(names.CANCEL_CHANNEL, request_id.encode())
-            pipe.set(names.withdrawn(request_id), "1", ex=max(1, int(remember_s)))
+        """The client left: drop its queued job and its reservation, tell a worker
+        running it to stop, and remember it for `remember_s` so a copy moved to a
+        failover route is not started."""
+        await self._withdraw(
+            keys=[names.queue(provider), names.withdrawn(request_id),
+                  names.reservation(request_id), names.RESERVATIONS_DUE],
+            args=[entry_id, max(1, int(remember_s)), names.CANCEL_CHANNEL, request_id])
+
+    async def release(self, request_id: str) -> bool:
+        """Give back what a request reserved; False if it was already settled."""
+        released: Any = await self._release(
+            keys=[names.reservation(request_id), names.RESERVATIONS_DUE])
+        return bool(released)
 
     async def usage(self, org: str, when: str | None = None) -> dict[str, int]:
         """An org's metered usage for a month (default: this one)."""
         raw = await self.redis.hgetall(names.usage(org, when or names.month()))
         return {k.decode(): int(v) for k, v in raw.items()}
-

@@ -141,10 +141,12 @@ async def _usage(config: Config, args: argparse.Namespace) -> int:
         for org in orgs:
             used = await admission.usage(org, when)
             plan = (await redis.hget(names.org(org), "plan") or b"").decode()
-            limit = config.plans[plan].monthly_tokens if plan in config.plans else None
+            # A plan the config lacks refuses every request (fail closed), so say so.
+            limit = (str(config.plans[plan].monthly_tokens) if plan in config.plans
+                     else "not configured (refused)" if plan else "unlimited")
             print(f"{org:20} {plan or '-':10} {used.get('requests', 0):>9} "
                   f"{used.get('prompt_tokens', 0):>10} {used.get('completion_tokens', 0):>11} "
-                  f"{used.get('tokens', 0):>10} {limit if limit is not None else 'unlimited'}")
+                  f"{used.get('tokens', 0):>10} {limit}")
     return 0
 
 

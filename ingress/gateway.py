@@ -12,16 +12,25 @@ import coredis
 import msgspec
 import trio
 
-from ingress.admission import ADMITTED, OVER_QUOTA, Admission
+from ingress.admission import (
+    ADMITTED,
+    EXPIRY_GRACE_S,
+    Admission,
+    Verdict,
+    estimate_tokens,
+    holds_for,
+)
 from ingress.catalog import Catalog
 from ingress.keys import Identity, KeyStore
 from ingress.relay import Outcome, first_frame, stream_events
 from ingress.replies import Replies, ReplyHub
+from schemas import names
 from schemas.chat import embedding_decoder, request_decoder
-from schemas.config import Config
+from schemas.config import Config, Plan
 from schemas.envelopes import Done, Endpoint, Error, Head, Job
 from schemas.errors import GatewayError
 from schemas.kinds import dialect
+from schemas.reservations import Hold
 from workers.logs import log_event
 
 REPLY_GRACE_S = 2.0  # how much longer than the job's deadline the ingress waits for a frame
@@ -60,6 +69,8 @@ class Submission:
     stream: bool = False
     include_usage: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # native protocol headers to relay
+    max_output_tokens: int | None = None  # the request's own output limit (None: unset)
+    choices: int = 1  # answers asked for (OpenAI `n`): each may use max_output_tokens
 
 
 def decode_body(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
@@ -85,7 +96,7 @@ class Gateway:
         self.redis = redis
         self.hub = hub
         self.admission = Admission(redis)
-        self.keys = KeyStore(redis, config.limits.key_cache_s)
+        self.keys = KeyStore(redis, config.limits.key_cache_s, config.limits.key_miss_cache_s)
         self.catalog = Catalog(config, int(time.time()))
 
     async def redis_call(self, awaitable: Awaitable[T]) -> T:
@@ -104,11 +115,14 @@ class Gateway:
     def chat(self, body: bytes) -> Submission:
         """An OpenAI chat completion request."""
         request = decode_body(request_decoder, body)
-        return Submission("chat", request.model, body, request.stream, request.include_usage)
+        return Submission("chat", request.model, body, request.stream, request.include_usage,
+                          max_output_tokens=request.max_completion_tokens or request.max_tokens,
+                          choices=request.n or 1)
 
     def embeddings(self, body: bytes) -> Submission:
         """An OpenAI embeddings request."""
-        return Submission("embeddings", decode_body(embedding_decoder, body).model, body)
+        return Submission("embeddings", decode_body(embedding_decoder, body).model, body,
+                          max_output_tokens=0)
 
     async def submit(self, identity: Identity, submission: Submission, request_id: str,
                      pin: str | None = None) -> Reply:
@@ -123,7 +137,7 @@ class Gateway:
                   deadline=time.time() + self.config.limits.request_timeout_s)
         replies = self.hub.register(request_id)
         try:
-            ticket = await self._admit(job, identity, replies)
+            ticket = await self._admit(job, identity, replies, submission)
             try:
                 frame = await first_frame(replies, ticket.wait_until)
             except BaseException:
@@ -149,21 +163,34 @@ class Gateway:
             if replies is not None:
                 replies.close()
 
-    async def _admit(self, job: Job, identity: Identity, replies: Replies) -> Ticket:
+    async def _admit(self, job: Job, identity: Identity, replies: Replies,
+                     submission: Submission) -> Ticket:
+        """Reserve the request's estimate and its place in the queue, or refuse (429)."""
         provider = self.config.providers[job.route.provider]
-        plan = self.config.plans.get(identity.plan) if identity.plan else None
-        code, entry_id = await self.redis_call(self.admission.admit(
-            job, max_queue=provider.max_queue,
-            token_limit=plan.monthly_tokens if plan else None))
-        if code == OVER_QUOTA:
-            raise GatewayError(429, "subscription_limit",
-                               f"organization {identity.org!r} has used its plan's monthly tokens")
-        if code != ADMITTED:
-            raise GatewayError(429, "queue_full",
-                               f"provider {job.route.provider!r} has too many queued requests",
-                               retry_after=1)
+        plan = self._plan(identity)
+        estimate = estimate_tokens(len(job.body), submission.max_output_tokens,
+                                   self.config.limits.reserve_output_tokens, submission.choices)
+        holds = holds_for(job, names.month(), estimate=estimate, org_cap=provider.org_queue_cap,
+                          token_limit=plan.monthly_tokens if plan else None)
+        verdict = await self.redis_call(self.admission.admit(
+            job, holds=holds, max_queue=provider.max_queue,
+            expires_at=job.deadline + EXPIRY_GRACE_S))
+        if verdict.code != ADMITTED:
+            raise _refusal(verdict, job)
         wait_until = trio.current_time() + self.config.limits.request_timeout_s + REPLY_GRACE_S
-        return Ticket(job, entry_id, replies, wait_until)
+        return Ticket(job, verdict.entry_id, replies, wait_until)
+
+    def _plan(self, identity: Identity) -> Plan | None:
+        """The caller's plan; a plan the config does not know fails closed (403)."""
+        if not identity.plan:
+            return None
+        plan = self.config.plans.get(identity.plan)
+        if plan is None:
+            raise GatewayError(403, "plan_not_configured",
+                               f"organization {identity.org!r} is on plan {identity.plan!r}, "
+                               "which this gateway does not configure; ask its operator",
+                               details={"plan": identity.plan})
+        return plan
 
     async def _stream(self, ticket: Ticket) -> AsyncIterator[bytes]:
         outcome = Outcome()
@@ -202,6 +229,29 @@ class Gateway:
             "ms": round((time.monotonic() - ticket.started) * 1000, 1),
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
         log_event("request", **fields)
+
+
+def _refusal(verdict: Verdict, job: Job) -> GatewayError:
+    """The 429 for a request admission refused: the limit that had no room, or a full queue."""
+    provider = job.route.provider
+    match verdict.refused:
+        case None:
+            return GatewayError(429, "queue_full",
+                                f"provider {provider!r} has too many queued requests",
+                                retry_after=1)
+        case Hold(code="subscription_limit"):
+            return GatewayError(429, "subscription_limit",
+                                f"organization {job.org!r} has used its plan's monthly tokens "
+                                "(counting those reserved by its requests in flight)")
+        case Hold(code="queue_full", limit=limit):
+            return GatewayError(429, "queue_full",
+                                f"organization {job.org!r} has its share of provider {provider!r}'s "
+                                f"queue in flight ({limit} requests)",
+                                retry_after=1, details={"provider": provider, "org": job.org})
+        case Hold(code=code):
+            return GatewayError(429, code, f"a limit of organization {job.org!r} has no room left",
+                                retry_after=1)
+    raise AssertionError("unreachable")
 
 
 def new_request_id() -> str:

@@ -2,6 +2,14 @@
 
 Secrets are shown once and stored only as their SHA-256 (invariant 6). A key's org
 gets its plan when the org's first key is created.
+
+Each ingress caches what it looked up: found keys for `cache_s`, unknown ones for
+`miss_cache_s` (bounded in number, so guessing costs no Redis lookup per guess). A change
+that must reach every ingress at once (revocation; later rotation and limit changes) goes
+through `invalidate`, which publishes a `KeyChange`; every ingress listens
+(`serve_invalidations`) and drops those entries within milliseconds. While that
+subscription is down the cache lifetimes still bound the delay, and on every
+(re-)subscription the whole cache is dropped, since changes may have been missed.
 """
 
 from __future__ import annotations
@@ -12,13 +20,21 @@ import time
 from dataclasses import dataclass
 
 import coredis
+import msgspec
+import trio
 
 from schemas import names
 from schemas.errors import GatewayError
-from schemas.keys import KeyRecord
+from schemas.keys import KeyChange, KeyRecord
+from workers.connection import subscription
+from workers.logs import log_event
 
 SECRET_PREFIX = "sb-"
 _CACHE_MAX = 100_000
+MISS_CACHE_MAX = 10_000  # unknown keys remembered at most (oldest forgotten first)
+RESUBSCRIBE_S = 0.5
+_change_encoder = msgspec.json.Encoder()
+_change_decoder = msgspec.json.Decoder(KeyChange)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +56,23 @@ def _text(raw: dict[bytes, bytes], field: str) -> str:
 
 
 class KeyStore:
-    """Keys in Redis, with a short positive cache so revocation lands within `cache_s`."""
+    """Keys in Redis, with short caches of found and unknown keys, dropped on change."""
 
-    def __init__(self, redis: coredis.Redis[bytes], cache_s: float = 5.0) -> None:
+    def __init__(self, redis: coredis.Redis[bytes], cache_s: float = 5.0,
+                 miss_cache_s: float = 5.0, miss_cache_max: int = MISS_CACHE_MAX) -> None:
         self.redis = redis
         self.cache_s = cache_s
+        self.miss_cache_s = miss_cache_s
+        self.miss_cache_max = miss_cache_max
         self._cache: dict[str, tuple[float, Identity]] = {}
+        self._misses: dict[str, float] = {}  # secret hash -> until when it is known unknown
+        # Bumped by every drop: a lookup that began before a drop caches nothing, so a
+        # revocation racing a lookup cannot be undone by it.
+        self._generation = 0
+        self._listening = trio.Event()
+
+    def statistics(self) -> dict[str, int]:
+        return {"cached": len(self._cache), "misses_cached": len(self._misses)}
 
     async def create(self, org: str, project: str = "", plan: str = "",
                      name: str = "") -> tuple[KeyRecord, str]:
@@ -83,7 +110,69 @@ class KeyStore:
         if secret_hash is None:
             return False
         await self.redis.hset(names.key_by_hash(secret_hash.decode()), {"revoked": "1"})
+        # Stored first: an ingress that misses the broadcast still sees it within cache_s.
+        await self.invalidate(KeyChange(secret_hashes=[secret_hash.decode()]))
         return True
+
+    async def invalidate(self, change: KeyChange) -> None:
+        """Make every ingress drop the cached keys `change` names (this process at once).
+
+        The one entry point for changes to a key or an org that caches must not outlive
+        (revocation; rotation and limit changes): call it after the change is stored.
+        """
+        self.drop(change)
+        await self.redis.publish(names.KEYS_CHANGED, _change_encoder.encode(change))
+
+    def drop(self, change: KeyChange | None = None) -> None:
+        """Forget cached keys: those `change` names, or all of them."""
+        self._generation += 1
+        if change is None:
+            self._cache.clear()
+            self._misses.clear()
+            return
+        for secret_hash in change.secret_hashes:
+            self._cache.pop(secret_hash, None)
+            self._misses.pop(secret_hash, None)
+        if change.orgs:
+            orgs = set(change.orgs)
+            for secret_hash in [h for h, (_, who) in self._cache.items() if who.org in orgs]:
+                del self._cache[secret_hash]
+
+    async def serve_invalidations(self, *,
+                                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                                  ) -> None:
+        """Listen on `sb:keys:changed` and drop what each change names, until cancelled.
+
+        `started()` at once (lookups work meanwhile; the cache lifetimes bound staleness);
+        `wait_listening` tells when the first subscription is in place. A lost
+        subscription is re-made, and every (re-)subscription drops the whole cache.
+        """
+        task_status.started()
+        while True:
+            try:
+                async with subscription(self.redis, names.KEYS_CHANGED) as pubsub:
+                    async for message in pubsub:
+                        if message["type"] == "subscribe":
+                            self.drop()
+                            self._listening.set()
+                        elif message["type"] == "message" and isinstance(message["data"], bytes):
+                            self._apply(message["data"])
+            except Exception as exc:
+                log_event("key_changes_error", error=type(exc).__name__)
+            await trio.sleep(RESUBSCRIBE_S)
+
+    async def wait_listening(self) -> None:
+        """Wait until changes published by other processes reach this one."""
+        await self._listening.wait()
+
+    def _apply(self, data: bytes) -> None:
+        try:
+            change = _change_decoder.decode(data)
+        except msgspec.DecodeError:
+            log_event("key_change_undecodable", size=len(data))
+            self.drop()  # something changed; forgetting everything is always safe
+            return
+        self.drop(change)
 
     async def _record_by_id(self, key_id: str) -> KeyRecord | None:
         secret_hash = await self.redis.get(names.key_by_id(key_id))
@@ -108,15 +197,28 @@ class KeyStore:
         cached = self._cache.get(secret_hash)
         if cached is not None and cached[0] > now:
             return cached[1]
+        if self._misses.get(secret_hash, 0.0) > now:
+            raise GatewayError(401, "unauthorized", "invalid or revoked access key")
+        generation = self._generation
         raw = await self.redis.hgetall(names.key_by_hash(secret_hash))
         if not raw or _text(raw, "revoked") == "1":
             self._cache.pop(secret_hash, None)
+            if generation == self._generation:
+                self._remember_miss(secret_hash, now)
             raise GatewayError(401, "unauthorized", "invalid or revoked access key")
         org = _text(raw, "org")
         plan = (await self.redis.hget(names.org(org), "plan") or b"").decode()
         identity = Identity(_text(raw, "key_id"), org, _text(raw, "project"), plan)
-        if self.cache_s > 0:
+        if self.cache_s > 0 and generation == self._generation:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[secret_hash] = (now + self.cache_s, identity)
         return identity
+
+    def _remember_miss(self, secret_hash: str, now: float) -> None:
+        if self.miss_cache_s <= 0 or self.miss_cache_max <= 0:
+            return
+        self._misses.pop(secret_hash, None)
+        while len(self._misses) >= self.miss_cache_max:
+            del self._misses[next(iter(self._misses))]  # the oldest entry
+        self._misses[secret_hash] = now + self.miss_cache_s

@@ -38,7 +38,7 @@ async def anthropic_messages() -> Response:
     def submission(body: bytes) -> Submission:
         message = decode_body(anthropic_decoder, body)
         return Submission("anthropic_messages", message.model, body, message.stream,
-                          headers=headers)
+                          headers=headers, max_output_tokens=message.max_tokens)
 
     return await relay(submission)
 
@@ -58,7 +58,10 @@ async def gemini_generate(target: str) -> Response:
                            param="alt")
 
     def submission(body: bytes) -> Submission:
-        decode_body(gemini_decoder, body)
-        return Submission("gemini_generate", model, body, stream)
+        generate = decode_body(gemini_decoder, body)
+        config = generate.generationConfig
+        return Submission("gemini_generate", model, body, stream,
+                          max_output_tokens=config.maxOutputTokens if config else None,
+                          choices=config.candidateCount or 1 if config else 1)
 
     return await relay(submission)

@@ -38,6 +38,10 @@ class Limits(Struct, forbid_unknown_fields=True):
     body_timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # the whole body must arrive in this time
     redis_timeout_s: Annotated[float, Meta(gt=0)] = 5.0
     key_cache_s: Annotated[float, Meta(ge=0)] = 5.0
+    # Unknown keys are remembered this long (each guess would cost a Redis lookup).
+    key_miss_cache_s: Annotated[float, Meta(ge=0)] = 5.0
+    # Reserved against a plan for the answer of a request that sets no max_tokens.
+    reserve_output_tokens: Annotated[int, Meta(ge=0)] = 4096
     # Worker liveness: running jobs are re-claimed by their worker every heartbeat;
     # a job untouched for `reclaim_after_s` belongs to a dead worker.
     heartbeat_s: Annotated[float, Meta(gt=0)] = 5.0

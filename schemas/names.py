@@ -11,6 +11,17 @@ PREFIX = "sb:"
 GROUP = "workers"  # the consumer group on every provider stream
 CANCEL_CHANNEL = PREFIX + "cancel"  # request ids whose client went away
 KEY_IDS = PREFIX + "keys"  # set of every key id
+KEYS_CHANGED = PREFIX + "keys:changed"  # pub/sub: key cache entries every ingress must drop
+
+# Reservations (see `schemas/reservations.py`). A reservation is the list of counters
+# admission incremented for one request, kept as the hash `reservation(request_id)`
+# {counter key: amount}. Whoever deletes that hash (the worker's finish, the ingress's
+# withdraw, the sweep of expired ones) decrements the counters: exactly once. The sorted
+# set `RESERVATIONS_DUE` holds every record key scored by the unix time after which it is
+# swept as abandoned. Counters are plain integers deleted when they fall back to zero:
+#   held_tokens(org, month)    plan tokens reserved by the org's requests in flight
+#   held_queue(provider, org)  the org's jobs in a provider's stream (its fair share)
+RESERVATIONS_DUE = PREFIX + "resv:due"
 
 
 def queue(provider: str) -> str:
@@ -46,6 +57,21 @@ def usage(org_id: str, month: str) -> str:
 def withdrawn(request_id: str) -> str:
     """Marks a request whose client left, for copies of its job elsewhere (failover)."""
     return f"{PREFIX}gone:{request_id}"
+
+
+def reservation(request_id: str) -> str:
+    """Hash {counter key: amount} of what admission reserved for one request."""
+    return f"{PREFIX}resv:{request_id}"
+
+
+def held_tokens(org_id: str, month: str) -> str:
+    """Counter of plan tokens reserved by an org's requests in flight (`YYYY-MM`)."""
+    return f"{PREFIX}held:tokens:{org_id}:{month}"
+
+
+def held_queue(provider: str, org_id: str) -> str:
+    """Counter of an org's jobs admitted to a provider's stream and not yet ended."""
+    return f"{PREFIX}held:q:{provider}:{org_id}"
 
 
 def month(now: float | None = None) -> str:

@@ -21,10 +21,18 @@ class AnthropicMessagesRequest(Struct):
     stream: bool = False
 
 
+class GeminiGenerationConfig(Struct):
+    """The output limits admission reserves against (the rest is relayed unread)."""
+
+    maxOutputTokens: Annotated[int, Meta(ge=1)] | None = None
+    candidateCount: Annotated[int, Meta(ge=1)] | None = None
+
+
 class GeminiGenerateRequest(Struct):
     """`models/{model}:generateContent` of the Gemini API (the model is in the path)."""
 
     contents: Annotated[list[dict[str, Any]], Meta(min_length=1)]
+    generationConfig: GeminiGenerationConfig | None = None
 
 
 anthropic_decoder = msgspec.json.Decoder(AnthropicMessagesRequest)

@@ -21,8 +21,16 @@ class ProviderBase(Struct, forbid_unknown_fields=True, tag_field="kind", kw_only
     api_key_file: str | None = None  # ...or this file; it is never stored in config
     max_concurrency: Annotated[int, Meta(ge=1)] = 256  # in-flight calls per worker process
     max_queue: Annotated[int, Meta(ge=1)] = 10000  # queued jobs before the ingress says 429
+    # One org's jobs in this provider's stream (queued or running) before it gets 429,
+    # so one tenant cannot take the whole queue. Unset: a quarter of max_queue.
+    max_queue_per_org: Annotated[int, Meta(ge=1)] | None = None
     timeout_s: Annotated[float, Meta(gt=0)] = 600.0  # one upstream attempt
     max_retries: Annotated[int, Meta(ge=0, le=10)] = 1  # retries of one route before failover
+
+    @property
+    def org_queue_cap(self) -> int:
+        """How many of this provider's jobs one org may have in flight."""
+        return self.max_queue_per_org or max(1, self.max_queue // 4)
 
     @property
     def kind(self) -> str:

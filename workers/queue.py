@@ -15,6 +15,7 @@ import msgspec
 
 from schemas import names
 from schemas.envelopes import Frame, Job, frame_encoder, job_decoder, job_encoder
+from schemas.reservations import RELEASE_LUA
 from workers.logs import log_event
 
 # Take over entries whose worker stopped heartbeating; return each with its count of
@@ -54,8 +55,12 @@ if tonumber(ARGV[9]) > 0 then
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+-- Settle the request's reservation (schemas/reservations.py) now that its usage is
+-- metered; a job moving to its next route keeps it until it ends there.
+if ARGV[3] ~= 'forward' then release(KEYS[4], KEYS[5]) end
 return 1
 """
+_FINISH = RELEASE_LUA + _FINISH  # defines release(), which the settle block calls
 USAGE_FIELDS = ("tokens", "prompt_tokens", "completion_tokens", "requests")
 
 
@@ -158,7 +163,8 @@ class Queue:
         metered = usage or {}
         await self._finish(
             keys=[names.queue(job.route.provider), names.usage(job.org, names.month()),
-                  target if forward is not None else names.queue(job.route.provider)],
+                  target if forward is not None else names.queue(job.route.provider),
+                  names.reservation(job.request_id), names.RESERVATIONS_DUE],
             args=[names.GROUP, delivery.entry_id, "forward" if forward is not None else
                   "publish" if frame is not None else "ack", target, payload,
                   *(metered.get(field, 0) for field in USAGE_FIELDS)])
