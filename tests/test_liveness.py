@@ -28,7 +28,7 @@ import trio
 from ingress.dev import start_private_redis
 from ingress.keys import KeyStore
 from schemas import names
-from schemas.config import Limits, Route
+from schemas.config import Route
 from schemas.envelopes import Done, Job, job_encoder
 from tests.conftest import TLS, Gateway, RedisServer, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
@@ -136,7 +136,6 @@ async def owners(gateway: Gateway) -> list[str]:
 
 async def test_sigkilled_workers_job_is_rerun_within_10_s_at_default_settings(
         nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    assert Limits().reclaim_after_s < 10  # the defaults themselves are under test
     gateway = await ingress(nursery, redis_url, fake_openai)
     fake_openai.then(Behavior(delay_s=120))  # the first run hangs upstream: its worker dies
     async with worker_processes(tmp_path, redis_url, fake_openai, 2) as workers:
@@ -196,8 +195,9 @@ async def test_reclaimed_job_is_not_taken_back_and_late_finish_is_void(redis_url
         [mine] = await queue.read("up", "worker-a", 1, 10)
         # worker-a is presumed dead (it froze); worker-b reclaims the entry legitimately
         await redis.xclaim("sb:q:up", "workers", "worker-b", 0, [mine.entry_id], justid=True)
-        await queue.heartbeat("up", "worker-a", [mine.entry_id])  # a's heartbeat, after it resumed
-        assert await owners_of(redis) == ["worker-b"]  # not taken back
+        lost = await queue.heartbeat("up", "worker-a", [mine.entry_id])  # a resumed: its beat
+        assert await owners_of(redis) == ["worker-b"]  # not taken back...
+        assert lost == [mine.entry_id]  # ...but reported, so that a stops its run
         done = Done(request_id="req_1", attempt=0, seq=0, provider="up", body=b'{"a":1}')
         usage = {"tokens": 5, "prompt_tokens": 2, "completion_tokens": 3, "requests": 1}
         async with subscription(redis, "sb:reply:test") as pubsub:
@@ -492,6 +492,8 @@ async def test_frozen_workers_job_is_rerun_and_not_answered_twice_when_it_resume
                 await trio.sleep(0.05)
         await trio.sleep(0.5)
         assert frozen.process.poll() is None  # alive and well
+        events = {e["event"] for e in frozen.lines()}
+        assert {"job_lost", "job_not_owned"} & events  # it stood down
     assert answers[0].choices[0].message.content == "hi there"
     assert rerun_after < 10, f"re-run {rerun_after:.1f} s after the worker froze"
     assert len(fake_openai.requests) == 2

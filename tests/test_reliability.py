@@ -84,7 +84,9 @@ async def test_dead_worker_job_is_reclaimed_and_answered_once(
         started = time.monotonic()
         await gateway.start_worker()
     assert result[0].choices[0].message.content == "hi there"
-    assert time.monotonic() - started < 5  # reclaimed promptly (reclaim_after_s = 1)
+    # reclaimed promptly (the liveness key expires after 1 s here; test_liveness shows
+    # the same at the default settings, with real worker processes)
+    assert time.monotonic() - started < 5
     assert len(fake_openai.requests) == 2
     assert await gateway.redis.xlen("sb:q:up") == 0  # acknowledged and removed
 

@@ -100,6 +100,7 @@ class CancelListener:
     """
 
     WATCH_S = 1.0
+    MIN_BACKOFF_S = 0.25
     MAX_BACKOFF_S = 5.0
 
     def __init__(self, redis: coredis.Redis[bytes], runner: Runner, consumer_id: str) -> None:
@@ -107,29 +108,34 @@ class CancelListener:
         self.runner = runner
         self.own_channel = names.worker(consumer_id)
         self._subscription = trio.CancelScope()
+        self._subscribed = trio.Event()
+        self._backoff = self.MIN_BACKOFF_S
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen until cancelled; `started()` at once (cancellation is best effort while
-        Redis is away: the ingress also withdraws queued jobs)."""
+        """Listen until cancelled; `started()` once first subscribed."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch)
+            nursery.start_soon(self._supervise)
+            await self._subscribed.wait()
             task_status.started()
-            backoff = 0.25
-            while True:
-                with trio.CancelScope() as self._subscription:
-                    try:
-                        await self._listen()
-                    except Exception as exc:
-                        log_event("cancel_listener_error", error=type(exc).__name__)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, self.MAX_BACKOFF_S)
-                if self._subscription.cancelled_caught:
-                    backoff = 0.25  # replaced by the watchdog: start again soon
+
+    async def _supervise(self) -> None:
+        while True:
+            with trio.CancelScope() as self._subscription:
+                try:
+                    await self._listen()
+                except Exception as exc:
+                    log_event("cancel_listener_error", error=type(exc).__name__)
+            await trio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, self.MAX_BACKOFF_S)
 
     async def _listen(self) -> None:
         async with subscription(self.redis, names.CANCEL_CHANNEL, self.own_channel) as pubsub:
             async for message in pubsub:
-                if message["type"] == "message" and isinstance(message["data"], bytes):
+                if message["type"] == "subscribe":
+                    self._backoff = self.MIN_BACKOFF_S  # healthy again
+                    self._subscribed.set()
+                elif message["type"] == "message" and isinstance(message["data"], bytes):
                     if message["channel"] == names.CANCEL_CHANNEL.encode():
                         self.runner.cancel(message["data"].decode())
 
