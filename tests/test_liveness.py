@@ -298,6 +298,44 @@ async def test_outcome_published_while_ingress_resubscribes_is_read_back(
     assert answers[0].choices[0].message.content == "hi there"
 
 
+async def test_stream_cut_while_ingress_resubscribes_ends_with_an_error_not_a_hang(
+        nursery: trio.Nursery, redis_url: str, redis_server: RedisServer,
+        fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingress.replies import ReplyHub
+
+    async def no_watchdog(self: ReplyHub) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(ReplyHub, "_watch", no_watchdog)  # as above: the read-back alone
+    config = make_config(redis_url, {"up": {"kind": "openai", "base_url": fake_openai.base_url,
+                                            "max_retries": 0}},
+                         [{"slug": "m", "routes": [{"provider": "up", "model": "u"}]}])
+    gateway = await start_gateway(nursery, config)
+    fake_openai.then(Behavior(chunks=[f"c{i} " for i in range(100)], chunk_delay_s=0.1))
+    events: list[str] = []
+    async with httpx.AsyncClient(verify=TLS, base_url=gateway.base_url, timeout=30) as http, \
+            http.stream("POST", "/v1/chat/completions",
+                        json={"model": "m", "stream": True, "messages": HI},
+                        headers={"authorization": f"Bearer {gateway.secret}"}) as reply:
+        lines = reply.aiter_lines()
+        async for line in lines:
+            if line:
+                events.append(line)
+                break
+        with subscribe_denied(redis_server.port):
+            redis_command(redis_server.port, "CLIENT", "KILL", "TYPE", "pubsub")
+            with trio.fail_after(5):  # the next chunk reaches nobody: the job ends
+                while await gateway.redis.xlen("sb:q:up"):
+                    await trio.sleep(0.02)
+        with trio.fail_after(20):
+            async for line in lines:
+                if line:
+                    events.append(line)
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "reply_channel_lost"  # explicit, never a silent hang
+    assert "data: [DONE]" not in events
+
+
 # -- item 13: the cancel listener survives Redis restarts --
 
 async def stream_then_leave(gateway: Gateway, secret: str) -> float:
