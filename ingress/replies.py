@@ -10,6 +10,7 @@ import coredis
 import msgspec
 import trio
 
+from ingress.outcomes import KeptOutcomes
 from schemas import names
 from schemas.envelopes import Chunk, Done, Error, Frame, Head, frame_decoder
 from schemas.errors import GatewayError
@@ -18,6 +19,7 @@ from workers.logs import log_event
 
 BUFFER = 1024  # frames a slow client may fall behind before its stream is failed
 WATCH_S = 1.0
+READ_BACK_S = 2.0  # bound on reading back kept outcomes after a (re-)subscription
 
 
 class RepliesLost(Exception):
@@ -36,6 +38,7 @@ class ReplyHub:
         self._subscription = trio.CancelScope()
         self._waiters: dict[str, trio.MemorySendChannel[Frame]] = {}
         self._overflowed: set[str] = set()  # requests whose client fell BUFFER frames behind
+        self._kept = KeptOutcomes(redis)
 
     def statistics(self) -> dict[str, int | bool]:
         return {"waiting": len(self._waiters), "ready": self.ready}
@@ -57,17 +60,32 @@ class ReplyHub:
                 await trio.sleep(WATCH_S / 2)
 
     async def _subscribe(self) -> None:
-        subscriptions = 0
         async with subscription(self.redis, self.channel) as pubsub:
             async for message in pubsub:
                 if message["type"] == "subscribe":
-                    subscriptions += 1
-                    if subscriptions > 1:  # re-subscribed after a drop: frames may be lost
-                        self._fail_all("reply channel was re-subscribed")
+                    # (Re-)subscribed: outcomes published meanwhile reached nobody and were
+                    # kept by the worker; read them back instead of failing their requests.
+                    await self._read_back()
                     self.ready = True
                     self._subscribed.set()
                 elif message["type"] == "message" and isinstance(message["data"], bytes):
                     self._dispatch(message["data"])
+
+    async def _read_back(self) -> None:
+        """Deliver the kept outcomes of the requests waiting here (bounded: a Redis that
+        does not answer leaves them to the watchdog)."""
+        if not self._waiters:
+            return
+        with trio.move_on_after(READ_BACK_S):
+            try:
+                frames = await self._kept.take(list(self._waiters))
+            except Exception as exc:
+                log_event("read_back_failed", error=type(exc).__name__)
+                return
+            for data in frames:
+                self._dispatch(data)
+            if frames:
+                log_event("replies_read_back", ingress=self.ingress_id, frames=len(frames))
 
     async def wait_ready(self) -> None:
         """Wait until the reply channel is subscribed for the first time."""

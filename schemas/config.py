@@ -42,14 +42,20 @@ class Limits(Struct, forbid_unknown_fields=True):
     key_miss_cache_s: Annotated[float, Meta(ge=0)] = 5.0
     # Reserved against a plan for the answer of a request that sets no max_tokens.
     reserve_output_tokens: Annotated[int, Meta(ge=0)] = 4096
-    # Worker liveness: running jobs are re-claimed by their worker every heartbeat;
-    # a job untouched for `reclaim_after_s` belongs to a dead worker.
-    heartbeat_s: Annotated[float, Meta(gt=0)] = 5.0
-    reclaim_after_s: Annotated[float, Meta(gt=0)] = 20.0
+    # Worker liveness: every heartbeat a worker refreshes its liveness key (which expires
+    # after `reclaim_after_s`) and the idle time of its running jobs; the jobs of a worker
+    # whose key expired are re-run by the others. Must exceed heartbeat_s.
+    heartbeat_s: Annotated[float, Meta(gt=0)] = 1.0
+    reclaim_after_s: Annotated[float, Meta(gt=0)] = 3.0
     max_deliveries: Annotated[int, Meta(ge=1)] = 3
     request_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     # SIGTERM: intake stops; running jobs and open requests get this long to finish
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0
+
+    def __post_init__(self) -> None:
+        if self.reclaim_after_s <= self.heartbeat_s:  # live workers would look dead
+            raise msgspec.ValidationError(
+                "reclaim_after_s must be greater than heartbeat_s - at `$.limits`")
 
 
 class Config(Struct, forbid_unknown_fields=True):

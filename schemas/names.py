@@ -74,6 +74,22 @@ def held_queue(provider: str, org_id: str) -> str:
     return f"{PREFIX}held:q:{provider}:{org_id}"
 
 
+def alive(consumer: str) -> str:
+    """Exists while a worker process (one consumer name) heartbeats; expires when it dies."""
+    return f"{PREFIX}alive:{consumer}"
+
+
+def worker(consumer: str) -> str:
+    """A worker process's own channel: its cancel listener subscribes to it beside the
+    cancel channel, so `PUBSUB NUMSUB` tells whether that subscription is still alive."""
+    return f"{PREFIX}worker:{consumer}"
+
+
+def outcome(request_id: str) -> str:
+    """A job's outcome frame whose PUBLISH reached nobody, kept briefly for read-back."""
+    return f"{PREFIX}outcome:{request_id}"
+
+
 def month(now: float | None = None) -> str:
     """The calendar month (UTC) usage is metered into, as `YYYY-MM`."""
     return time.strftime("%Y-%m", time.gmtime(now))

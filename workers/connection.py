@@ -26,8 +26,9 @@ def connect(url: str, *, max_connections: int = 256, timeout: float = 5.0) -> co
 
 
 @asynccontextmanager
-async def subscription(redis: coredis.Redis[bytes], channel: str) -> AsyncIterator[PubSub[bytes]]:
-    """A pub/sub subscription to one channel (re-subscribed by coredis after drops).
+async def subscription(redis: coredis.Redis[bytes], channel: str,
+                       *more: str) -> AsyncIterator[PubSub[bytes]]:
+    """A pub/sub subscription to one channel or more (re-subscribed by coredis after drops).
 
     coredis tries to UNSUBSCRIBE on a connection it already closed when the
     subscriber is cancelled; that error means only "we are shutting down".
@@ -37,7 +38,7 @@ async def subscription(redis: coredis.Redis[bytes], channel: str) -> AsyncIterat
         ConstantRetryPolicy((coredis.exceptions.ConnectionError,), retries=None, delay=0.5),
         ConstantRetryPolicy((TimeoutError,), retries=2, delay=0.1))
     try:
-        async with redis.pubsub(channels=[channel], retry_policy=retry) as pubsub:
+        async with redis.pubsub(channels=[channel, *more], retry_policy=retry) as pubsub:
             yield pubsub
     except* anyio.ClosedResourceError:
         pass

@@ -1,9 +1,11 @@
 """One provider's consumer: read only as many jobs as there are free slots, run them.
 
 Waiting happens in Redis, not in worker memory (invariant 4): a job is read only when
-a slot is free for it. A heartbeat re-claims the running jobs' entries so their idle
-time never grows while they are healthy; entries idle past `reclaim_after_s` belong to
-a dead worker and are taken over (invariant 3).
+a slot is free for it. Every `heartbeat_s` the worker refreshes its liveness key
+(`sb:alive:{consumer}`, expiring after `reclaim_after_s`) and the idle time of the
+entries it still owns; the entries of a worker whose key expired are taken over and
+re-run (invariant 3). Entries another worker took over from us (we were presumed dead:
+frozen, or cut off from Redis) are stopped here, never taken back.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class Consumer:
         self.queue = queue
         self.runner = runner
         self.slots = trio.Semaphore(config.providers[provider].max_concurrency)
-        self.running: set[bytes] = set()
+        self.running: dict[bytes, str] = {}  # entry id -> request id of the jobs run here
+        self._read_lost = False  # a read failed: its reply (and jobs) may be lost in flight
         self._intake_scope = trio.CancelScope()
         self._jobs = trio.CancelScope()
 
@@ -44,6 +47,7 @@ class Consumer:
         deadline or by cancellation) stay pending and another worker reclaims them.
         """
         await self.queue.ensure_group(self.provider)
+        await self._beat()  # alive before the first read: our entries are never taken as dead
         async with trio.open_nursery() as outer:
             outer.start_soon(self._heartbeat)  # keeps running while jobs drain
             async with trio.open_nursery() as jobs:
@@ -60,7 +64,9 @@ class Consumer:
 
     async def _intake(self, jobs: trio.Nursery) -> None:
         reclaim_every = max(self.limits.heartbeat_s, 0.05)
-        next_reclaim = 0.0
+        # Dead consumers are removed now and then: a name per worker start would pile up.
+        prune_every = max(self.limits.reclaim_after_s, 5 * self.limits.heartbeat_s)
+        next_reclaim = next_prune = 0.0
         while True:
             await self.slots.acquire()
             taken = 1
@@ -68,33 +74,47 @@ class Consumer:
                 self.slots.acquire_nowait()
                 taken += 1
             deliveries: list[Delivery] = []
-            due = trio.current_time() >= next_reclaim
+            due = trio.current_time() >= next_reclaim or self._read_lost
+            prune = due and trio.current_time() >= next_prune
             if due:
                 next_reclaim = trio.current_time() + reclaim_every
+            if prune:
+                next_prune = trio.current_time() + prune_every
             try:
                 # Bounded even if Redis stops answering on a half-dead connection. What was
                 # taken before a failure is still run; a reply lost in flight leaves its
-                # entries pending, and they are reclaimed (by us too, after a while).
+                # entries pending under our name, and the next round takes them back.
                 with trio.fail_after(READ_BLOCK_MS / 1000 + self.limits.redis_timeout_s):
-                    await self._take(deliveries, taken, reclaim=due)
-            except Exception as exc:  # Redis trouble: back off, then make sure the group exists
+                    await self._take(deliveries, taken, reclaim=due, prune=prune)
+            except Exception as exc:  # Redis trouble (or we were frozen): back off a little
                 log_event("intake_error", provider=self.provider, error=type(exc).__name__)
+                self._read_lost = True
                 await trio.sleep(0.5)
                 with contextlib.suppress(Exception):  # a restarted Redis may have lost it
                     await self.queue.ensure_group(self.provider)
             for _ in range(taken - len(deliveries)):
                 self.slots.release()
             for delivery in deliveries:
-                self.running.add(delivery.entry_id)
+                self.running[delivery.entry_id] = delivery.job.request_id
                 jobs.start_soon(self._run, delivery)
 
-    async def _take(self, deliveries: list[Delivery], count: int, *, reclaim: bool) -> None:
-        """Add up to `count` jobs: first those of dead workers (when due), then new ones."""
+    async def _take(self, deliveries: list[Delivery], count: int, *, reclaim: bool,
+                    prune: bool) -> None:
+        """Add up to `count` jobs: first those of dead workers and our own that were read
+        but never run (when due), then new ones."""
         if reclaim:
+            beat_ms = int(self.limits.heartbeat_s * 1000)
+            # Our running entries are heartbeated; one idle for three heartbeats was read
+            # but never run. After a failed read, take back every one at once.
+            own_idle_ms = 0 if self._read_lost else 3 * beat_ms
             reclaimed = await self.queue.reclaim(
-                self.provider, self.consumer_id, int(self.limits.reclaim_after_s * 1000), count)
-            # One of ours whose heartbeats failed for long is still running here: not twice.
+                self.provider, self.consumer_id, floor_ms=beat_ms, own_idle_ms=own_idle_ms,
+                count=count)
+            self._read_lost = False
+            # Our own entries come back too: never run one twice here.
             deliveries.extend(d for d in reclaimed if d.entry_id not in self.running)
+            if prune:
+                await self.queue.prune(self.provider, int(self.limits.reclaim_after_s * 1000))
         if len(deliveries) < count:
             block = 1 if deliveries else READ_BLOCK_MS
             deliveries.extend(await self.queue.read(
@@ -104,7 +124,7 @@ class Consumer:
         try:
             await self.runner.run(delivery)
         finally:
-            self.running.discard(delivery.entry_id)
+            self.running.pop(delivery.entry_id, None)
             self.slots.release()
 
     async def _heartbeat(self) -> None:
@@ -112,6 +132,17 @@ class Consumer:
             await trio.sleep(self.limits.heartbeat_s)
             try:
                 with trio.fail_after(self.limits.reclaim_after_s):
-                    await self.queue.heartbeat(self.provider, self.consumer_id, list(self.running))
+                    await self._beat()
             except Exception as exc:
                 log_event("heartbeat_error", provider=self.provider, error=type(exc).__name__)
+
+    async def _beat(self) -> None:
+        """Refresh our liveness and our running entries; stop the jobs we lost."""
+        lost = await self.queue.heartbeat(
+            self.provider, self.consumer_id, list(self.running),
+            alive_ms=int(self.limits.reclaim_after_s * 1000))
+        for entry_id in lost:
+            request_id = self.running.get(entry_id)
+            if request_id is not None:  # another worker re-runs it: its answer counts
+                log_event("job_lost", provider=self.provider, request_id=request_id)
+                self.runner.cancel(request_id)

@@ -18,32 +18,97 @@ from schemas.envelopes import Frame, Job, frame_encoder, job_decoder, job_encode
 from schemas.reservations import RELEASE_LUA
 from workers.logs import log_event
 
-# Take over entries whose worker stopped heartbeating; return each with its count of
-# earlier deliveries so the new run can number its attempt. Deleted entries (their
-# client left) are acknowledged away.
+# Take over entries whose owner is dead: its liveness key (`names.alive`, refreshed by
+# every heartbeat, expiring after `reclaim_after_s`) is gone. Idle time (ARGV[3]) is only a
+# safety floor. Our own entries idle past ARGV[5] were read but never run (a reply lost
+# in flight, a freeze): they are returned without a claim, and the caller skips the ones
+# it runs. Each comes with its count of earlier deliveries so the new run can number its
+# attempt. Deleted entries (their client left) are acknowledged away.
 _RECLAIM = """
-local pend = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', 1000)
-local out = {}
+local floor, room, own_idle = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local pend = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', math.min(floor, own_idle),
+                        '-', '+', 1000)
+local out, dead = {}, {}
 for _, p in ipairs(pend) do
-  -- Our own entries are left alone (we are alive, so they run and are heartbeated) unless
-  -- idle far longer than any heartbeat delay: then they were taken but never run.
-  local ours = p[2] == ARGV[2] and p[3] < tonumber(ARGV[5])
-  if not ours and #out < tonumber(ARGV[4]) then
-    local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
-    if #claimed > 0 and claimed[1][2] then
-      table.insert(out, {claimed[1][1], claimed[1][2][2], p[4]})
-    else
-      redis.call('XACK', KEYS[1], ARGV[1], p[1])
+  if #out >= room then break end
+  local id, owner, idle = p[1], p[2], p[3]
+  if owner == ARGV[2] then
+    if idle >= own_idle then
+      local entry = redis.call('XRANGE', KEYS[1], id, id)
+      if #entry > 0 then
+        table.insert(out, {id, entry[1][2][2], p[4]})
+      else
+        redis.call('XACK', KEYS[1], ARGV[1], id)
+      end
+    end
+  elseif idle >= floor then
+    if dead[owner] == nil then
+      dead[owner] = redis.call('EXISTS', ARGV[6] .. owner) == 0
+    end
+    if dead[owner] then
+      local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], floor, id)
+      if #claimed > 0 and claimed[1][2] then
+        table.insert(out, {claimed[1][1], claimed[1][2][2], p[4]})
+      else
+        redis.call('XACK', KEYS[1], ARGV[1], id)
+      end
     end
   end
 end
 return out
 """
 
+# Keep this consumer alive and its running entries fresh: refresh the liveness key, then
+# reset the idle time of each entry we still own. Entries another worker took over (we
+# were presumed dead) are returned, never taken back: the caller stops those jobs.
+_HEARTBEAT = """
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+end
+local lost = {}
+for i = 4, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p > 0 and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+# Remove consumers that are dead (no liveness key), own no entry and were idle at least
+# ARGV[2] ms, so the group does not collect a name per worker start.
+_PRUNE = """
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2])
+      and redis.call('EXISTS', ARGV[3] .. f['name']) == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
 # Publish the outcome (or move the job to its next route), meter, acknowledge: one step.
+# Returns 1, or 0 when this consumer no longer owned the entry (then nothing happened).
 _FINISH = """
+-- Ownership guard: finish only an entry this consumer (ARGV[10]) still owns. When another
+-- worker reclaimed it (we were presumed dead, or frozen), that worker answers, meters and
+-- acknowledges it; our late outcome must not be published, forwarded or metered again.
+local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #owner == 0 or owner[1][2] ~= ARGV[10] then
+  return 0
+end
 if ARGV[3] == 'publish' then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  -- Outcome retention: when the PUBLISH reached nobody (the ingress was re-subscribing),
+  -- keep the frame for ARGV[11] ms; the ingress reads it back once subscribed again.
+  if redis.call('PUBLISH', ARGV[4], ARGV[5]) == 0 then
+    redis.call('SET', KEYS[6], ARGV[5], 'PX', ARGV[11])
+  end
 elseif ARGV[3] == 'forward' then
   redis.call('XADD', KEYS[3], '*', 'j', ARGV[5])
 end
@@ -61,6 +126,9 @@ if ARGV[3] ~= 'forward' then release(KEYS[4], KEYS[5]) end
 return 1
 """
 _FINISH = RELEASE_LUA + _FINISH  # defines release(), which the settle block calls
+# How long an outcome nobody heard is kept for the ingress to read back: longer than a
+# re-subscription takes, short enough that unclaimed bodies do not pile up in memory.
+OUTCOME_KEEP_MS = 10_000
 USAGE_FIELDS = ("tokens", "prompt_tokens", "completion_tokens", "requests")
 
 
@@ -72,6 +140,7 @@ class Delivery:
     entry_id: bytes
     job: Job
     earlier_deliveries: int
+    consumer: str = ""  # who read it: only that consumer may finish it
 
 
 class Queue:
@@ -81,6 +150,8 @@ class Queue:
         self.redis = redis
         self._reclaim = redis.register_script(_RECLAIM)
         self._finish = redis.register_script(_FINISH)
+        self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._prune = redis.register_script(_PRUNE)
 
     async def ensure_group(self, provider: str) -> None:
         """Create the provider's stream and consumer group if they do not exist."""
@@ -109,15 +180,16 @@ class Queue:
                 if job is None:  # written by something else: never retried
                     await self.ack(provider, [entry_id])
                     continue
-                out.append(Delivery(entry_id, job, 0))
+                out.append(Delivery(entry_id, job, 0, consumer))
         return out
 
-    async def reclaim(self, provider: str, consumer: str, idle_ms: int, count: int) -> list[Delivery]:
-        """Take over up to `count` jobs whose worker has not heartbeated for `idle_ms`
-        (our own entries only after three times that: they were read but never run)."""
+    async def reclaim(self, provider: str, consumer: str, *, floor_ms: int, own_idle_ms: int,
+                      count: int) -> list[Delivery]:
+        """Take over up to `count` jobs of dead workers (no liveness key; idle at least
+        `floor_ms`), and return our own entries idle `own_idle_ms` (read, maybe never run)."""
         rows: Any = await self._reclaim(
-            keys=[names.queue(provider)], args=[names.GROUP, consumer, idle_ms, count, 3 * idle_ms]
-        )
+            keys=[names.queue(provider)],
+            args=[names.GROUP, consumer, floor_ms, count, own_idle_ms, names.alive("")])
         out: list[Delivery] = []
         for row in rows:
             entry_id, payload, deliveries = bytes(row[0]), bytes(row[1]), int(row[2])
@@ -125,15 +197,27 @@ class Queue:
             if job is None:
                 await self.ack(provider, [entry_id])
                 continue
-            out.append(Delivery(entry_id, job, deliveries))
+            out.append(Delivery(entry_id, job, deliveries, consumer))
         return out
 
-    async def heartbeat(self, provider: str, consumer: str, entry_ids: Sequence[bytes]) -> None:
-        """Reset the idle time of the jobs this worker runs, so nobody reclaims them."""
-        if entry_ids:
-            await self.redis.xclaim(
-                names.queue(provider), names.GROUP, consumer, 0, list(entry_ids), justid=True
-            )
+    async def heartbeat(self, provider: str, consumer: str, entry_ids: Sequence[bytes],
+                        alive_ms: int = 0) -> list[bytes]:
+        """Keep `consumer` alive for `alive_ms` (when given) and reset the idle time of the
+        entries it still owns; returns those another worker took over."""
+        lost: Any = await self._heartbeat(
+            keys=[names.queue(provider), names.alive(consumer)],
+            args=[names.GROUP, consumer, alive_ms, *entry_ids])
+        return [bytes(entry_id) for entry_id in lost]
+
+    async def retire(self, consumer: str) -> None:
+        """A worker stops: its liveness key goes, so what it leaves is reclaimed at once."""
+        await self.redis.delete([names.alive(consumer)])
+
+    async def prune(self, provider: str, idle_ms: int) -> int:
+        """Remove dead consumers that own nothing from the provider's group."""
+        removed: Any = await self._prune(keys=[names.queue(provider)],
+                                         args=[names.GROUP, idle_ms, names.alive("")])
+        return int(removed)
 
     async def ack(self, provider: str, entry_ids: Sequence[bytes]) -> None:
         """Remove finished entries from the stream and the pending list."""
@@ -146,8 +230,9 @@ class Queue:
         return await self.redis.publish(channel, frame_encoder.encode(frame))
 
     async def finish(self, delivery: Delivery, frame: Frame | None, *,
-                     usage: dict[str, int] | None = None, forward: Job | None = None) -> None:
+                     usage: dict[str, int] | None = None, forward: Job | None = None) -> bool:
         """Publish the outcome, meter usage, and acknowledge: all or nothing (invariant 3).
+        False when this consumer no longer owns the entry: then nothing was done.
 
         With `forward`, the job moves to another provider's stream instead of publishing;
         with neither (the client left) it is only acknowledged. One script call: atomic,
@@ -161,13 +246,16 @@ class Queue:
         else:
             target, payload = "", b""
         metered = usage or {}
-        await self._finish(
+        done: Any = await self._finish(
             keys=[names.queue(job.route.provider), names.usage(job.org, names.month()),
                   target if forward is not None else names.queue(job.route.provider),
-                  names.reservation(job.request_id), names.RESERVATIONS_DUE],
+                  names.reservation(job.request_id), names.RESERVATIONS_DUE,
+                  names.outcome(job.request_id)],
             args=[names.GROUP, delivery.entry_id, "forward" if forward is not None else
                   "publish" if frame is not None else "ack", target, payload,
-                  *(metered.get(field, 0) for field in USAGE_FIELDS)])
+                  *(metered.get(field, 0) for field in USAGE_FIELDS),
+                  delivery.consumer, OUTCOME_KEEP_MS])
+        return bool(done)
 
 
 def _bytes(value: str | bytes) -> bytes:

@@ -25,6 +25,10 @@ from workers.queue import Delivery, Queue
 BACKOFF_S = 0.25
 
 
+class Withdrawn(Exception):
+    """The client of a reclaimed or forwarded copy left before it started."""
+
+
 @dataclass
 class Runner:
     """Runs jobs for the providers of one worker process."""
@@ -64,8 +68,11 @@ class Runner:
                     outcome = self._error(delivery, attempt, failure)
             except GatewayError as failure:
                 outcome = self._error(delivery, attempt, failure)
-            except ClientGone:
+            except Withdrawn:
                 outcome = None
+            except ClientGone:  # a frame reached no ingress: the channel is re-subscribing
+                outcome = self._error(delivery, attempt, GatewayError(
+                    503, "reply_channel_lost", "the answer was interrupted on its way back"))
             except Exception as exc:  # a bug must fail one job, never the worker process
                 log_event("job_crashed", request_id=job.request_id, provider=job.route.provider,
                           error=type(exc).__name__)
@@ -96,9 +103,8 @@ class Runner:
         if delivery.earlier_deliveries >= self.config.limits.max_deliveries:
             raise GatewayError(502, "worker_lost",
                                "the job was interrupted too many times by failing workers")
-        if (job.route_index or delivery.earlier_deliveries) and \
-                await self.queue.was_withdrawn(job.request_id):
-            raise ClientGone  # a failover or reclaimed copy of a job whose client left
+        if (job.route_index or delivery.earlier_deliveries) and await self._withdrawn(job):
+            raise Withdrawn  # a failover or reclaimed copy of a job whose client left
         call = Call(job, route.model)
         tries = provider.max_retries + 1
         for try_index in range(tries):
@@ -155,6 +161,15 @@ class Runner:
             raise
         return usage
 
+    async def _withdrawn(self, job: Job) -> bool:
+        """Whether the client left; bounded, so a hung Redis cannot hold the slot."""
+        try:
+            with trio.fail_after(self.config.limits.redis_timeout_s):
+                return await self.queue.was_withdrawn(job.request_id)
+        except trio.TooSlowError:
+            raise GatewayError(503, "service_unavailable",
+                               "the gateway cannot reach Redis") from None
+
     def _error(self, delivery: Delivery, attempt: int, failure: GatewayError) -> Error:
         job = delivery.job
         # Numbered after whatever this attempt already published (the ingress checks order).
@@ -170,7 +185,9 @@ class Runner:
                        "completion_tokens": usage.completion_tokens, "requests": 1}
         with trio.CancelScope(shield=True), trio.move_on_after(self.config.limits.redis_timeout_s) as scope:
             try:
-                await self.queue.finish(delivery, outcome, usage=metered, forward=forward)
+                if not await self.queue.finish(delivery, outcome, usage=metered, forward=forward):
+                    # Another worker took the job over (we were presumed dead): its run counts.
+                    log_event("job_not_owned", request_id=delivery.job.request_id)
             except Exception as exc:  # Redis trouble: the job stays pending and is reclaimed
                 log_event("job_finish_failed", request_id=delivery.job.request_id,
                           error=type(exc).__name__)

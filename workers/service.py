@@ -53,7 +53,7 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
             adapters[name] = build_adapter(name, provider, http)
         runner = Runner(config, queue, adapters)
         async with trio.open_nursery() as nursery:
-            await nursery.start(_listen_for_cancels, redis, runner)
+            await nursery.start(CancelListener(redis, runner, consumer_id).serve)
             consumers = [Consumer(name, consumer_id, config, queue, runner) for name in chosen]
             async with trio.open_nursery() as consuming:
                 for consumer in consumers:
@@ -66,6 +66,7 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
                               running=sum(len(c.running) for c in consumers))
                     for consumer in consumers:
                         consumer.drain(config.limits.shutdown_grace_s)
+            await _retire(queue, consumer_id, config.limits.redis_timeout_s)
             nursery.cancel_scope.cancel()  # the cancel listener
 
 
@@ -78,11 +79,79 @@ async def run_until_signalled(config: Config, providers: Sequence[str] = ()) -> 
         nursery.cancel_scope.cancel()
 
 
-async def _listen_for_cancels(redis: coredis.Redis[bytes], runner: Runner, *,
-                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Cancel running jobs whose client went away (invariant 5)."""
-    async with subscription(redis, names.CANCEL_CHANNEL) as pubsub:
-        task_status.started()
-        async for message in pubsub:
-            if message["type"] == "message" and isinstance(message["data"], bytes):
-                runner.cancel(message["data"].decode())
+async def _retire(queue: Queue, consumer_id: str, timeout_s: float) -> None:
+    """Drained: drop our liveness key, so what we leave pending (jobs cut off by the
+    grace deadline) is re-run at once instead of after `reclaim_after_s`. A killed
+    worker's key simply expires."""
+    with trio.move_on_after(timeout_s):
+        try:
+            await queue.retire(consumer_id)
+        except Exception as exc:  # Redis gone: the key expires by itself
+            log_event("retire_failed", consumer=consumer_id, error=type(exc).__name__)
+
+
+class CancelListener:
+    """Cancels running jobs whose client went away (invariant 5), whatever Redis does.
+
+    Subscribes to the cancel channel and to this worker's own channel; a watchdog asks
+    Redis every `WATCH_S` whether the own channel still has its subscriber, and replaces
+    a subscription that is gone or stuck. Errors are logged and retried with back-off;
+    they never end the worker.
+    """
+
+    WATCH_S = 1.0
+    MIN_BACKOFF_S = 0.25
+    MAX_BACKOFF_S = 5.0
+
+    def __init__(self, redis: coredis.Redis[bytes], runner: Runner, consumer_id: str) -> None:
+        self.redis = redis
+        self.runner = runner
+        self.own_channel = names.worker(consumer_id)
+        self._subscription = trio.CancelScope()
+        self._subscribed = trio.Event()
+        self._backoff = self.MIN_BACKOFF_S
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled; `started()` once first subscribed."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch)
+            nursery.start_soon(self._supervise)
+            await self._subscribed.wait()
+            task_status.started()
+
+    async def _supervise(self) -> None:
+        while True:
+            with trio.CancelScope() as self._subscription:
+                try:
+                    await self._listen()
+                except Exception as exc:
+                    log_event("cancel_listener_error", error=type(exc).__name__)
+            await trio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, self.MAX_BACKOFF_S)
+
+    async def _listen(self) -> None:
+        async with subscription(self.redis, names.CANCEL_CHANNEL, self.own_channel) as pubsub:
+            async for message in pubsub:
+                if message["type"] == "subscribe":
+                    self._backoff = self.MIN_BACKOFF_S  # healthy again
+                    self._subscribed.set()
+                elif message["type"] == "message" and isinstance(message["data"], bytes):
+                    if message["channel"] == names.CANCEL_CHANNEL.encode():
+                        self.runner.cancel(message["data"].decode())
+
+    async def _watch(self) -> None:
+        misses = 0
+        while True:
+            await trio.sleep(self.WATCH_S)
+            try:
+                with trio.fail_after(self.WATCH_S * 2):
+                    counts = await self.redis.pubsub_numsub(self.own_channel)
+                listening = counts.get(self.own_channel.encode(), 0) > 0
+            except Exception:
+                listening = False
+            misses = 0 if listening else misses + 1
+            if misses == 2:  # gone or stuck for two checks in a row: subscribe afresh
+                log_event("cancel_listener_lost")
+                self._subscription.cancel()
+            if misses >= 2 and misses % 5 == 0:
+                self._subscription.cancel()  # still not back: try once more
