@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from ingress.balance import ProviderState, Wheel, order_routes
+from ingress.server import run_ingress
 from schemas import names
 from schemas.config import Route
 from tests.conftest import TLS, FakeUpstreams, Gateway, make_config, start_gateway
@@ -165,7 +166,8 @@ async def test_traffic_splits_by_weight(nursery: trio.Nursery, redis_url: str,
 async def test_headers_name_the_provider_and_the_attempts(
         nursery: trio.Nursery, redis_url: str, fake_upstream: FakeUpstreams) -> None:
     gateway, a, b = await two_providers(nursery, redis_url, fake_upstream, [
-        {"provider": "a", "model": "m"}, {"provider": "b", "model": "m"}])
+        {"provider": "a", "model": "m"}, {"provider": "b", "model": "m"}],
+        a={"cooldown_failures": 10})  # a fails three times here: no cool-down in between
     async with http(gateway) as client:
         plain = await ask(client)
         assert (plain.status_code, plain.headers[PROVIDER], plain.headers[ATTEMPTS]) == (200, "a", "1")
@@ -290,3 +292,31 @@ async def test_traffic_shifts_away_from_a_stalled_provider(
         assert await gateway.redis.xlen(names.queue("a")) == before  # nothing more queued on a
         assert len(a.requests) == 1
         stalled.cancel_scope.cancel()
+
+
+async def test_the_cool_down_and_its_probe_are_shared_by_every_ingress(
+        nursery: trio.Nursery, redis_url: str, fake_upstream: FakeUpstreams) -> None:
+    gateway, a, b = await two_providers(nursery, redis_url, fake_upstream, [
+        {"provider": "a", "model": "m", "weight": 1}, {"provider": "b", "model": "m", "weight": 1}])
+    binds = await nursery.start(run_ingress, gateway.config, "127.0.0.1", 0)
+    other = Gateway(**{**vars(gateway), "base_url": binds[0]})
+    async with http(gateway) as first, http(other) as second:
+        await cool_down_a(first, gateway, a, b)  # seen through the first ingress only
+        await trio.sleep(0.3)
+        for _ in range(10):
+            assert (await ask(second)).headers[PROVIDER] == "b"
+        assert len(a.requests) == 3
+
+        await wait_cool_down_over(gateway)
+        a.then(Behavior(delay_s=1.0))
+        served: list[str] = []
+
+        async def one(client: httpx.AsyncClient) -> None:
+            served.append((await ask(client)).headers[PROVIDER])
+
+        async with trio.open_nursery() as burst:
+            for i in range(12):
+                burst.start_soon(one, first if i % 2 else second)
+                await trio.sleep(0.02)
+        assert sorted(served) == ["a"] + ["b"] * 11  # one probe between both ingresses
+        assert len(a.requests) == 4
