@@ -108,6 +108,25 @@ def test_weights_and_priorities_are_checked_in_the_config(redis_url: str) -> Non
         make_config(redis_url, {"a": {"kind": "mock", "cooldown_failures": -1}}, [])
 
 
+def test_what_counts_as_a_provider_failure() -> None:
+    from schemas.errors import GatewayError
+    from workers.health import verdict
+    from workers.providers._base import UpstreamFailure, status_failure, transport_failure
+
+    assert verdict(None) == "ok"
+    assert verdict(status_failure("p", 500)) == verdict(status_failure("p", 529)) == "fail"
+    assert verdict(status_failure("p", 408)) == "fail"
+    assert verdict(transport_failure("p", httpx.ConnectError("refused"))) == "fail"
+    assert verdict(transport_failure("p", httpx.ReadTimeout("slow"))) == "fail"
+    assert verdict(UpstreamFailure(504, "upstream_timeout", "timed out", provider="p")) == "fail"
+    assert verdict(status_failure("p", 400, "context too long")) == "ok"  # it answered
+    for neutral in (status_failure("p", 429), status_failure("p", 401),
+                    UpstreamFailure(502, "no_provider", "not served", provider="p"),
+                    GatewayError(504, "upstream_timeout", "deadline passed before it ran"),
+                    ValueError("a bug"), KeyboardInterrupt()):
+        assert verdict(neutral) is None, neutral
+
+
 # --- end to end ----------------------------------------------------------------------------
 
 def provider(fake: FakeOpenAI, **options: Any) -> dict[str, Any]:
