@@ -92,7 +92,10 @@ class RouteHealth:
         self.states = states
 
     async def order(self, slug: str, routes: list[Route]) -> list[Route]:
-        """`routes` in the order this request tries them."""
+        """`routes` in the order this request tries them, as its job carries them."""
+        return [_bare(route) for route in await self._order(slug, routes)]
+
+    async def _order(self, slug: str, routes: list[Route]) -> list[Route]:
         if len(routes) < 2:
             return routes
         now = trio.current_time()
@@ -127,3 +130,12 @@ class RouteHealth:
         if taken == 1:
             log_event("provider_probe", provider=provider)
         return taken == 1
+
+
+def _bare(route: Route) -> Route:
+    """The route as the job carries it: provider and model only. The order already says
+    what weight and priority meant, and workers of an older version, whose Route forbids
+    unknown fields, can still decode the job during a rolling deploy."""
+    if route.weight is None and route.priority == 0:
+        return route
+    return Route(route.provider, route.model)

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import trio
 
@@ -125,6 +126,32 @@ def test_what_counts_as_a_provider_failure() -> None:
                     GatewayError(504, "upstream_timeout", "deadline passed before it ran"),
                     ValueError("a bug"), KeyboardInterrupt()):
         assert verdict(neutral) is None, neutral
+
+
+class OldRoute(msgspec.Struct, forbid_unknown_fields=True):
+    """Route as workers of the version before weights decode it."""
+
+    provider: str
+    model: str
+
+
+class OldJob(msgspec.Struct):
+    routes: list[OldRoute]
+
+
+async def test_a_job_carries_bare_routes_an_older_worker_can_decode(redis_url: str) -> None:
+    from ingress.health import RouteHealth
+    from schemas.envelopes import Job, job_encoder
+    from workers.connection import connect
+
+    config = make_config(redis_url, {"a": {"kind": "mock"}, "b": {"kind": "mock"}}, [])
+    routes = [route("a", 3, priority=1), route("b", 1, priority=1)]
+    async with connect(redis_url) as redis:
+        ordered = await RouteHealth(redis, config).order("s", routes)
+    job = Job(request_id="r", org="o", project="p", key_id="k", model="s", routes=ordered,
+              body=b"{}", stream=False, reply_to="c", deadline=0.0)
+    old = msgspec.msgpack.decode(job_encoder.encode(job), type=OldJob)
+    assert [r.provider for r in old.routes] == ["a", "b"]
 
 
 # --- end to end ----------------------------------------------------------------------------
