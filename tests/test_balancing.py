@@ -272,6 +272,12 @@ async def test_cool_down_skips_the_route_and_one_probe_restores_it(
             reply = await ask(client)
             assert reply.status_code == 200 and reply.headers[PROVIDER] == "b"
         assert len(a.requests) == 3  # skipped while cooling down
+        pinned = await client.post("/v1/chat/completions", headers={"vendor": "a"},
+                                   json={"model": "s", "messages": HI})
+        assert pinned.headers[PROVIDER] == "a"  # a success during the cool-down...
+        assert await gateway.redis.exists([names.cooldown("a")]) == 1  # ...does not end it
+        await trio.sleep(0.3)
+        assert (await ask(client)).headers[PROVIDER] == "b"
 
         await wait_cool_down_over(gateway)
         a.then(Behavior(delay_s=2.0))  # the probe: slow, then fine
@@ -284,7 +290,7 @@ async def test_cool_down_skips_the_route_and_one_probe_restores_it(
             for _ in range(10):
                 burst.start_soon(one)
                 await trio.sleep(0.02)
-        assert len(a.requests) == 4  # exactly one probe went to a; the others to b
+        assert len(a.requests) == 5  # exactly one probe went to a; the others to b
         assert sorted(r.headers[PROVIDER] for r in replies) == ["a"] + ["b"] * 9
         end = events(switchboard_logs, "provider_cooldown")[-1]
         assert (end["provider"], end["phase"]) == ("a", "end")

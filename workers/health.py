@@ -4,8 +4,8 @@ A provider whose jobs fail `cooldown_failures` times in a row (5xx, timeouts, co
 errors) goes on a cool-down of `cooldown_s`: a key with a TTL that every ingress reads
 when it orders a request's routes (`ingress.health`). When the key expires the provider
 is on probation: the ingress that takes its one probe token sends it one request; the
-success of any job clears the streak, the cool-down and the token, and a failure while
-on probation starts the next cool-down. Each outcome is one Lua script, so workers on
+success of any job (outside the cool-down itself) clears the streak and the token, and a
+failure while on probation starts the next cool-down. Each outcome is one Lua script, so workers on
 several machines keep one count.
 """
 
@@ -29,6 +29,9 @@ from workers.providers._base import CLIENT_FAULT, UpstreamFailure
 _RECORD = """
 if ARGV[1] == 'ok' then
   if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+  -- A success while the cool-down runs (a job begun before it) ends nothing: the cool-down
+  -- runs its course and the probe after it decides.
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
   local state = redis.call('HMGET', KEYS[1], 'fails', 'tripped')
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   if state[2] then return {2, tonumber(state[1] or '0')} end
