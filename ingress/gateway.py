@@ -21,6 +21,7 @@ from ingress.admission import (
     holds_for,
 )
 from ingress.catalog import Catalog
+from ingress.health import RouteHealth
 from ingress.keys import Identity, KeyStore
 from ingress.relay import Outcome, first_frame, stream_events
 from ingress.replies import Replies, ReplyHub
@@ -45,6 +46,7 @@ class Reply:
     status: int
     body: bytes = b""
     events: AsyncIterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -98,6 +100,7 @@ class Gateway:
         self.admission = Admission(redis)
         self.keys = KeyStore(redis, config.limits.key_cache_s, config.limits.key_miss_cache_s)
         self.catalog = Catalog(config, int(time.time()))
+        self.routing = RouteHealth(redis, config)  # its refresher runs beside the reply hub
 
     async def redis_call(self, awaitable: Awaitable[T]) -> T:
         """Await a Redis operation; trouble becomes a 503 within the timeout (invariant 7)."""
@@ -127,7 +130,8 @@ class Gateway:
     async def submit(self, identity: Identity, submission: Submission, request_id: str,
                      pin: str | None = None) -> Reply:
         """Run one request through the queue. Raises GatewayError before output."""
-        routes = self.catalog.routes(submission.model, endpoint=submission.endpoint, pin=pin)
+        routes = await self.routing.order(submission.model, self.catalog.routes(
+            submission.model, endpoint=submission.endpoint, pin=pin))
         job = Job(request_id=request_id, org=identity.org, project=identity.project,
                   key_id=identity.key_id, model=submission.model, routes=routes,
                   body=submission.body, stream=submission.stream,
@@ -148,15 +152,17 @@ class Gateway:
                 case Error(status=status, body=error_body):
                     ticket.provider = frame.provider or job.route.provider
                     self._log(ticket, status)
-                    return Reply(status, dialect(job.endpoint).shape(error_body, status))
+                    return Reply(status, dialect(job.endpoint).shape(error_body, status),
+                                 headers=served_by(frame.provider, frame.attempt))
                 case Done(body=answer):
                     ticket.provider = frame.provider
                     self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
-                    return Reply(200, answer)
+                    return Reply(200, answer, headers=served_by(frame.provider, frame.attempt))
                 case Head():
                     ticket.provider = frame.provider
                     replies = None  # type: ignore[assignment]  # the stream owns it now
-                    return Reply(200, events=self._stream(ticket))
+                    return Reply(200, events=self._stream(ticket),
+                                 headers=served_by(frame.provider, frame.attempt))
                 case _:
                     raise AssertionError(f"unexpected first frame {frame!r}")
         finally:
@@ -252,6 +258,14 @@ def _refusal(verdict: Verdict, job: Job) -> GatewayError:
             return GatewayError(429, code, f"a limit of organization {job.org!r} has no room left",
                                 retry_after=1)
     raise AssertionError("unreachable")
+
+
+def served_by(provider: str, attempt: int) -> dict[str, str]:
+    """The headers that say who answered: the provider, and after how many attempts
+    (routes tried plus re-runs after a lost worker; a frame's attempt counts from 0)."""
+    if not provider:
+        return {}  # the worker failed the job before any provider was called
+    return {"x-switchboard-provider": provider, "x-switchboard-attempts": str(attempt + 1)}
 
 
 def new_request_id() -> str:

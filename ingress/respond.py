@@ -56,7 +56,10 @@ async def relay(make: Callable[[bytes], Submission]) -> Response:
     pin = request.headers.get("vendor") or None
     reply = await gateway().submit(caller, make(body), g.request_id, pin)
     if reply.events is None:
-        return json_response(reply.body, reply.status)
-    response = Response(reply.events, 200, content_type="text/event-stream", headers=SSE_HEADERS)
+        response = json_response(reply.body, reply.status)
+        response.headers.update(reply.headers)
+        return response
+    response = Response(reply.events, 200, content_type="text/event-stream",
+                        headers={**SSE_HEADERS, **reply.headers})
     response.timeout = None
     return response

@@ -16,9 +16,18 @@ from msgspec import Meta, Struct
 from schemas.providers import ProviderConfig
 
 
-class Route(Struct, forbid_unknown_fields=True):
+class Route(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One way to serve a slug: a provider and the model name it knows.
+
+    `priority`: lower values are tried first (as in DNS SRV records). Among the routes of
+    the best priority, `weight` spreads the first choice; a route without a weight (or 0)
+    is only a failover there. With no weights at all, routes are tried in their order.
+    """
+
     provider: str
     model: str
+    weight: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
+    priority: int = 0
 
 
 class ModelConfig(Struct, forbid_unknown_fields=True):
@@ -51,6 +60,10 @@ class Limits(Struct, forbid_unknown_fields=True):
     request_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     # SIGTERM: intake stops; running jobs and open requests get this long to finish
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0
+    # Routing: how often an ingress re-reads the providers' cool-downs and queue depths,
+    # and how many more waiting jobs make a route's queue "much deeper" than the others'.
+    route_refresh_s: Annotated[float, Meta(gt=0)] = 0.5
+    backlog_skew: Annotated[int, Meta(ge=1)] = 32
 
     def __post_init__(self) -> None:
         if self.reclaim_after_s <= self.heartbeat_s:  # live workers would look dead

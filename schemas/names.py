@@ -89,6 +89,21 @@ def outcome(request_id: str) -> str:
     """A job's outcome frame whose PUBLISH reached nobody, kept briefly for read-back."""
     return f"{PREFIX}outcome:{request_id}"
 
+def health(provider: str) -> str:
+    """Hash of a provider's failure streak: `fails` (in a row), `tripped` (cooled down since
+    its last success). Written by workers; gone when the provider is healthy."""
+    return f"{PREFIX}health:{provider}"
+
+
+def cooldown(provider: str) -> str:
+    """Present (with a TTL) while a provider is on cool-down: routing skips it."""
+    return f"{PREFIX}cool:{provider}"
+
+
+def probe(provider: str) -> str:
+    """The one probe token (SET NX, with a TTL) after a provider's cool-down ended."""
+    return f"{PREFIX}probe:{provider}"
+
 
 def month(now: float | None = None) -> str:
     """The calendar month (UTC) usage is metered into, as `YYYY-MM`."""

@@ -26,6 +26,10 @@ class ProviderBase(Struct, forbid_unknown_fields=True, tag_field="kind", kw_only
     max_queue_per_org: Annotated[int, Meta(ge=1)] | None = None
     timeout_s: Annotated[float, Meta(gt=0)] = 600.0  # one upstream attempt
     max_retries: Annotated[int, Meta(ge=0, le=10)] = 1  # retries of one route before failover
+    # This many failed jobs in a row (5xx, timeouts, connection errors) put the provider on
+    # a cool-down of `cooldown_s`, shared by every worker and ingress; 0 never does.
+    cooldown_failures: Annotated[int, Meta(ge=0)] = 5
+    cooldown_s: Annotated[float, Meta(gt=0)] = 30.0
 
     @property
     def org_queue_cap(self) -> int:

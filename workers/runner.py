@@ -17,6 +17,7 @@ from schemas.chat import Usage
 from schemas.config import Config
 from schemas.envelopes import Done, Error, Job
 from schemas.errors import GatewayError
+from workers.health import ProviderHealth
 from workers.logs import log_event
 from workers.providers._base import Adapter, Answer, Call, UpstreamFailure
 from workers.publisher import ClientGone, StreamPublisher
@@ -37,6 +38,10 @@ class Runner:
     queue: Queue
     adapters: dict[str, Adapter]
     running: dict[str, trio.CancelScope] = field(default_factory=dict)
+    health: ProviderHealth = field(init=False)  # cool-downs: each attempt's outcome counts
+
+    def __post_init__(self) -> None:
+        self.health = ProviderHealth(self.queue.redis, self.config)
 
     def cancel(self, request_id: str) -> None:
         """The client left: stop its job if it runs here."""
@@ -55,7 +60,8 @@ class Runner:
         with trio.CancelScope() as scope:
             self.running[job.request_id] = scope
             try:
-                outcome, usage = await self._attempt(delivery, attempt)
+                async with self.health.watch(job.route.provider):
+                    outcome, usage = await self._attempt(delivery, attempt)
             except UpstreamFailure as failure:
                 next_index = job.route_index + 1
                 if failure.failover and next_index < len(job.routes):
