@@ -15,7 +15,7 @@ import trio
 from ingress.admission import ADMITTED, OVER_QUOTA, Admission
 from ingress.catalog import Catalog
 from ingress.keys import Identity, KeyStore
-from ingress.relay import Outcome, first_frame, stream_events
+from ingress.relay import Outcome, end_only, first_frame, stream_events, whole_body
 from ingress.replies import Replies, ReplyHub
 from schemas.chat import embedding_decoder, request_decoder
 from schemas.config import Config
@@ -135,8 +135,13 @@ class Gateway:
                     ticket.provider = frame.provider or job.route.provider
                     self._log(ticket, status)
                     return Reply(status, dialect(job.endpoint).shape(error_body, status))
-                case Done(body=answer):
+                case Done() if job.stream:  # no content (and no Head from an older worker)
                     ticket.provider = frame.provider
+                    self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
+                    return Reply(200, events=end_only(dialect(job.endpoint)))
+                case Done():
+                    ticket.provider = frame.provider
+                    answer = await whole_body(self.redis, frame, self.config.limits)
                     self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
                     return Reply(200, answer)
                 case Head():

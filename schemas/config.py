@@ -46,6 +46,17 @@ class Limits(Struct, forbid_unknown_fields=True):
     request_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     # SIGTERM: intake stops; running jobs and open requests get this long to finish
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0
+    # Reply frames stay below this size (Redis drops a subscriber whose pub/sub output buffer
+    # passes 32 MB): stream chunks are batched up to it, a bigger whole answer is stored
+    # under a key the ingress reads.
+    max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    # Chunks a stream may have waiting for publication; past it the stream ends in an error
+    stream_buffer_bytes: Annotated[int, Meta(ge=1024)] = 8 * 1024 * 1024
+
+    def transfer_s(self, size: int) -> float:
+        """How long moving `size` bytes through Redis may take: the usual timeout, plus
+        time for the bytes at a pace any healthy Redis link beats (10 MiB/s)."""
+        return self.redis_timeout_s + size / (10 * 1024 * 1024)
 
 
 class Config(Struct, forbid_unknown_fields=True):

@@ -48,6 +48,17 @@ def withdrawn(request_id: str) -> str:
     return f"{PREFIX}gone:{request_id}"
 
 
+def began(request_id: str) -> str:
+    """Set when a streamed request's output began (its Head was published): a worker that
+    reclaims the job ends it with an error instead of calling upstream again."""
+    return f"{PREFIX}began:{request_id}"
+
+
+def body(request_id: str) -> str:
+    """A whole answer too big for one reply frame, stored for the ingress to read once."""
+    return f"{PREFIX}body:{request_id}"
+
+
 def month(now: float | None = None) -> str:
     """The calendar month (UTC) usage is metered into, as `YYYY-MM`."""
     return time.strftime("%Y-%m", time.gmtime(now))
