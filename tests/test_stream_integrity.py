@@ -420,3 +420,23 @@ async def test_a_publish_that_hangs_ends_the_stream_with_an_error(
         finally:
             redis_server.command("CLIENT", "UNPAUSE")
     assert (caught.value.status, caught.value.code) == (503, "service_unavailable")
+
+
+async def test_a_stream_whose_frames_cannot_be_published_ends_with_an_error(
+        nursery: trio.Nursery, redis_url: str, redis_server: RedisServer,
+        fake_openai: FakeOpenAI) -> None:
+    gateway = await one_route(nursery, redis_url, fake_openai, redis_timeout_s=0.5)
+    fake_openai.then(Behavior(chunks=["abcd"] * 60, chunk_delay_s=0.1))
+    events: list[str] = []
+    began = trio.Event()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(read_stream, gateway, events, began)
+            await began.wait()
+            # Redis takes no writes for longer than a publish may take: the worker's next
+            # publish times out, and the job ends (its error published once Redis is back,
+            # or by the worker that reclaims it) instead of the stream going on as if whole.
+            assert redis_server.command("CLIENT", "PAUSE", "1500", "WRITE").startswith(b"+OK")
+    assert "[DONE]" not in events
+    assert json.loads(events[-1])["error"]["code"] in ("service_unavailable", "worker_lost")
+    assert len(fake_openai.requests) == 1
