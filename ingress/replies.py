@@ -141,7 +141,8 @@ class Replies:
 
     Once a Head (or a whole answer) committed the request to an attempt, frames of older
     attempts are dropped, error frames included (a worker presumed dead may still publish),
-    and the attempt's frames, errors included, must come in `seq` order.
+    and the attempt's frames must come in `seq` order; its error may come after a gap
+    (the publish of the frame before it timed out), never before what was received.
     """
 
     def __init__(self, hub: ReplyHub, request_id: str,
@@ -181,6 +182,10 @@ class Replies:
                     return frame  # a later run of the job ended it: the answer is incomplete
                 raise GatewayError(502, "stream_restarted",
                                    "the job was restarted after output began; the answer is incomplete")
+            if isinstance(frame, Error) and frame.seq > self._next_seq:
+                # The attempt ends in an error either way; frames lost just before it (a
+                # publish that timed out) change nothing the client is told.
+                return frame
             if frame.seq != self._next_seq:
                 raise GatewayError(502, "stream_gap",
                                    f"frame {self._next_seq} of the answer was lost")

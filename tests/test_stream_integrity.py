@@ -17,17 +17,30 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import trio
 
 from schemas import names
+from schemas.chat import Usage
 from schemas.config import Limits, Route
 from schemas.envelopes import Chunk, Done, Error, Head, Job, frame_decoder, frame_encoder, job_decoder
 from schemas.errors import GatewayError
-from tests.conftest import TLS, FakeUpstreams, Gateway, RedisServer, make_config, start_gateway
+from tests.conftest import (
+    SLUG,
+    TLS,
+    FakeUpstreams,
+    Gateway,
+    KindGateways,
+    RedisServer,
+    make_config,
+    start_gateway,
+)
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from tests.fakes.server import Received, send_json, serve_asgi, start_sse
+from tests.kinds import CASES, KindCase
 from workers.connection import connect, subscription
+from workers.providers._meter import UsageMeter
 from workers.publisher import StreamPublisher
 from workers.queue import Queue
 
@@ -98,6 +111,35 @@ async def test_a_stream_whose_client_leaves_is_metered(nursery: trio.Nursery, re
     assert (usage["requests"], usage["prompt_tokens"]) == (1, PROMPT_ESTIMATE)
     assert 3 <= usage["completion_tokens"] < 40  # one token per 4-character chunk relayed
     assert usage["tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.kind) for case in CASES.values()
+                                  if case.cut_stream is not None])
+async def test_every_kinds_cut_stream_is_metered(case: KindCase,
+                                                 kind_gateway: KindGateways) -> None:
+    gateway = await kind_gateway(case.kind, max_retries=0)
+    assert case.cut_stream is not None
+    gateway.fake.then(case.cut_stream(["one", " two", " three", " four"], 2))
+    stream = await gateway.client().chat.completions.create(
+        model=SLUG, messages=[{"role": "user", "content": "one two three four"}], stream=True)
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+    usage = await gateway.usage()
+    assert usage["requests"] == 1
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0  # "one", " two" went out
+    assert usage["tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_the_meter_adds_an_estimate_of_the_text_after_the_providers_last_figures() -> None:
+    meter = UsageMeter(b'{"model": "m", "messages": [{"role": "user", "content": "abcdefgh"}]}')
+    assert meter.usage() == Usage(4, 0, 4)  # the prompt's 13 characters of strings
+    meter.add_text(5)
+    assert meter.usage() == Usage(4, 2, 6)
+    meter.report(Usage(10, 1, 11))  # the provider's own figures replace the estimate
+    assert meter.usage() == Usage(10, 1, 11)
+    meter.add_text(4)
+    assert meter.usage() == Usage(10, 2, 12)
 
 
 # ── item 6: a late error frame of an older attempt does not end a healthy stream ──
@@ -338,6 +380,7 @@ async def test_a_drained_worker_ends_its_running_stream_at_the_deadline(
     usage = await gateway.usage()
     assert usage["requests"] == 1 and usage["completion_tokens"] >= len(events) - 1
     assert await gateway.redis.xlen(names.queue("up")) == 0  # finished, nothing to reclaim
+    assert not await gateway.redis.keys(names.began("*"))  # its mark went with it
 
 
 async def test_a_killed_workers_started_stream_is_ended_without_a_second_upstream_call(
@@ -358,15 +401,18 @@ async def test_a_killed_workers_started_stream_is_ended_without_a_second_upstrea
                 heir = await start_worker_process(config, tmp_path / "heir.log")
                 reclaiming = time.monotonic()
         ended_after = time.monotonic() - reclaiming
+        assert json.loads(events[-1])["error"]["code"] == "worker_lost"
+        assert len(fake_openai.requests) == 1  # the heir did not call upstream again
+        assert ended_after < 10
+        assert await gateway.redis.xlen(names.queue("up")) == 0
+        with trio.fail_after(5):  # the heir removes it just after the error frame went out
+            while await gateway.redis.keys(names.began("*")):
+                await trio.sleep(0.05)
     finally:
         for process in (doomed, heir):
             if process is not None:
                 process.kill()
                 process.wait()
-    assert json.loads(events[-1])["error"]["code"] == "worker_lost"
-    assert len(fake_openai.requests) == 1  # the heir did not call upstream again
-    assert ended_after < 10
-    assert await gateway.redis.xlen(names.queue("up")) == 0
 
 
 # ── item 15: a publisher is bounded in memory and in time ───────────────────────

@@ -130,15 +130,24 @@ async def test_error_frames_obey_the_attempt_and_order_rules() -> None:
     assert isinstance(await replies.next(), Chunk)
     frame = await replies.next()
     assert isinstance(frame, Error) and frame.status == 503
-    # An error frame out of order means frames were lost in between.
+    # An error numbered before frames already received is out of order: the stream fails
+    # as broken. One numbered after a gap (the publish before it timed out) ends it as it says.
     hub = _hub()
     replies = hub.register("r")
-    _send(hub, Head(request_id="r", attempt=0, seq=0, provider="p"),
-          Error(request_id="r", attempt=0, seq=5, status=502, body=b"{}"))
-    await replies.next()
+    _send(hub, Head(request_id="r", attempt=0, seq=0, provider="p"), _chunk(1), _chunk(2),
+          Error(request_id="r", attempt=0, seq=1, status=502, body=b"{}"))
+    for _ in range(3):
+        await replies.next()
     with pytest.raises(GatewayError) as caught:
         await replies.next()
     assert caught.value.code == "stream_gap"
+    hub = _hub()
+    replies = hub.register("r")
+    _send(hub, Head(request_id="r", attempt=0, seq=0, provider="p"),
+          Error(request_id="r", attempt=0, seq=5, status=503, body=b"{}"))
+    await replies.next()
+    frame = await replies.next()
+    assert isinstance(frame, Error) and frame.status == 503
 
 
 def test_open_routing_families_and_pins() -> None:

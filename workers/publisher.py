@@ -105,9 +105,11 @@ class StreamPublisher:
                 else:
                     listeners = await self.queue.publish(self.job.reply_to, frame)
         except trio.TooSlowError:
+            self.seq += 1  # it may still land (Redis queued it): the error frame comes after
             raise GatewayError(503, "service_unavailable",
                                "the gateway could not publish the answer in time") from None
         except (coredis.exceptions.RedisError, OSError) as exc:
+            self.seq += 1
             raise GatewayError(503, "service_unavailable",
                                "the gateway lost Redis while publishing the answer") from exc
         self.seq += 1

@@ -152,6 +152,10 @@ class Queue:
         """Whether an earlier run of this streamed request already published output."""
         return bool(await self.redis.exists([names.began(request_id)]))
 
+    async def forget_began(self, request_id: str) -> None:
+        """A finished job is never reclaimed: its output-began mark can go."""
+        await self.redis.unlink([names.began(request_id)])
+
     async def store_body(self, request_id: str, body: bytes, ttl_s: int) -> str:
         """Keep a whole answer too big for a reply frame; the ingress reads it once."""
         key = names.body(request_id)

@@ -33,6 +33,7 @@ class _Progress:
 
     publisher: StreamPublisher | None = None
     call: Call | None = None
+    began_before: bool = False  # an earlier run of the job published output (sb:began)
 
     @property
     def began(self) -> bool:
@@ -125,7 +126,9 @@ class Runner:
                     progress)
         if usage is None:
             usage = progress.cut_usage()  # a stream that ended early is metered all the same
-        await self._finish(delivery, outcome, usage, forward)
+        if await self._finish(delivery, outcome, usage, forward) and \
+                (progress.began or progress.began_before):
+            await self._forget_began(job)
         log_event("job", request_id=job.request_id, org=job.org, model=job.model,
                   provider=job.route.provider, attempt=attempt,
                   outcome="forwarded" if forward else type(outcome).__name__.lower()
@@ -151,6 +154,7 @@ class Runner:
                 await self.queue.was_withdrawn(job.request_id):
             raise ClientGone  # a failover or reclaimed copy of a job whose client left
         if delivery.earlier_deliveries and job.stream and await self._output_began(job):
+            progress.began_before = True
             # The client saw part of an answer from a worker that died: another upstream call
             # could only be refused by the ingress (one attempt once output began).
             raise GatewayError(502, "worker_lost",
@@ -228,7 +232,9 @@ class Runner:
                      status=failure.status, body=failure.encode(), provider=job.route.provider)
 
     async def _finish(self, delivery: Delivery, outcome: Done | Error | None,
-                      usage: Usage | None, forward: Job | None) -> None:
+                      usage: Usage | None, forward: Job | None) -> bool:
+        """Publish, meter and acknowledge; False if Redis did not take it (the job stays
+        pending and is reclaimed)."""
         metered = None
         if usage is not None:  # a complete answer, or output that went out before it ended
             metered = {"tokens": usage.prompt_tokens + usage.completion_tokens,
@@ -241,11 +247,21 @@ class Runner:
                 if isinstance(outcome, Done) and size > limits.max_frame_bytes:
                     outcome = await self._stored(delivery.job, outcome)
                 await self.queue.finish(delivery, outcome, usage=metered, forward=forward)
+                return True
             except Exception as exc:  # Redis trouble: the job stays pending and is reclaimed
                 log_event("job_finish_failed", request_id=delivery.job.request_id,
                           error=type(exc).__name__)
         if scope.cancelled_caught:
             log_event("job_finish_timeout", request_id=delivery.job.request_id)
+        return False
+
+    async def _forget_began(self, job: Job) -> None:
+        """The finished stream's output-began mark is no longer needed (else it expires)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.limits.redis_timeout_s):
+            try:
+                await self.queue.forget_began(job.request_id)
+            except Exception as exc:
+                log_event("began_mark_left", request_id=job.request_id, error=type(exc).__name__)
 
     async def _stored(self, job: Job, done: Done) -> Done:
         """The Done frame of an answer too big for one frame: its body stored under a key.

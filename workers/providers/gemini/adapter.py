@@ -168,8 +168,9 @@ class GeminiAdapter(AdapterBase):
                     raise upstream_failure(self.name, summary.error.code or 502, summary.error,
                                            self.credential)
                 progress.feed(summary)
+                call.meter.add_text(sum(candidate.chars for candidate in summary.candidates))
                 if summary.usage_metadata is not None:
-                    call.meter.report(progress.usage)  # Gemini's own running totals
+                    call.meter.report(progress.usage)  # Gemini's running totals cover this event
                 # A multi-line `data:` field arrives joined by "\n", which in JSON can only be
                 # whitespace; flattened, the ingress can frame it as one `data:` line.
                 emit(event.data)
