@@ -25,6 +25,7 @@ from workers.publisher import ClientGone, StreamPublisher
 from workers.queue import Delivery, Queue
 
 BACKOFF_S = 0.25
+BODY_TTL_S = 60  # how long a stored big answer waits for its ingress to read it
 
 
 @dataclass(slots=True)
@@ -270,7 +271,9 @@ class Runner:
         default), and with it every other answer on that ingress; a key is read by the
         ingress at its own pace (docs/architecture.md).
         """
-        ttl = int(max(job.deadline - time.time(), 0)) + 60
+        # The ingress reads it as soon as the small Done frame arrives; the TTL only clears
+        # what an ingress (or its client) that went away never read.
+        ttl = BODY_TTL_S + int(self.config.limits.transfer_s(len(done.body)))
         key = await self.queue.store_body(job.request_id, done.body, ttl)
         return msgspec.structs.replace(done, body=b"", body_key=key, body_bytes=len(done.body))
 
