@@ -23,7 +23,7 @@ from ingress.admission import (
 from ingress.catalog import Catalog
 from ingress.health import RouteHealth
 from ingress.keys import Identity, KeyStore
-from ingress.relay import Outcome, first_frame, stream_events
+from ingress.relay import Outcome, end_only, first_frame, stream_events, whole_body
 from ingress.replies import Replies, ReplyHub
 from schemas import names
 from schemas.chat import embedding_decoder, request_decoder
@@ -154,8 +154,14 @@ class Gateway:
                     self._log(ticket, status)
                     return Reply(status, dialect(job.endpoint).shape(error_body, status),
                                  headers=served_by(frame.provider, frame.attempt))
-                case Done(body=answer):
+                case Done() if job.stream:  # no content (and no Head from an older worker)
                     ticket.provider = frame.provider
+                    self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
+                    return Reply(200, events=end_only(dialect(job.endpoint)),
+                                 headers=served_by(frame.provider, frame.attempt))
+                case Done():
+                    ticket.provider = frame.provider
+                    answer = await whole_body(self.redis, frame, self.config.limits)
                     self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
                     return Reply(200, answer, headers=served_by(frame.provider, frame.attempt))
                 case Head():

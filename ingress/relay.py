@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import coredis
 import trio
 
 from ingress.replies import Replies, RepliesLost
+from schemas.config import Limits
 from schemas.envelopes import Chunk, Done, Error, Frame, Head
 from schemas.errors import GatewayError
 from schemas.kinds import Dialect
@@ -49,6 +51,27 @@ async def first_frame(replies: Replies, deadline: float) -> Frame:
         except RepliesLost:
             raise lost_error() from None
     raise timeout_error()
+
+
+async def whole_body(redis: coredis.Redis[bytes], done: Done, limits: Limits) -> bytes:
+    """The body of a whole answer: in the frame, or (too big for one) read once from its key."""
+    if not done.body_key:
+        return done.body
+    try:
+        with trio.fail_after(limits.transfer_s(done.body_bytes)):
+            body = await redis.getdel(done.body_key)
+    except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
+        raise GatewayError(503, "service_unavailable",
+                           "the gateway could not read the answer from Redis") from exc
+    if body is None:
+        raise GatewayError(502, "answer_lost", "the answer expired before it could be read")
+    return body
+
+
+async def end_only(dialect: Dialect) -> AsyncIterator[bytes]:
+    """The SSE body of a stream whose answer had no content: only its dialect's end."""
+    if dialect.done is not None:
+        yield sse_event(dialect.done)
 
 
 class Outcome:

@@ -155,7 +155,13 @@ class ReplyHub:
 
 
 class Replies:
-    """One request's frames, checked: one attempt only once output began, no gaps."""
+    """One request's frames, checked: one attempt only once output began, no gaps.
+
+    Once a Head (or a whole answer) committed the request to an attempt, frames of older
+    attempts are dropped, error frames included (a worker presumed dead may still publish),
+    and the attempt's frames must come in `seq` order; its error may come after a gap
+    (the publish of the frame before it timed out), never before what was received.
+    """
 
     def __init__(self, hub: ReplyHub, request_id: str,
                  receive: trio.MemoryReceiveChannel[Frame]) -> None:
@@ -180,24 +186,30 @@ class Replies:
                     raise GatewayError(502, "client_too_slow",
                                        f"the client fell {BUFFER} frames behind the answer") from None
                 raise RepliesLost from None
-            if isinstance(frame, Error):
-                return frame  # terminal from any attempt: the worker gave up
             if self.attempt is None:
+                if isinstance(frame, Error):
+                    return frame  # no output yet: the worker gave up on the job
                 if isinstance(frame, Head | Done) and frame.seq == 0:
                     self.attempt, self._next_seq = frame.attempt, 1
                     return frame
                 continue  # the tail of an attempt that never began for this client
-            if frame.attempt != self.attempt:
-                if frame.attempt < self.attempt:
-                    continue  # a stale attempt; ignore it
+            if frame.attempt < self.attempt:
+                continue  # a stale attempt (a worker presumed dead), its errors included
+            if frame.attempt > self.attempt:
+                if isinstance(frame, Error):
+                    return frame  # a later run of the job ended it: the answer is incomplete
                 raise GatewayError(502, "stream_restarted",
                                    "the job was restarted after output began; the answer is incomplete")
+            if isinstance(frame, Error) and frame.seq > self._next_seq:
+                # The attempt ends in an error either way; frames lost just before it (a
+                # publish that timed out) change nothing the client is told.
+                return frame
             if frame.seq != self._next_seq:
                 raise GatewayError(502, "stream_gap",
                                    f"frame {self._next_seq} of the answer was lost")
             self._next_seq += 1
             match frame:
-                case Chunk() | Done():
+                case Chunk() | Done() | Error():
                     return frame
                 case Head():
                     raise GatewayError(502, "stream_restarted",

@@ -148,6 +148,12 @@ class BlockDeltaBody(Struct):
     type: str  # text_delta | input_json_delta | thinking_delta | ...
     text: str = ""
     partial_json: str = ""
+    thinking: str = ""
+
+    @property
+    def chars(self) -> int:
+        """Characters of generated text (for the running usage estimate of a cut stream)."""
+        return len(self.text) + len(self.partial_json) + len(self.thinking)
 
 
 class BlockDelta(Struct):

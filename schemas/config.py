@@ -65,10 +65,22 @@ class Limits(Struct, forbid_unknown_fields=True):
     route_refresh_s: Annotated[float, Meta(gt=0)] = 0.5
     backlog_skew: Annotated[int, Meta(ge=1)] = 32
 
+    # Reply frames stay below this size (Redis drops a subscriber whose pub/sub output buffer
+    # passes 32 MB): stream chunks are batched up to it, a bigger whole answer is stored
+    # under a key the ingress reads.
+    max_frame_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    # Chunks a stream may have waiting for publication; past it the stream ends in an error
+    stream_buffer_bytes: Annotated[int, Meta(ge=1024)] = 8 * 1024 * 1024
+
     def __post_init__(self) -> None:
         if self.reclaim_after_s <= self.heartbeat_s:  # live workers would look dead
             raise msgspec.ValidationError(
                 "reclaim_after_s must be greater than heartbeat_s - at `$.limits`")
+
+    def transfer_s(self, size: int) -> float:
+        """How long moving `size` bytes through Redis may take: the usual timeout, plus
+        time for the bytes at a pace any healthy Redis link beats (10 MiB/s)."""
+        return self.redis_timeout_s + size / (10 * 1024 * 1024)
 
 
 class Config(Struct, forbid_unknown_fields=True):

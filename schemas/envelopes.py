@@ -65,7 +65,9 @@ class Chunk(Struct, tag="chunk", kw_only=True):
 
 
 class Done(Struct, tag="done", kw_only=True):
-    """The answer is complete. `body` is the whole JSON body for non-streamed jobs."""
+    """The answer is complete. `body` is the whole JSON body for non-streamed jobs; one
+    bigger than a frame may be (`Limits.max_frame_bytes`) is stored under `body_key`
+    instead (`body_bytes` long), for the ingress to read once."""
 
     request_id: str
     attempt: int
@@ -74,6 +76,8 @@ class Done(Struct, tag="done", kw_only=True):
     body: bytes = b""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    body_key: str = ""
+    body_bytes: int = 0
 
 
 class Error(Struct, tag="error", kw_only=True):

@@ -141,11 +141,26 @@ class GenerateContentResponse(Struct, rename="camel"):
     error: GeminiError | None = None  # an error event inside a stream
 
 
+class TextPart(Struct):
+    text: str | None = None  # thoughts included: they are billed as output
+
+
+class TextContent(Struct):
+    parts: list[TextPart] | None = None
+
+
 class CandidateEnd(Struct, rename="camel"):
-    """A candidate as far as a relay reads it: which one, and whether it finished."""
+    """A candidate as far as a relay reads it: which one, whether it finished, and how
+    much text it brought (for the running usage count of a stream cut short)."""
 
     finish_reason: str | None = None
     index: int = 0
+    content: TextContent | None = None
+
+    @property
+    def chars(self) -> int:
+        parts = self.content.parts if self.content else None
+        return sum(len(p.text or "") for p in parts or ())
 
 
 class ResponseSummary(Struct, rename="camel"):

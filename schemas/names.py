@@ -89,6 +89,7 @@ def outcome(request_id: str) -> str:
     """A job's outcome frame whose PUBLISH reached nobody, kept briefly for read-back."""
     return f"{PREFIX}outcome:{request_id}"
 
+
 def health(provider: str) -> str:
     """Hash of a provider's failure streak: `fails` (in a row), `tripped` (cooled down since
     its last success). Written by workers; gone when the provider is healthy."""
@@ -103,6 +104,17 @@ def cooldown(provider: str) -> str:
 def probe(provider: str) -> str:
     """The one probe token (SET NX, with a TTL) after a provider's cool-down ended."""
     return f"{PREFIX}probe:{provider}"
+
+
+def began(request_id: str) -> str:
+    """Set when a streamed request's output began (its Head was published): a worker that
+    reclaims the job ends it with an error instead of calling upstream again."""
+    return f"{PREFIX}began:{request_id}"
+
+
+def body(request_id: str) -> str:
+    """A whole answer too big for one reply frame, stored for the ingress to read once."""
+    return f"{PREFIX}body:{request_id}"
 
 
 def month(now: float | None = None) -> str:

@@ -247,7 +247,10 @@ async def test_stream_error_after_output_ends_with_an_error_event(gateway: Gatew
     assert (error["code"], error["details"]) == ("upstream_error", {"provider": "primary", "status": 529})
     assert SECRET not in json.dumps(caught.value.body)
     assert len(fake.requests) == 1  # output began: no retry
-    assert await gateway.usage() == {}
+    # Metered all the same: message_start's input_tokens (5) and output_tokens (1), plus
+    # the two relayed characters ("a", "b") estimated at 4 a token (1).
+    assert await gateway.usage() == {"tokens": 7, "prompt_tokens": 5, "completion_tokens": 2,
+                                     "requests": 1}
 
 
 async def test_stream_cut_before_message_stop_is_an_error(gateway: Gateway,
@@ -262,7 +265,10 @@ async def test_stream_cut_before_message_stop_is_an_error(gateway: Gateway,
     error = json.loads(relayed[-1][1])["error"]
     assert error["code"] == "upstream_error" and "before message_stop" in error["message"]
     assert [name for name, _ in relayed[:-1]] == [name for name, _ in split_events(fake.answers[0])]
-    assert len(fake.requests) == 1 and await gateway.usage() == {}
+    assert len(fake.requests) == 1
+    # The cut stream is metered: message_start's counts (5 in, 1 out) plus "a", "b" (1).
+    assert await gateway.usage() == {"tokens": 7, "prompt_tokens": 5, "completion_tokens": 2,
+                                     "requests": 1}
 
 
 # ── refusals and failures ────────────────────────────────────────────────────────

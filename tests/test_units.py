@@ -107,7 +107,9 @@ async def test_stale_attempts_are_ignored_and_restarts_after_output_fail() -> No
     assert caught.value.code == "stream_restarted"
 
 
-async def test_error_frame_ends_any_attempt_and_frames_for_others_are_dropped() -> None:
+async def test_error_frames_obey_the_attempt_and_order_rules() -> None:
+    # Before output began, an error from any attempt ends the request (the worker gave up);
+    # frames for other requests are dropped.
     hub = _hub()
     replies = hub.register("r")
     _send(hub, Chunk(request_id="someone-else", attempt=0, seq=0, payloads=[b"x"]),
@@ -116,6 +118,36 @@ async def test_error_frame_ends_any_attempt_and_frames_for_others_are_dropped() 
     assert isinstance(frame, Error) and frame.status == 502
     replies.close()
     assert hub.statistics()["waiting"] == 0
+    # Once the stream follows attempt 1, a late error of attempt 0 (from a worker presumed
+    # dead) is ignored: the healthy stream goes on, and its own error is numbered in order.
+    hub = _hub()
+    replies = hub.register("r")
+    _send(hub, Head(request_id="r", attempt=1, seq=0, provider="p"),
+          Error(request_id="r", attempt=0, seq=0, status=502, body=b"{}"),
+          _chunk(1, attempt=1),
+          Error(request_id="r", attempt=1, seq=2, status=503, body=b"{}"))
+    assert isinstance(await replies.next(), Head)
+    assert isinstance(await replies.next(), Chunk)
+    frame = await replies.next()
+    assert isinstance(frame, Error) and frame.status == 503
+    # An error numbered before frames already received is out of order: the stream fails
+    # as broken. One numbered after a gap (the publish before it timed out) ends it as it says.
+    hub = _hub()
+    replies = hub.register("r")
+    _send(hub, Head(request_id="r", attempt=0, seq=0, provider="p"), _chunk(1), _chunk(2),
+          Error(request_id="r", attempt=0, seq=1, status=502, body=b"{}"))
+    for _ in range(3):
+        await replies.next()
+    with pytest.raises(GatewayError) as caught:
+        await replies.next()
+    assert caught.value.code == "stream_gap"
+    hub = _hub()
+    replies = hub.register("r")
+    _send(hub, Head(request_id="r", attempt=0, seq=0, provider="p"),
+          Error(request_id="r", attempt=0, seq=5, status=503, body=b"{}"))
+    await replies.next()
+    frame = await replies.next()
+    assert isinstance(frame, Error) and frame.status == 503
 
 
 def test_open_routing_families_and_pins() -> None:

@@ -14,7 +14,7 @@ import coredis
 import msgspec
 
 from schemas import names
-from schemas.envelopes import Frame, Job, frame_encoder, job_decoder, job_encoder
+from schemas.envelopes import Frame, Head, Job, frame_encoder, job_decoder, job_encoder
 from schemas.reservations import RELEASE_LUA
 from workers.logs import log_event
 
@@ -228,6 +228,28 @@ class Queue:
     async def publish(self, channel: str, frame: Frame) -> int:
         """Publish one frame; returns how many ingress processes heard it."""
         return await self.redis.publish(channel, frame_encoder.encode(frame))
+
+    # ── stream integrity (output-began marker, stored big answers) ──────────────
+    async def publish_head(self, channel: str, frame: Head, ttl_s: int) -> int:
+        """Publish a stream's Head and mark that its output began, in one MULTI."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(names.began(frame.request_id), b"1", ex=max(ttl_s, 1))
+            listeners = pipe.publish(channel, frame_encoder.encode(frame))
+        return int(await listeners)
+
+    async def output_began(self, request_id: str) -> bool:
+        """Whether an earlier run of this streamed request already published output."""
+        return bool(await self.redis.exists([names.began(request_id)]))
+
+    async def forget_began(self, request_id: str) -> None:
+        """A finished job is never reclaimed: its output-began mark can go."""
+        await self.redis.unlink([names.began(request_id)])
+
+    async def store_body(self, request_id: str, body: bytes, ttl_s: int) -> str:
+        """Keep a whole answer too big for a reply frame; the ingress reads it once."""
+        key = names.body(request_id)
+        await self.redis.set(key, body, ex=max(ttl_s, 1))
+        return key
 
     async def finish(self, delivery: Delivery, frame: Frame | None, *,
                      usage: dict[str, int] | None = None, forward: Job | None = None) -> bool:

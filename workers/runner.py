@@ -7,9 +7,11 @@ outcome or moves it to the next route's stream (invariant 3).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
+import coredis
 import msgspec
 import trio
 
@@ -24,6 +26,30 @@ from workers.publisher import ClientGone, StreamPublisher
 from workers.queue import Delivery, Queue
 
 BACKOFF_S = 0.25
+BODY_TTL_S = 60  # how long a stored big answer waits for its ingress to read it
+
+
+@dataclass(slots=True)
+class _Progress:
+    """The current try of a job: what it published and used, read however the job ends."""
+
+    publisher: StreamPublisher | None = None
+    call: Call | None = None
+    began_before: bool = False  # an earlier run of the job published output (sb:began)
+
+    @property
+    def began(self) -> bool:
+        """Output may have reached the client."""
+        return self.publisher is not None and self.publisher.started
+
+    @property
+    def seq(self) -> int:
+        """The number of the attempt's next frame: an error follows what was published."""
+        return self.publisher.seq if self.publisher is not None else 0
+
+    def cut_usage(self) -> Usage | None:
+        """What a stream that ended early used (None when no output began: nothing to meter)."""
+        return self.call.meter.usage() if self.began and self.call is not None else None
 
 
 class Withdrawn(Exception):
@@ -38,6 +64,8 @@ class Runner:
     queue: Queue
     adapters: dict[str, Adapter]
     running: dict[str, trio.CancelScope] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)  # running jobs whose client left
+    drain_at: float = math.inf  # trio time when running streams are ended (see `drain`)
     health: ProviderHealth = field(init=False)  # cool-downs: each attempt's outcome counts
 
     def __post_init__(self) -> None:
@@ -47,7 +75,16 @@ class Runner:
         """The client left: stop its job if it runs here."""
         scope = self.running.get(request_id)
         if scope is not None:
+            self.gone.add(request_id)
             scope.cancel()
+
+    def drain(self, grace_s: float) -> None:
+        """Give running jobs `grace_s` seconds. A stream still running then ends with an error
+        frame (its client is told at once, its usage metered, its job acknowledged); a job
+        with no output yet stays pending, and another worker runs it."""
+        self.drain_at = trio.current_time() + grace_s
+        for scope in self.running.values():
+            scope.deadline = min(scope.deadline, self.drain_at)
 
     async def run(self, delivery: Delivery) -> None:
         """Run one job to an outcome, then acknowledge it. Never raises for job failures."""
@@ -57,11 +94,12 @@ class Runner:
         outcome: Done | Error | None = None
         usage: Usage | None = None
         forward: Job | None = None
-        with trio.CancelScope() as scope:
+        progress = _Progress()
+        with trio.CancelScope(deadline=self.drain_at) as scope:
             self.running[job.request_id] = scope
             try:
                 async with self.health.watch(job.route.provider):
-                    outcome, usage = await self._attempt(delivery, attempt)
+                    outcome, usage = await self._attempt(delivery, attempt, progress)
             except UpstreamFailure as failure:
                 next_index = job.route_index + 1
                 if failure.failover and next_index < len(job.routes):
@@ -71,24 +109,38 @@ class Runner:
                               provider=job.route.provider, code=failure.code,
                               to=job.routes[next_index].provider)
                 else:
-                    outcome = self._error(delivery, attempt, failure)
+                    outcome = self._error(delivery, attempt, failure, progress)
             except GatewayError as failure:
-                outcome = self._error(delivery, attempt, failure)
+                outcome = self._error(delivery, attempt, failure, progress)
             except Withdrawn:
                 outcome = None
             except ClientGone:  # a frame reached no ingress: the channel is re-subscribing
                 outcome = self._error(delivery, attempt, GatewayError(
-                    503, "reply_channel_lost", "the answer was interrupted on its way back"))
+                    503, "reply_channel_lost", "the answer was interrupted on its way back"), progress)
             except Exception as exc:  # a bug must fail one job, never the worker process
                 log_event("job_crashed", request_id=job.request_id, provider=job.route.provider,
                           error=type(exc).__name__)
                 outcome = self._error(delivery, attempt, GatewayError(
-                    500, "internal_error", "the gateway failed while running this request"))
+                    500, "internal_error", "the gateway failed while running this request"),
+                    progress)
             finally:
                 self.running.pop(job.request_id, None)
+        client_left = job.request_id in self.gone
+        self.gone.discard(job.request_id)
         if scope.cancelled_caught:
             outcome, forward = None, None  # the client left; nothing to tell anyone
-        await self._finish(delivery, outcome, usage, forward)
+            if not client_left:  # the drain deadline
+                if not progress.began:
+                    log_event("job_interrupted", request_id=job.request_id,
+                              provider=job.route.provider)
+                    return  # left pending: another worker runs it, invisibly to the client
+                outcome = self._error(delivery, attempt, GatewayError(
+                    503, "worker_shutdown",
+                    "the worker serving this stream shut down before the answer was complete"),
+                    progress)
+        if usage is None:
+            usage = progress.cut_usage()  # a stream that ended early is metered all the same
+        finished = await self._finish(delivery, outcome, usage, forward)
         log_event("job", request_id=job.request_id, org=job.org, model=job.model,
                   provider=job.route.provider, attempt=attempt,
                   outcome="forwarded" if forward else type(outcome).__name__.lower()
@@ -97,8 +149,11 @@ class Runner:
                   ms=round((time.monotonic() - started) * 1000, 1),
                   prompt_tokens=usage.prompt_tokens if usage else 0,
                   completion_tokens=usage.completion_tokens if usage else 0)
+        if finished and (progress.began or progress.began_before):
+            await self._forget_began(job)  # after the log line: the client has its answer
 
-    async def _attempt(self, delivery: Delivery, attempt: int) -> tuple[Done | Error, Usage]:
+    async def _attempt(self, delivery: Delivery, attempt: int,
+                       progress: _Progress) -> tuple[Done | Error, Usage]:
         job = delivery.job
         route = job.route
         provider = self.config.providers.get(route.provider)
@@ -111,15 +166,21 @@ class Runner:
                                "the job was interrupted too many times by failing workers")
         if (job.route_index or delivery.earlier_deliveries) and await self._withdrawn(job):
             raise Withdrawn  # a failover or reclaimed copy of a job whose client left
-        call = Call(job, route.model)
+        if delivery.earlier_deliveries and job.stream and await self._output_began(job):
+            progress.began_before = True
+            # The client saw part of an answer from a worker that died: another upstream call
+            # could only be refused by the ingress (one attempt once output began).
+            raise GatewayError(502, "worker_lost",
+                               "the worker serving this stream stopped; the answer is incomplete")
         tries = provider.max_retries + 1
         for try_index in range(tries):
             remaining = job.deadline - time.time()
             if remaining <= 0:
                 raise GatewayError(504, "upstream_timeout",
                                    "the request's deadline passed before it could run")
-            publisher = StreamPublisher(self.queue, job.reply_to, job.request_id, attempt,
-                                        route.provider)
+            call = progress.call = Call(job, route.model)
+            publisher = progress.publisher = StreamPublisher(self.queue, job, attempt,
+                                                             self.config.limits)
             try:
                 with trio.fail_after(min(provider.timeout_s, remaining)):
                     if job.stream:
@@ -176,29 +237,69 @@ class Runner:
             raise GatewayError(503, "service_unavailable",
                                "the gateway cannot reach Redis") from None
 
-    def _error(self, delivery: Delivery, attempt: int, failure: GatewayError) -> Error:
+    async def _output_began(self, job: Job) -> bool:
+        try:
+            with trio.fail_after(self.config.limits.redis_timeout_s):
+                return await self.queue.output_began(job.request_id)
+        except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
+            raise GatewayError(503, "service_unavailable",
+                               "the gateway cannot reach Redis") from exc
+
+    def _error(self, delivery: Delivery, attempt: int, failure: GatewayError,
+               progress: _Progress) -> Error:
         job = delivery.job
-        # Numbered after whatever this attempt already published (the ingress checks order).
-        return Error(request_id=job.request_id, attempt=attempt, seq=0, status=failure.status,
-                     body=failure.encode(), provider=job.route.provider)
+        # Numbered after whatever this attempt already published (the ingress checks order,
+        # and ignores frames of attempts older than the one it follows).
+        return Error(request_id=job.request_id, attempt=attempt, seq=progress.seq,
+                     status=failure.status, body=failure.encode(), provider=job.route.provider)
 
     async def _finish(self, delivery: Delivery, outcome: Done | Error | None,
-                      usage: Usage | None, forward: Job | None) -> None:
+                      usage: Usage | None, forward: Job | None) -> bool:
+        """Publish, meter and acknowledge; False if Redis did not take it (the job stays
+        pending and is reclaimed)."""
         metered = None
-        if usage is not None and isinstance(outcome, Done | type(None)):
+        if usage is not None:  # a complete answer, or output that went out before it ended
             metered = {"tokens": usage.prompt_tokens + usage.completion_tokens,
                        "prompt_tokens": usage.prompt_tokens,
                        "completion_tokens": usage.completion_tokens, "requests": 1}
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.limits.redis_timeout_s) as scope:
+        limits = self.config.limits
+        size = len(outcome.body) if isinstance(outcome, Done) else 0
+        with trio.CancelScope(shield=True), trio.move_on_after(limits.transfer_s(size)) as scope:
             try:
-                if not await self.queue.finish(delivery, outcome, usage=metered, forward=forward):
-                    # Another worker took the job over (we were presumed dead): its run counts.
-                    log_event("job_not_owned", request_id=delivery.job.request_id)
+                if isinstance(outcome, Done) and size > limits.max_frame_bytes:
+                    outcome = await self._stored(delivery.job, outcome)
+                if await self.queue.finish(delivery, outcome, usage=metered, forward=forward):
+                    return True
+                # Another worker took the job over (we were presumed dead): its run counts.
+                log_event("job_not_owned", request_id=delivery.job.request_id)
+                return False
             except Exception as exc:  # Redis trouble: the job stays pending and is reclaimed
                 log_event("job_finish_failed", request_id=delivery.job.request_id,
                           error=type(exc).__name__)
         if scope.cancelled_caught:
             log_event("job_finish_timeout", request_id=delivery.job.request_id)
+        return False
+
+    async def _forget_began(self, job: Job) -> None:
+        """The finished stream's output-began mark is no longer needed (else it expires)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.limits.redis_timeout_s):
+            try:
+                await self.queue.forget_began(job.request_id)
+            except Exception as exc:
+                log_event("began_mark_left", request_id=job.request_id, error=type(exc).__name__)
+
+    async def _stored(self, job: Job, done: Done) -> Done:
+        """The Done frame of an answer too big for one frame: its body stored under a key.
+
+        Redis drops a subscriber whose pub/sub output buffer passes its limit (32 MB by
+        default), and with it every other answer on that ingress; a key is read by the
+        ingress at its own pace (docs/architecture.md).
+        """
+        # The ingress reads it as soon as the small Done frame arrives; the TTL only clears
+        # what an ingress (or its client) that went away never read.
+        ttl = BODY_TTL_S + int(self.config.limits.transfer_s(len(done.body)))
+        key = await self.queue.store_body(job.request_id, done.body, ttl)
+        return msgspec.structs.replace(done, body=b"", body_key=key, body_bytes=len(done.body))
 
 
 async def _plain_call(adapter: Adapter, call: Call) -> Answer:

@@ -64,8 +64,12 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
                     await stop.wait()
                     log_event("worker_draining", consumer=consumer_id,
                               running=sum(len(c.running) for c in consumers))
+                    # Streams still running at the deadline end with an error frame; the
+                    # consumers' own deadline leaves the time to publish it.
+                    runner.drain(config.limits.shutdown_grace_s)
                     for consumer in consumers:
-                        consumer.drain(config.limits.shutdown_grace_s)
+                        consumer.drain(config.limits.shutdown_grace_s
+                                       + config.limits.redis_timeout_s)
             await _retire(queue, consumer_id, config.limits.redis_timeout_s)
             nursery.cancel_scope.cancel()  # the cancel listener
 

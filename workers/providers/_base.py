@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from schemas.chat import Usage
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
 from schemas.providers import ProviderBase
+from workers.providers._meter import UsageMeter
 
 
 class Emit(Protocol):
@@ -52,10 +53,16 @@ class UpstreamFailure(GatewayError):
 
 @dataclass(slots=True)
 class Call:
-    """One upstream attempt: the job and the upstream model its route names."""
+    """One upstream attempt: the job, the upstream model its route names, and the running
+    usage count a streaming adapter keeps (`meter`), read by the runner if the stream ends
+    early."""
 
     job: Job
     upstream_model: str
+    meter: UsageMeter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.meter = UsageMeter(self.job.body)
 
 
 @dataclass(slots=True)

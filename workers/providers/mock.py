@@ -94,10 +94,12 @@ class MockAdapter(AdapterBase):
             choice = ChunkChoice(0, delta, finish)
             return _encode(ChatCompletionChunk(chunk_id, created, call.job.model, [choice]))
 
+        call.meter.report(Usage(prompt, 0, prompt))
         await trio.sleep(self.config.latency_ms / 1000)
         for i, piece in enumerate(_pieces(reply, self.config.chunks)):
             if i:
                 await trio.sleep(self.config.chunk_delay_ms / 1000)
+            call.meter.add_text(len(piece))
             emit(chunk(Delta(role="assistant", content=piece) if i == 0 else Delta(content=piece)))
         emit(chunk(Delta(), "stop"))
         if call.job.include_usage:

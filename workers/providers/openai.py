@@ -49,6 +49,45 @@ class _UpstreamErrorBody(msgspec.Struct):
 _decode_error = msgspec.json.Decoder(_UpstreamErrorBody).decode
 
 
+class _FunctionText(msgspec.Struct):
+    arguments: str | None = None
+
+
+class _ToolCallText(msgspec.Struct):
+    function: _FunctionText | None = None
+
+
+class _DeltaText(msgspec.Struct):
+    """The generated text of a chunk's delta, for the running usage estimate."""
+
+    content: str | None = None
+    reasoning_content: str | None = None  # vLLM, DeepSeek and others stream reasoning here
+    refusal: str | None = None
+    tool_calls: list[_ToolCallText] | None = None
+
+    @property
+    def chars(self) -> int:
+        calls = sum(len(c.function.arguments or "") for c in self.tool_calls or () if c.function)
+        return (len(self.content or "") + len(self.reasoning_content or "")
+                + len(self.refusal or "") + calls)
+
+
+class _ChoiceText(msgspec.Struct):
+    delta: _DeltaText | None = None
+
+
+_decode_choice_text = msgspec.json.Decoder(list[_ChoiceText] | None).decode
+
+
+def generated_chars(chunk: RawObject) -> int:
+    """Characters of generated text in one chunk (0 for what cannot be read)."""
+    try:
+        choices = _decode_choice_text(chunk.get("choices", _NULL)) or []
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return 0
+    return sum(choice.delta.chars for choice in choices if choice.delta)
+
+
 class OpenAIAdapter(AdapterBase):
     """Calls `POST {base_url}/chat/completions` with the provider's bearer token."""
 
@@ -112,8 +151,11 @@ class OpenAIAdapter(AdapterBase):
                 chunk = self._decode_chunk(event.data)
                 if "error" in chunk:
                     raise self._failure(502, event.data)
+                call.meter.add_text(generated_chars(chunk))
                 if "usage" in chunk:
                     usage = _decode_usage(chunk["usage"]) or usage
+                    if chunk["usage"] != _NULL:
+                        call.meter.report(usage)
                 relayed = self._relayable(chunk, state, call.job.include_usage)
                 if relayed is not None:
                     relayed["model"] = model

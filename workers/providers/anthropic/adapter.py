@@ -81,7 +81,7 @@ class AnthropicAdapter(AdapterBase):
     async def stream(self, call: Call, emit: Emit) -> Usage:
         """Streamed call: each event translated as it comes; complete only at message_stop."""
         translator = StreamTranslator(self.name, call.job.model, call.job.include_usage,
-                                      self._secret)
+                                      self._secret, call.meter)
         async with self.upstream.events(self.url, self._chat_body(call)) as events:
             async for event in events:
                 for chunk in translator.feed(event.event, event.data):
@@ -102,7 +102,7 @@ class AnthropicAdapter(AdapterBase):
     async def native_stream(self, call: Call, emit: Emit) -> Usage:
         """Every upstream event relayed in order under its own name, until message_stop
         (the preamble once content begins, so an early error event may still be retried)."""
-        relay = NativeRelay(self.name, call.job.model, self._secret)
+        relay = NativeRelay(self.name, call.job.model, self._secret, call.meter)
         async with self.upstream.events(
                 self.url, native_request(call.job.body, call.upstream_model), call.job.headers,
         ) as events:

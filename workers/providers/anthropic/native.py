@@ -21,12 +21,14 @@ import msgspec
 
 from schemas.anthropic import (
     AnthropicUsage,
+    block_delta_decoder,
     message_delta_decoder,
     usage_decoder,
 )
 from schemas.chat import Usage, raw_object_decoder
 from schemas.errors import GatewayError
 from workers.providers._base import malformed
+from workers.providers._meter import UsageMeter
 from workers.providers.anthropic.response import UsageCounter, event_failure, to_usage
 
 _encode = msgspec.json.Encoder().encode
@@ -58,6 +60,15 @@ def native_answer(content: bytes, slug: str, provider: str) -> tuple[bytes, Usag
     return _with_model(fields, slug), to_usage(counts)
 
 
+def _generated_chars(data: bytes) -> int:
+    """Generated characters in a content_block_delta (0 for a shape we do not know: it is
+    relayed as it is all the same)."""
+    try:
+        return block_delta_decoder.decode(data).delta.chars
+    except msgspec.DecodeError:
+        return 0
+
+
 # Events that may come before any content; held back until content begins (see NativeRelay).
 _PREAMBLE = frozenset({"message_start", "ping", "content_block_start"})
 
@@ -73,9 +84,11 @@ class NativeRelay:
     after output began the ingress ends the client's stream with its own error event.
     """
 
-    def __init__(self, provider: str, slug: str, secret: str | None = None) -> None:
+    def __init__(self, provider: str, slug: str, secret: str | None = None,
+                 meter: UsageMeter | None = None) -> None:
         self.provider, self.slug, self.secret = provider, slug, secret
         self.counter = UsageCounter()
+        self.meter = meter or UsageMeter()  # the running count, should the stream be cut
         self.done = False
         self._held: list[tuple[str, bytes]] = []
         self._began = False
@@ -93,8 +106,12 @@ class NativeRelay:
             match event:
                 case "message_start":
                     data = self._start(data)
+                    self.meter.report(self.usage)
+                case "content_block_delta":
+                    self.meter.add_text(_generated_chars(data))
                 case "message_delta":
                     self.counter.add(message_delta_decoder.decode(data).usage)
+                    self.meter.report(self.usage)
                 case "message_stop":
                     self.done = True
                 case "error":

@@ -36,6 +36,7 @@ from schemas.chat import (
     Usage,
 )
 from workers.providers._base import UpstreamFailure, malformed, status_failure
+from workers.providers._meter import UsageMeter
 
 _encode = msgspec.json.Encoder().encode
 
@@ -134,9 +135,10 @@ class StreamTranslator:
     """
 
     def __init__(self, provider: str, slug: str, include_usage: bool,
-                 secret: str | None = None) -> None:
+                 secret: str | None = None, meter: UsageMeter | None = None) -> None:
         self.provider, self.slug, self.include_usage = provider, slug, include_usage
         self.secret = secret
+        self.meter = meter or UsageMeter()  # the running count, should the stream be cut
         self.id, self.created = "", int(time.time())
         self.counter = UsageCounter()
         self.finish = "stop"
@@ -161,6 +163,7 @@ class StreamTranslator:
                 start = message_start_decoder.decode(data).message
                 self.id = start.id
                 self.counter.add(start.usage)
+                self.meter.report(self.usage)
             case "content_block_start":
                 block = block_start_decoder.decode(data)
                 if block.content_block.type == "tool_use":
@@ -169,9 +172,11 @@ class StreamTranslator:
                             "function": {"name": block.content_block.name, "arguments": ""}}
                     return [self._chunk(Delta(tool_calls=[call]))]
                 if block.content_block.type == "text" and block.content_block.text:
+                    self.meter.add_text(len(block.content_block.text))
                     return [self._chunk(Delta(content=block.content_block.text))]
             case "content_block_delta":
                 delta = block_delta_decoder.decode(data)
+                self.meter.add_text(delta.delta.chars)
                 if delta.delta.type == "text_delta" and delta.delta.text:
                     return [self._chunk(Delta(content=delta.delta.text))]
                 if (delta.delta.type == "input_json_delta" and delta.delta.partial_json
@@ -183,6 +188,7 @@ class StreamTranslator:
                 update = message_delta_decoder.decode(data)
                 self.finish = finish_reason(update.delta.stop_reason)
                 self.counter.add(update.usage)
+                self.meter.report(self.usage)
             case "message_stop":
                 self.done = True
                 chunks = [self._chunk(Delta(), self.finish)]

@@ -127,7 +127,7 @@ class GeminiAdapter(AdapterBase):
 
     async def stream(self, call: Call, emit: Emit) -> Usage:
         """Streamed call over SSE; each event becomes zero or more chunks."""
-        translator = StreamTranslator(call.job.model)
+        translator = StreamTranslator(call.job.model, call.meter)
         async with self._events(call.upstream_model, self._chat_body(call)) as events:
             async for event in events:
                 answer: GenerateContentResponse = self._decode(event.data, response_decoder)
@@ -168,6 +168,9 @@ class GeminiAdapter(AdapterBase):
                     raise upstream_failure(self.name, summary.error.code or 502, summary.error,
                                            self.credential)
                 progress.feed(summary)
+                call.meter.add_text(sum(candidate.chars for candidate in summary.candidates))
+                if summary.usage_metadata is not None:
+                    call.meter.report(progress.usage)  # Gemini's running totals cover this event
                 # A multi-line `data:` field arrives joined by "\n", which in JSON can only be
                 # whitespace; flattened, the ingress can frame it as one `data:` line.
                 emit(event.data)

@@ -30,6 +30,7 @@ from schemas.chat import (
 )
 from schemas.gemini import Content, GenerateContentResponse, Part, UsageMetadata
 from workers.providers._base import UpstreamFailure
+from workers.providers._meter import UsageMeter
 
 CONTENT_FILTER = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
                             "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"})
@@ -122,8 +123,9 @@ class _ChoiceState:
 class StreamTranslator:
     """Turns the stream's GenerateContentResponse events into chat.completion.chunk bytes."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, meter: UsageMeter | None = None) -> None:
         self.model = model
+        self.meter = meter or UsageMeter()  # the running count, should the stream be cut
         self.id = "chatcmpl-" + uuid.uuid4().hex
         self.created = int(time.time())
         self.usage = Usage()
@@ -149,6 +151,8 @@ class StreamTranslator:
             if state.finished:
                 continue
             text, calls = _split(candidate.content)
+            self.meter.add_text(len(text or "") + sum(len(_encode(p.function_call.args or {}))
+                                                     for p in calls if p.function_call))
             if text or calls:
                 tool_calls = [{"index": state.tool_calls + k, **msgspec.to_builtins(_tool_call(part))}
                               for k, part in enumerate(calls)]
@@ -163,6 +167,8 @@ class StreamTranslator:
                 state.started = state.finished = True
                 reason = finish_reason(candidate.finish_reason, state.tool_calls > 0)
                 out.append(self._chunk(candidate.index, delta, reason))
+        if response.usage_metadata is not None:
+            self.meter.report(self.usage)  # Gemini's running totals cover this event's text
         return out
 
     def usage_chunk(self) -> bytes:
