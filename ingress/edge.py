@@ -185,19 +185,21 @@ class _WriteGuard:
     def __init__(self, send: Send, timeout_s: float) -> None:
         self._send = send
         self._timeout_s = timeout_s
-        self._timer = trio.CancelScope()  # its deadline is the current write's
+        self._deadline = math.inf  # the current write's; inf while none is under way
+        self._timer = trio.CancelScope()  # the watch's sleep, woken by that deadline
 
     async def send(self, message: Message) -> None:
-        self._timer.deadline = trio.current_time() + self._timeout_s
+        self._deadline = self._timer.deadline = trio.current_time() + self._timeout_s
         try:
             await self._send(message)
         finally:
-            self._timer.deadline = math.inf
+            self._deadline = self._timer.deadline = math.inf
 
     async def watch(self) -> None:
         """Sleep until a write outlasts the timeout; then end the response."""
-        with self._timer:
-            await trio.sleep_forever()
+        while trio.current_time() < self._deadline:  # else the write ended just in time
+            with trio.CancelScope(deadline=self._deadline) as self._timer:
+                await trio.sleep_forever()
         log_event("client_write_timeout", timeout_s=self._timeout_s)
         end = cast(Callable[[None], Awaitable[None]], self._send)
         await end(None)

@@ -179,8 +179,10 @@ async def test_a_client_that_stops_reading_loses_its_job_and_connection(
         tail = await wait_closed(sock, within_s=10)  # the ingress let go of the connection
         assert b"[DONE]" not in tail
     with trio.fail_after(5):
-        while not [r for r in switchboard_logs.records if '"event":"request"' in r.getMessage()]:
+        while not (ended := [json.loads(r.getMessage()) for r in switchboard_logs.records
+                             if '"event":"request"' in r.getMessage()]):
             await trio.sleep(0.05)  # the request ended: nothing of it is held any more
+    assert ended[0]["status"] in (499, 502), ended  # cut off, never logged as served
 
 
 # --- A thousand streams at once through one ingress (invariant 7) -----------------------
