@@ -38,7 +38,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         RESPONSE_TIMEOUT=None,  # streams last as long as the upstream does
     )
     # Every request passes the edge: its body is read before any handler may answer.
-    app.asgi_app = BodyFirst(app.asgi_app, limits.max_body_bytes, limits.body_timeout_s)  # type: ignore[method-assign,assignment]
+    app.asgi_app = BodyFirst(app.asgi_app, limits.max_body_bytes, limits.body_timeout_s,  # type: ignore[method-assign,assignment]
+                             write_timeout_s=limits.write_timeout_s)
 
     @app.before_request
     async def assign_request_id() -> None:

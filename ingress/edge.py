@@ -19,14 +19,20 @@ So, around the whole application, in one place that no route can bypass:
   whose client is still writing.
 - The answer's last message is sent shielded (bounded), so a disconnect cannot cut
   Hypercorn's end-of-request step in half.
+- Every write of the answer is bounded by `write_timeout_s` (`_WriteGuard`): a client
+  that stops reading is cut off instead of holding its request, its job and its
+  connection until TCP gives up.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import trio
+
+from workers.logs import log_event
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,10 +50,12 @@ DISCARD_FACTOR = 8  # ... and how much of it, in multiples of max_body_bytes (at
 class BodyFirst:
     """ASGI middleware: read the body first, refuse oversized ones, finish shielded."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, *,
+                 write_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.write_timeout_s = write_timeout_s
         self.discard_bytes = max(DISCARD_FACTOR * max_body_bytes, 64 * 1024 * 1024)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,8 +69,12 @@ class BodyFirst:
             return  # the client left before it finished sending
         if refusal:
             scope[REFUSAL] = refusal
-        answer = _Answer(send, request, closing=bool(refusal))
-        await self.app(scope, request.replay, answer.send)
+        async with trio.open_nursery() as nursery:
+            guard = _WriteGuard(send, self.write_timeout_s)
+            nursery.start_soon(guard.watch)
+            answer = _Answer(guard.send, request, closing=bool(refusal))
+            await self.app(scope, request.replay, answer.send)
+            nursery.cancel_scope.cancel()
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -156,3 +168,38 @@ class _Answer:
                 await self._send(message)
             return
         await self._send(message)
+
+
+class _WriteGuard:
+    """Every write of the answer within `timeout_s`, although Hypercorn shields them.
+
+    Hypercorn writes to the socket inside a shielded cancel scope (`protocol_send` in
+    hypercorn/trio/tcp_server.py), so no timeout around `send` can end a write to a client
+    that stopped reading. A guard task watches the write instead: when one has lasted
+    `timeout_s`, it tells Hypercorn that the application is done (`send(None)`, what
+    Hypercorn's own task runner sends when an application returns). The answer being
+    unfinished, Hypercorn closes the connection; the stuck write returns, and the
+    application hears `http.disconnect` (the SSE relay then withdraws the job).
+    """
+
+    def __init__(self, send: Send, timeout_s: float) -> None:
+        self._send = send
+        self._timeout_s = timeout_s
+        self._deadline = math.inf  # the current write's; inf while none is under way
+        self._timer = trio.CancelScope()  # the watch's sleep, woken by that deadline
+
+    async def send(self, message: Message) -> None:
+        self._deadline = self._timer.deadline = trio.current_time() + self._timeout_s
+        try:
+            await self._send(message)
+        finally:
+            self._deadline = self._timer.deadline = math.inf
+
+    async def watch(self) -> None:
+        """Sleep until a write outlasts the timeout; then end the response."""
+        while trio.current_time() < self._deadline:  # else the write ended just in time
+            with trio.CancelScope(deadline=self._deadline) as self._timer:
+                await trio.sleep_forever()
+        log_event("client_write_timeout", timeout_s=self._timeout_s)
+        end = cast(Callable[[None], Awaitable[None]], self._send)
+        await end(None)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import coredis
@@ -25,6 +27,7 @@ from ingress.health import RouteHealth
 from ingress.keys import Identity, KeyStore
 from ingress.relay import Outcome, end_only, first_frame, stream_events, whole_body
 from ingress.replies import Replies, ReplyHub
+from ingress.withdrawals import Withdrawals
 from schemas import names
 from schemas.chat import embedding_decoder, request_decoder
 from schemas.config import Config, Plan
@@ -37,6 +40,8 @@ from workers.logs import log_event
 REPLY_GRACE_S = 2.0  # how much longer than the job's deadline the ingress waits for a frame
 T = TypeVar("T")
 S = TypeVar("S")
+# Seconds this request has waited on Redis so far: its calls share one redis_timeout_s.
+_redis_waited: ContextVar[float] = ContextVar("redis_waited", default=0.0)
 
 
 @dataclass(slots=True)
@@ -59,6 +64,7 @@ class Ticket:
     wait_until: float
     started: float = field(default_factory=time.monotonic)
     provider: str = ""
+    withdrawn: bool = False  # handed to the withdrawals already
 
 
 @dataclass(slots=True)
@@ -101,15 +107,34 @@ class Gateway:
         self.keys = KeyStore(redis, config.limits.key_cache_s, config.limits.key_miss_cache_s)
         self.catalog = Catalog(config, int(time.time()))
         self.routing = RouteHealth(redis, config)  # its refresher runs beside the reply hub
+        # Withdrawals run in their own task (started by the server), never in a request's
+        # way; they are retried while the job could still start.
+        self.withdrawals = Withdrawals[Ticket](
+            self._withdraw, timeout_s=config.limits.redis_timeout_s,
+            keep_s=config.limits.request_timeout_s + REPLY_GRACE_S)
 
     async def redis_call(self, awaitable: Awaitable[T]) -> T:
-        """Await a Redis operation; trouble becomes a 503 within the timeout (invariant 7)."""
+        """Await a Redis operation; trouble becomes a 503 (invariant 7).
+
+        All Redis calls of one request (authentication, admission) share one
+        `redis_timeout_s`, so Redis trouble answers a request within that bound in total.
+        A call that times out while the reply hub still hears Redis (on its own client,
+        and it judges silence faster than this timeout) is this process's overload, not
+        Redis's: 429 `ingress_busy`, never a false 503.
+        """
+        waited = _redis_waited.get()
+        started = trio.current_time()
         try:
-            with trio.fail_after(self.config.limits.redis_timeout_s):
+            with trio.fail_after(max(self.config.limits.redis_timeout_s - waited, 0.0)):
                 return await awaitable
-        except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
-            raise GatewayError(503, "service_unavailable",
-                               "the gateway cannot reach Redis; try again shortly") from exc
+        except trio.TooSlowError as exc:
+            if self.hub.ready:  # the hub still hears Redis (see ReplyHub): Redis is up,
+                raise busy_error() from exc  # and this process was too busy to hear it
+            raise redis_error() from exc
+        except (coredis.exceptions.RedisError, OSError) as exc:
+            raise redis_error() from exc
+        finally:
+            _redis_waited.set(waited + trio.current_time() - started)
 
     async def authenticate(self, secret: str | None) -> Identity:
         """The caller's identity, or 401 / 503."""
@@ -142,11 +167,11 @@ class Gateway:
         replies = self.hub.register(request_id)
         try:
             ticket = await self._admit(job, identity, replies, submission)
+            replies.when_behind(partial(self._withdraw_soon, ticket))
             try:
                 frame = await first_frame(replies, ticket.wait_until)
             except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self._withdraw(ticket)
+                self._withdraw_soon(ticket)
                 raise
             match frame:
                 case Error(status=status, body=error_body):
@@ -213,23 +238,24 @@ class Gateway:
                 yield event
         finally:
             ticket.replies.close()
-            with trio.CancelScope(shield=True):
-                if not outcome.finished:
-                    await self._withdraw(ticket)
-                    if outcome.status == 200:
-                        outcome.status = 499  # the client went away mid-stream
+            if not outcome.finished:
+                self._withdraw_soon(ticket)
+                if outcome.status == 200:
+                    outcome.status = 499  # the client went away mid-stream
             self._log(ticket, outcome.status, outcome.prompt_tokens, outcome.completion_tokens)
 
+    def _withdraw_soon(self, ticket: Ticket) -> None:
+        """The client left, fell behind, or nobody answered: withdraw the job (once),
+        without making the answer wait for Redis."""
+        if not ticket.withdrawn:
+            ticket.withdrawn = True
+            self.withdrawals.submit(ticket)
+
     async def _withdraw(self, ticket: Ticket) -> None:
-        """The client left or nobody answered: drop the job, cancel its upstream call."""
-        with trio.move_on_after(self.config.limits.redis_timeout_s):
-            try:
-                await self.admission.withdraw(ticket.job.route.provider, ticket.entry_id,
-                                          ticket.job.request_id,
-                                          self.config.limits.request_timeout_s + REPLY_GRACE_S)
-            except Exception as exc:
-                log_event("withdraw_failed", request_id=ticket.job.request_id,
-                          error=type(exc).__name__)
+        """Drop the job and cancel its upstream call (run by `withdrawals`, bounded there)."""
+        await self.admission.withdraw(ticket.job.route.provider, ticket.entry_id,
+                                      ticket.job.request_id,
+                                      self.config.limits.request_timeout_s + REPLY_GRACE_S)
 
     def _log(self, ticket: Ticket, status: int, prompt_tokens: int = 0,
              completion_tokens: int = 0) -> None:
@@ -272,6 +298,16 @@ def served_by(provider: str, attempt: int) -> dict[str, str]:
     if not provider:
         return {}  # the worker failed the job before any provider was called
     return {"x-switchboard-provider": provider, "x-switchboard-attempts": str(attempt + 1)}
+
+
+def redis_error() -> GatewayError:
+    return GatewayError(503, "service_unavailable",
+                        "the gateway cannot reach Redis; try again shortly")
+
+
+def busy_error() -> GatewayError:
+    return GatewayError(429, "ingress_busy", "this gateway process is overloaded; "
+                        "try again shortly", retry_after=1)
 
 
 def new_request_id() -> str:

@@ -5,12 +5,14 @@ the request that waits for them, checked for order (invariant 1).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import coredis
 import msgspec
 import trio
 
 from ingress.outcomes import KeptOutcomes
+from ingress.stalls import LoopMonitor
 from schemas import names
 from schemas.envelopes import Chunk, Done, Error, Frame, Head, frame_decoder
 from schemas.errors import GatewayError
@@ -18,7 +20,13 @@ from workers.connection import subscription
 from workers.logs import log_event
 
 BUFFER = 1024  # frames a slow client may fall behind before its stream is failed
-WATCH_S = 1.0
+WATCH_S = 0.25  # how often the hub asks Redis about its subscription
+ZERO_CHECKS = 3  # answers in a row showing no subscriber: the subscription is gone
+# Of redis_timeout_s: silence that long means Redis stopped answering. Half, so the hub
+# has judged before a request's own Redis call times out (see Gateway.redis_call).
+SILENT_SHARE = 0.5
+BUSY_LAG_S = 1.0  # the event loop this late: refuse new requests (429) until it catches up
+PROBE_LIMIT_S = 30.0  # a probe unanswered this long is abandoned and sent again
 READ_BACK_S = 2.0  # bound on reading back kept outcomes after a (re-)subscription
 
 
@@ -27,21 +35,39 @@ class RepliesLost(Exception):
 
 
 class ReplyHub:
-    """Receives frames on `sb:reply:{ingress_id}` and hands each to its waiter."""
+    """Receives frames on `sb:reply:{ingress_id}` and hands each to its waiter.
 
-    def __init__(self, redis: coredis.Redis[bytes], ingress_id: str | None = None) -> None:
+    Waiters are failed only on evidence: the subscription ended or was re-made (frames
+    may be lost), Redis answered ZERO_CHECKS times in a row that the channel has no
+    subscriber, or Redis said nothing at all (no answer to the probe, no frame) for
+    SILENT_SHARE of `timeout_s`, not counting the time this process's own event loop was
+    stalled (`loop`). A slow answer is no evidence: a busy ingress reads its sockets late.
+    While the loop lags, `register` pushes back with 429 `ingress_busy`, so the requests
+    already admitted keep flowing. Give the hub a Redis client of its own: on the shared
+    one, the probe and the frames queue behind every request's commands.
+    """
+
+    def __init__(self, redis: coredis.Redis[bytes], ingress_id: str | None = None, *,
+                 timeout_s: float = 2.0) -> None:
         self.redis = redis
         self.ingress_id = ingress_id or uuid.uuid4().hex[:16]
         self.channel = names.reply(self.ingress_id)
+        self.timeout_s = timeout_s
         self.ready = False
+        self.loop = LoopMonitor()
+        self._heard = 0.0  # when Redis last said anything to this hub (trio clock)
+        self._asked: float | None = None  # when the unanswered probe was sent
+        self._subscribers = -1  # the last probe's answer (-1: none yet)
         self._subscribed = trio.Event()
         self._subscription = trio.CancelScope()
         self._waiters: dict[str, trio.MemorySendChannel[Frame]] = {}
         self._overflowed: set[str] = set()  # requests whose client fell BUFFER frames behind
         self._kept = KeptOutcomes(redis)
+        self._behind: dict[str, Callable[[], None]] = {}  # called when the client falls behind
 
-    def statistics(self) -> dict[str, int | bool]:
-        return {"waiting": len(self._waiters), "ready": self.ready}
+    def statistics(self) -> dict[str, int | bool | float]:
+        return {"waiting": len(self._waiters), "ready": self.ready,
+                "lag": round(self.loop.lag, 3)}
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe and dispatch until cancelled; a watchdog fails waiters when Redis goes.
@@ -49,6 +75,9 @@ class ReplyHub:
         `started()` at once: requests see `ready` and answer 503 until subscribed.
         """
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.loop.serve)
+            self._heard = trio.current_time()
+            nursery.start_soon(self._probe)
             nursery.start_soon(self._watch)
             task_status.started()
             while True:
@@ -57,11 +86,15 @@ class ReplyHub:
                         await self._subscribe()
                     except Exception as exc:
                         log_event("reply_channel_error", error=type(exc).__name__)
-                await trio.sleep(WATCH_S / 2)
+                if self._subscribed.is_set():  # the subscription ended: frames may be lost
+                    self.ready = False
+                    self._fail_all("the reply channel's subscription ended")
+                await trio.sleep(WATCH_S)
 
     async def _subscribe(self) -> None:
         async with subscription(self.redis, self.channel) as pubsub:
             async for message in pubsub:
+                self._heard = trio.current_time()
                 if message["type"] == "subscribe":
                     # (Re-)subscribed: outcomes published meanwhile reached nobody and were
                     # kept by the worker; read them back instead of failing their requests.
@@ -87,36 +120,69 @@ class ReplyHub:
             if frames:
                 log_event("replies_read_back", ingress=self.ingress_id, frames=len(frames))
 
+
+    def heard_since(self, when: float) -> bool:
+        """Whether Redis said anything to the hub (an answer, a frame) after `when`."""
+        return self._heard > when
+
     async def wait_ready(self) -> None:
         """Wait until the reply channel is subscribed for the first time."""
         await self._subscribed.wait()
 
-    async def _watch(self) -> None:
-        """Every second, ask Redis whether our channel still has its subscriber.
+    async def _probe(self) -> None:
+        """Ask Redis every WATCH_S how many subscribers our channel has. No short timeout:
+        how long an answer takes is judged by `_watch`, which can tell who was slow."""
+        while True:
+            self._asked = trio.current_time()
+            with trio.move_on_after(PROBE_LIMIT_S):
+                try:
+                    counts = await self.redis.pubsub_numsub(self.channel)
+                except (coredis.exceptions.RedisError, OSError):
+                    pass  # an error is no answer: ask again
+                else:
+                    self._heard = trio.current_time()
+                    self._subscribers = int(counts.get(self.channel.encode(), 0))
+                    self._asked = None
+            await trio.sleep(WATCH_S)
 
-        A reconnecting subscriber misses frames; requests that wait meanwhile are failed
-        (503) rather than left hanging, and new ones are refused until it is back.
+    async def _watch(self) -> None:
+        """Judge the subscription every WATCH_S (see the class docstring).
+
+        A subscription that is really gone, or a Redis that stopped answering, fails the
+        requests that wait (503: their frames may never come) and refuses new ones until
+        it is back; a subscriber shown missing is replaced.
         """
-        misses = 0
+        zeros = 0
+        answered = self._heard
+        stalled = self.loop.stalled  # the loop's stall counter when Redis was last heard
         while True:
             await trio.sleep(WATCH_S)
-            try:
-                with trio.fail_after(WATCH_S * 2):
-                    subscribers = await self.redis.pubsub_numsub(self.channel)
-                listening = subscribers.get(self.channel.encode(), 0) > 0
-            except Exception:
-                listening = False
-            if not listening:
-                if self.ready:
-                    log_event("reply_channel_lost", ingress=self.ingress_id)
-                misses += 1
-                if misses % 3 == 0 or self.ready:
-                    self._subscription.cancel()  # a stuck subscriber: start a fresh one
-                self.ready = False
-                self._fail_all("the reply channel is not subscribed")
-            else:
-                misses = 0
-                self.ready = self._subscribed.is_set()
+            if self._heard != answered:
+                answered, stalled = self._heard, self.loop.stalled
+            now = trio.current_time()
+            if self._asked is not None:
+                silence = now - self._heard - self.loop.stalled_since(stalled)
+                if silence >= SILENT_SHARE * self.timeout_s:
+                    if self.ready:
+                        log_event("reply_channel_lost", ingress=self.ingress_id,
+                                  reason="redis_silent", silent_s=round(silence, 2))
+                    self.ready = False
+                    self._fail_all("Redis stopped answering")
+                    continue
+            if self._subscribers == 0 and self._subscribed.is_set() and self._asked is None:
+                zeros += 1
+                if zeros >= ZERO_CHECKS:  # the subscriber is gone or stuck: start a fresh one
+                    if self.ready:
+                        log_event("reply_channel_lost", ingress=self.ingress_id,
+                                  reason="no_subscriber")
+                    self.ready = False
+                    self._fail_all("the reply channel is not subscribed")
+                    self._subscription.cancel()
+                    zeros = 0
+                continue
+            zeros = 0
+            if self._asked is None:
+                self.ready = self._subscribed.is_set() and self._subscribers > 0
 
     def _dispatch(self, data: bytes) -> None:
         try:
@@ -133,6 +199,9 @@ class ReplyHub:
             self._waiters.pop(frame.request_id, None)
             self._overflowed.add(frame.request_id)
             waiter.close()
+            behind = self._behind.pop(frame.request_id, None)
+            if behind is not None:
+                behind()  # withdraw its job now, not when its blocked write returns
 
     def _fail_all(self, reason: str) -> None:
         waiters, self._waiters = self._waiters, {}
@@ -145,6 +214,9 @@ class ReplyHub:
         """Start receiving a request's frames (before its job is enqueued); close when done."""
         if not self.ready:
             raise GatewayError(503, "service_unavailable", "the gateway cannot reach Redis")
+        if self.loop.lag > BUSY_LAG_S:
+            raise GatewayError(429, "ingress_busy", "this gateway process is overloaded; "
+                               "try again shortly", retry_after=1)
         send, receive = trio.open_memory_channel[Frame](BUFFER)
         self._waiters[request_id] = send
         return Replies(self, request_id, receive)
@@ -152,6 +224,7 @@ class ReplyHub:
     def _unregister(self, request_id: str) -> None:
         self._waiters.pop(request_id, None)
         self._overflowed.discard(request_id)
+        self._behind.pop(request_id, None)
 
 
 class Replies:
@@ -170,6 +243,11 @@ class Replies:
         self._receive = receive
         self.attempt: int | None = None  # the attempt whose output the client gets
         self._next_seq = 0
+
+    def when_behind(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (at once, from the hub) if the client falls BUFFER frames behind."""
+        if self._request_id in self._hub._waiters:
+            self._hub._behind[self._request_id] = callback
 
     def close(self) -> None:
         """Stop receiving; frames that still arrive are dropped."""

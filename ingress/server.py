@@ -22,13 +22,16 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
     """Serve HTTP; `started(binds)` once listening (binds name the port).
 
     Owns the Redis client, the reply hub, the key-change listener, the routing view's
-    refresher (`RouteHealth`) and Hypercorn in one nursery. When `stop` is set, Hypercorn
-    stops accepting and gives open requests `limits.shutdown_grace_s` seconds; then the
-    hub, the listener and the refresher stop.
-    Cancellation stops everything at once.
+    refresher (`RouteHealth`), the withdrawals and Hypercorn in one nursery. When `stop` is
+    set, Hypercorn stops accepting and gives open requests `limits.shutdown_grace_s`
+    seconds; then the withdrawals still queued are tried once more, and the hub, the
+    listener and the refresher stop. Cancellation stops everything at once.
     """
-    async with connect(config.redis_url) as redis:
-        hub = ReplyHub(redis)
+    # The reply hub has a client of its own: on the shared one, its subscription and its
+    # probe would queue behind every request's commands when the ingress is busy.
+    async with connect(config.redis_url) as redis, \
+            connect(config.redis_url, max_connections=4) as hub_redis:
+        hub = ReplyHub(hub_redis, timeout_s=config.limits.redis_timeout_s)
         gateway = Gateway(config, redis, hub)
         app = create_app(gateway)
         server = HypercornConfig()
@@ -45,9 +48,12 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
                 await hub.wait_ready()  # if Redis is down, serve 503s until it returns
                 await gateway.keys.wait_listening()
             trigger = stop.wait if stop is not None else None
-            async with trio.open_nursery() as http:
-                binds = await http.start(partial(serve, app, server, shutdown_trigger=trigger))
-                task_status.started(binds)
+            async with trio.open_nursery() as withdrawing:
+                await withdrawing.start(gateway.withdrawals.serve)
+                async with trio.open_nursery() as http:
+                    binds = await http.start(partial(serve, app, server, shutdown_trigger=trigger))
+                    task_status.started(binds)
+                gateway.withdrawals.close()  # the last requests ended: flush, then stop
             nursery.cancel_scope.cancel()  # Hypercorn drained its requests: the hub may go
 
 

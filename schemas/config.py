@@ -45,7 +45,7 @@ class Limits(Struct, forbid_unknown_fields=True):
 
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024 * 1024
     body_timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # the whole body must arrive in this time
-    redis_timeout_s: Annotated[float, Meta(gt=0)] = 5.0
+    redis_timeout_s: Annotated[float, Meta(gt=0)] = 2.0  # a healthy Redis answers in ms
     key_cache_s: Annotated[float, Meta(ge=0)] = 5.0
     # Unknown keys are remembered this long (each guess would cost a Redis lookup).
     key_miss_cache_s: Annotated[float, Meta(ge=0)] = 5.0
@@ -58,6 +58,9 @@ class Limits(Struct, forbid_unknown_fields=True):
     reclaim_after_s: Annotated[float, Meta(gt=0)] = 3.0
     max_deliveries: Annotated[int, Meta(ge=1)] = 3
     request_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
+    # One write of an answer to the client (an SSE event, a body): a client that stops
+    # reading for this long is cut off and its job withdrawn
+    write_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     # SIGTERM: intake stops; running jobs and open requests get this long to finish
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0
     # Routing: how often an ingress re-reads the providers' cool-downs and queue depths,

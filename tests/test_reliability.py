@@ -6,8 +6,6 @@ Each test pins one invariant of DESIGN.md and fails when it breaks.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from functools import partial
 from typing import Any
@@ -162,10 +160,13 @@ async def test_client_disconnect_cancels_plain_request_upstream(
     with trio.move_on_after(0.5):
         await openai_gateway.client().chat.completions.create(model="gpt-test", messages=HI)  # type: ignore[arg-type]
     left = time.monotonic()
-    with trio.fail_after(5):
-        while await openai_gateway.redis.xlen("sb:q:up") != 0:
+    with trio.fail_after(5):  # the upstream would answer only after 10 s
+        while not fake_openai.disconnects:
             await trio.sleep(0.02)
-    assert time.monotonic() - left < 1.0  # the job was cancelled and acknowledged
+    assert fake_openai.disconnects[0] - left < 1.0  # the worker closed its upstream call
+    with trio.fail_after(1):
+        while await openai_gateway.redis.xlen("sb:q:up") != 0:
+            await trio.sleep(0.02)  # ... and the job was acknowledged
 
 
 async def test_queued_job_of_a_departed_client_never_runs(
@@ -204,32 +205,6 @@ async def test_job_past_its_deadline_is_not_started(
         await gateway.start_worker()
     assert fake_openai.requests == []
     assert failures and failures[0].status_code == 504  # type: ignore[attr-defined]
-
-
-async def test_redis_hang_is_503_within_timeout_and_service_resumes(
-        nursery: trio.Nursery, tmp_path: Any) -> None:
-    process, port = start_private_redis(tmp_path)
-    try:
-        config = make_config(f"redis://127.0.0.1:{port}/0", {"local": {"kind": "mock"}},
-                             [{"slug": "echo", "routes": [{"provider": "local", "model": "m"}]}],
-                             limits={"redis_timeout_s": 1.0, "request_timeout_s": 5.0})
-        gateway = await start_gateway(nursery, config)
-        client = gateway.client(timeout=10)
-        await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
-        os.kill(process.pid, signal.SIGSTOP)  # Redis stops answering, sockets stay open
-        try:
-            asked = time.monotonic()
-            with pytest.raises(openai.APIStatusError) as caught:
-                await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
-            assert caught.value.status_code == 503
-            assert caught.value.body["code"] == "service_unavailable"  # type: ignore[index]
-            assert time.monotonic() - asked < config.limits.request_timeout_s  # an answer, not a hang
-        finally:
-            os.kill(process.pid, signal.SIGCONT)
-        assert await served_after_outage(client, within_s=15) == "hi there"
-    finally:
-        process.kill()
-        process.wait()
 
 
 async def test_redis_restart_service_resumes_by_itself(nursery: trio.Nursery, tmp_path: Any,

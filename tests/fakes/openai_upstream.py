@@ -44,7 +44,14 @@ class FakeOpenAI(ScriptedUpstream[Behavior]):
     async def answer(self, received: Received, receive: Any, send: Any) -> None:
         request = received.body
         behavior = self.next_behavior()
-        await trio.sleep(behavior.delay_s)
+        if behavior.delay_s:  # a client that leaves meanwhile is recorded in `disconnects`
+            left = len(self.disconnects)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+                await trio.sleep(behavior.delay_s)
+                nursery.cancel_scope.cancel()
+            if len(self.disconnects) > left:
+                return
         if behavior.status != 200:
             error = behavior.error or {"error": {"message": "upstream trouble", "type": "server_error",
                                                  "code": None, "param": None}}
