@@ -15,7 +15,11 @@ whose text differs: duplicated or mixed up). It prints the counts, the metered u
 against the tokens delivered, and the RSS of every process sampled over the run.
 
     .venv/bin/python bench/soak.py [--duration 180] [--concurrency 64] [--kill-every 30]
-                                   [--disconnect-rate 0.05] [--json soak.json]
+                                   [--disconnect-rate 0.05] [--no-redis-restart]
+                                   [--json soak.json]
+
+`--kill-every 0 --no-redis-restart --disconnect-rate 0` is the same load without faults,
+to tell a leak from what the faults cost.
 """
 
 from __future__ import annotations
@@ -248,13 +252,14 @@ class Soak:
         while trio.current_time() < started + self.args.duration - 5:
             await trio.sleep(0.5)
             now = trio.current_time()
-            if not restarted_redis and now > started + self.args.duration / 2 + 5:
+            if self.args.redis_restart and not restarted_redis and \
+                    now > started + self.args.duration / 2 + 5:
                 restarted_redis = True
                 self.tally.faults.append(time.monotonic())
                 print(f"soak: t={now - started:.0f}s restarting redis", file=sys.stderr)
                 await trio.to_thread.run_sync(self.redis.restart)
                 self.tally.faults.append(time.monotonic())
-            if now >= next_kill:
+            if self.args.kill_every > 0 and now >= next_kill:
                 next_kill = now + self.args.kill_every
                 name = next(n for n, p, _ in reversed(self.processes.running)
                             if n.startswith("w1.") and p.poll() is None)
@@ -285,7 +290,9 @@ class Soak:
         return {"sent": self.tally.sent, "outcomes": dict(self.tally.outcomes),
                 "errors": dict(self.tally.errors), "unexplained_errors": self.tally.unexplained,
                 "delivered_tokens": self.tally.delivered_tokens, "metered": usage,
-                "rss_mb": {name: {"first": s[min(2, len(s) - 1)], "last": s[-1], "max": max(s)}
+                # every 30 s (a sample every 5 s); "first" is after 10 s of warm-up
+                "rss_mb": {name: {"first": s[min(2, len(s) - 1)], "last": s[-1], "max": max(s),
+                                  "every_30s": s[::6]}
                            for name, s in self.rss.items() if s}}
 
 
@@ -316,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-every", type=float, default=30)
     parser.add_argument("--disconnect-rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-redis-restart", dest="redis_restart", action="store_false")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sb-soak-") as tmp:
