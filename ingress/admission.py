@@ -30,10 +30,17 @@ if len >= max then
   if ok then running = pend[1] end
   if len - running >= max then return {-1} end
 end
+-- The provider's byte budget (max_queue_bytes, ARGV[5]): the stream's memory as Redis
+-- counts it, running entries included, plus this job must fit.
+local max_bytes = tonumber(ARGV[5])
+if max_bytes >= 0 then
+  local held = redis.call('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0') or 0
+  if held + #ARGV[3] > max_bytes then return {-2} end
+end
 return {1, redis.call('XADD', KEYS[1], '*', 'j', ARGV[3])}
 """
 
-ADMITTED, OVER_QUOTA = 1, 0
+ADMITTED, OVER_QUOTA, QUEUE_BYTES_FULL = 1, 0, -2
 
 
 class Admission:
@@ -43,16 +50,19 @@ class Admission:
         self.redis = redis
         self._admit = redis.register_script(_ADMIT)
 
-    async def admit(self, job: Job, *, max_queue: int, token_limit: int | None) -> tuple[int, bytes]:
+    async def admit(self, job: Job, *, max_queue: int, token_limit: int | None,
+                    max_queue_bytes: int | None = None) -> tuple[int, bytes]:
         """Enqueue `job` unless the org is over quota or the queue is full.
 
-        Returns (ADMITTED, entry id), or (OVER_QUOTA or a full queue's -1, b"").
+        Returns (ADMITTED, entry id), or (OVER_QUOTA, a full queue's -1, or
+        QUEUE_BYTES_FULL when the job does not fit the provider's byte budget, b"").
         """
         provider = job.route.provider
         result: Any = await self._admit(
             keys=[names.queue(provider), names.usage(job.org, names.month())],
             args=[max_queue, -1 if token_limit is None else token_limit,
-                  job_encoder.encode(job), names.GROUP],
+                  job_encoder.encode(job), names.GROUP,
+                  -1 if max_queue_bytes is None else max_queue_bytes],
         )
         code = int(result[0])
         return code, (result[1] if code == ADMITTED else b"")

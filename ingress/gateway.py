@@ -12,7 +12,8 @@ import coredis
 import msgspec
 import trio
 
-from ingress.admission import ADMITTED, OVER_QUOTA, Admission
+from ingress.admission import ADMITTED, OVER_QUOTA, QUEUE_BYTES_FULL, Admission
+from ingress.bounds import Bounds
 from ingress.catalog import Catalog
 from ingress.keys import Identity, KeyStore
 from ingress.relay import Outcome, first_frame, stream_events
@@ -87,6 +88,7 @@ class Gateway:
         self.admission = Admission(redis)
         self.keys = KeyStore(redis, config.limits.key_cache_s)
         self.catalog = Catalog(config, int(time.time()))
+        self.bounds = Bounds(config.limits)
 
     async def redis_call(self, awaitable: Awaitable[T]) -> T:
         """Await a Redis operation; trouble becomes a 503 within the timeout (invariant 7)."""
@@ -104,15 +106,21 @@ class Gateway:
     def chat(self, body: bytes) -> Submission:
         """An OpenAI chat completion request."""
         request = decode_body(request_decoder, body)
+        self.bounds.count("messages", request.messages, "max_messages")
+        self.bounds.count("tools", request.tools, "max_tools")
         return Submission("chat", request.model, body, request.stream, request.include_usage)
 
     def embeddings(self, body: bytes) -> Submission:
         """An OpenAI embeddings request."""
-        return Submission("embeddings", decode_body(embedding_decoder, body).model, body)
+        request = decode_body(embedding_decoder, body)
+        self.bounds.count("input", request.input, "max_inputs")
+        self.bounds.dimensions(request.dimensions)
+        return Submission("embeddings", request.model, body)
 
     async def submit(self, identity: Identity, submission: Submission, request_id: str,
                      pin: str | None = None) -> Reply:
         """Run one request through the queue. Raises GatewayError before output."""
+        self.bounds.model(submission.model)
         routes = self.catalog.routes(submission.model, endpoint=submission.endpoint, pin=pin)
         job = Job(request_id=request_id, org=identity.org, project=identity.project,
                   key_id=identity.key_id, model=submission.model, routes=routes,
@@ -153,11 +161,17 @@ class Gateway:
         provider = self.config.providers[job.route.provider]
         plan = self.config.plans.get(identity.plan) if identity.plan else None
         code, entry_id = await self.redis_call(self.admission.admit(
-            job, max_queue=provider.max_queue,
+            job, max_queue=provider.max_queue, max_queue_bytes=provider.max_queue_bytes,
             token_limit=plan.monthly_tokens if plan else None))
         if code == OVER_QUOTA:
             raise GatewayError(429, "subscription_limit",
                                f"organization {identity.org!r} has used its plan's monthly tokens")
+        if code == QUEUE_BYTES_FULL:
+            raise GatewayError(429, "queue_full",
+                               f"provider {job.route.provider!r} holds its budget of queued bytes "
+                               f"(providers.{job.route.provider}.max_queue_bytes = "
+                               f"{provider.max_queue_bytes})", retry_after=1,
+                               details={"limit": "max_queue_bytes", "max": provider.max_queue_bytes})
         if code != ADMITTED:
             raise GatewayError(429, "queue_full",
                                f"provider {job.route.provider!r} has too many queued requests",

@@ -19,12 +19,14 @@ class AnthropicMessagesRequest(Struct):
     messages: Annotated[list[dict[str, Any]], Meta(min_length=1)]
     max_tokens: Annotated[int, Meta(ge=1)]
     stream: bool = False
+    tools: list[msgspec.Raw] | None = None  # counted only (limits.max_tools)
 
 
 class GeminiGenerateRequest(Struct):
     """`models/{model}:generateContent` of the Gemini API (the model is in the path)."""
 
     contents: Annotated[list[dict[str, Any]], Meta(min_length=1)]
+    tools: list[msgspec.Raw] | None = None  # counted only (limits.max_tools)
 
 
 anthropic_decoder = msgspec.json.Decoder(AnthropicMessagesRequest)

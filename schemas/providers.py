@@ -21,6 +21,9 @@ class ProviderBase(Struct, forbid_unknown_fields=True, tag_field="kind", kw_only
     api_key_file: str | None = None  # ...or this file; it is never stored in config
     max_concurrency: Annotated[int, Meta(ge=1)] = 256  # in-flight calls per worker process
     max_queue: Annotated[int, Meta(ge=1)] = 10000  # queued jobs before the ingress says 429
+    # Redis memory the provider's stream may take (running jobs included) before the
+    # ingress says 429, so one caller's big bodies cannot fill Redis (ingress/admission.py).
+    max_queue_bytes: Annotated[int, Meta(ge=64 * 1024)] = 256 * 1024 * 1024
     timeout_s: Annotated[float, Meta(gt=0)] = 600.0  # one upstream attempt
     max_retries: Annotated[int, Meta(ge=0, le=10)] = 1  # retries of one route before failover
 
