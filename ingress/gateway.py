@@ -66,6 +66,13 @@ class Submission:
 def decode_body(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
     """Validate a body: 400 for bad JSON, 422 naming the field for a bad shape."""
     try:
+        # JSON is UTF-8. msgspec checks only the strings it decodes (a bad byte there is a
+        # UnicodeDecodeError, once a 500) and relays skipped fields' bytes as they are.
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GatewayError(400, "invalid_json",
+                           f"the body is not valid UTF-8 (byte {exc.start})") from None
+    try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         message = str(exc)
@@ -113,6 +120,12 @@ class Gateway:
     def embeddings(self, body: bytes) -> Submission:
         """An OpenAI embeddings request."""
         request = decode_body(embedding_decoder, body)
+        if not isinstance(request.input, str) and len({type(x) for x in request.input}) > 1:
+            # msgspec cannot say "a list of one of these"; a mixed list reached the workers.
+            raise GatewayError(422, "validation_error", "invalid request: `input` is a string, a "
+                               "list of strings, a list of token ids or a list of lists of them, "
+                               "never a mix", param="input",
+                               details={"field": "$.input", "reason": "mixed input list"})
         self.bounds.count("input", request.input, "max_inputs")
         self.bounds.dimensions(request.dimensions)
         return Submission("embeddings", request.model, body)

@@ -120,6 +120,25 @@ async def test_at_the_bound_is_served(openai_gateway: Gateway) -> None:
     assert len(reply.json()["data"][0]["embedding"]) == 8192
 
 
+async def test_a_mixed_embeddings_input_is_a_422(openai_gateway: Gateway) -> None:
+    # Found by the fuzzer: it used to crash the mock provider's job (a 500).
+    for mixed in (["a", 5], [[1, 2], "b"], [1, [2]]):
+        reply = await post(openai_gateway, EMBED, {"model": "echo", "input": mixed})
+        assert reply.status_code == 422, reply.text
+        assert reply.json()["error"]["param"] == "input"
+    await assert_nothing_changed(openai_gateway)
+
+
+@pytest.mark.parametrize("path", [CHAT, EMBED, ANTHROPIC, GEMINI])
+async def test_invalid_utf8_inside_a_string_is_a_400(openai_gateway: Gateway, path: str) -> None:
+    # Found by the fuzzer: msgspec raises UnicodeDecodeError (not DecodeError) there: a 500.
+    body = json.dumps(DEEP_BODIES[path]).replace('"@"', '"@"').encode().replace(b"@", b"\xff\xfe")
+    reply = await post(openai_gateway, path, body)
+    assert reply.status_code == 400, reply.text
+    assert "UTF-8" in reply.json()["error"]["message"]
+    await assert_nothing_changed(openai_gateway)
+
+
 async def test_a_long_slug_is_refused_without_being_echoed(openai_gateway: Gateway) -> None:
     slug = "m" * 257 + "-slug-echo-marker"
     for path, body in ((CHAT, {"model": slug, "messages": HI}),
