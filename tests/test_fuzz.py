@@ -209,6 +209,7 @@ def run_schemathesis(served: Served, examples: int) -> int:
     auth = {"authorization": f"Bearer {served.secret}"}
 
     def fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> None:
+        documented = openapi_document()["paths"][operation.path][operation.method]["responses"]
         # Without a key every answer is the same 401: a few suffice. Chat bodies are the
         # slowest to generate (the largest schema): half as many, both chat paths share them.
         count = examples if headers else 4
@@ -220,6 +221,9 @@ def run_schemathesis(served: Served, examples: int) -> int:
             response = case.call(base_url=served.base, session=session, headers=headers,
                                  timeout=20)
             sent[0] += 1
+            if str(response.status_code) not in documented:
+                served.problems.append(f"{case.method} {case.path}: {response.status_code} is "
+                                       "not among the document's responses")
             judge(served, f"{case.method} {case.formatted_path} ({mode.value}) {case.body!r:.200}",
                   case.formatted_path, response.status_code, response.headers, response.content)
 
