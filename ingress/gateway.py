@@ -126,7 +126,8 @@ class Gateway:
                                "list of strings, a list of token ids or a list of lists of them, "
                                "never a mix", param="input",
                                details={"field": "$.input", "reason": "mixed input list"})
-        self.bounds.count("input", request.input, "max_inputs")
+        if not isinstance(request.input, str) and not isinstance(request.input[0], int):
+            self.bounds.count("input", request.input, "max_inputs")  # (token ids are one input)
         self.bounds.dimensions(request.dimensions)
         return Submission("embeddings", request.model, body)
 
@@ -134,6 +135,8 @@ class Gateway:
                      pin: str | None = None) -> Reply:
         """Run one request through the queue. Raises GatewayError before output."""
         self.bounds.model(submission.model)
+        if pin is not None:
+            self.bounds.model(pin, "vendor")  # a provider name, echoed like a slug
         routes = self.catalog.routes(submission.model, endpoint=submission.endpoint, pin=pin)
         job = Job(request_id=request_id, org=identity.org, project=identity.project,
                   key_id=identity.key_id, model=submission.model, routes=routes,

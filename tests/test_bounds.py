@@ -114,6 +114,10 @@ async def test_at_the_bound_is_served(openai_gateway: Gateway) -> None:
                                                "dimensions": 4})
     assert reply.status_code == 200, reply.text[:300]
     assert len(reply.json()["data"]) == 2048
+    # One pre-tokenized input is one input, however many token ids it has.
+    reply = await post(openai_gateway, EMBED, {"model": "echo", "input": list(range(3000))})
+    assert reply.status_code == 200, reply.text[:300]
+    assert len(reply.json()["data"]) == 1
     # (2,048 inputs of 8,192 dimensions is one 100 MB answer: the frame cap's business.)
     reply = await post(openai_gateway, EMBED, {"model": "echo", "input": "a", "dimensions": 8192})
     assert reply.status_code == 200, reply.text[:300]
@@ -150,6 +154,11 @@ async def test_a_long_slug_is_refused_without_being_echoed(openai_gateway: Gatew
         refused(reply, "max_model_chars")
         assert "slug-echo-marker" not in reply.text
     async with httpx.AsyncClient(verify=TLS, base_url=openai_gateway.base_url) as http:
+        reply = await http.post(CHAT, json={"model": "echo", "messages": HI},
+                                headers={"authorization": f"Bearer {openai_gateway.secret}",
+                                         "vendor": slug})
+        refused(reply, "max_model_chars")
+        assert "slug-echo-marker" not in reply.text
         reply = await http.get(f"/v1/router/models/{slug}/providers",
                                headers={"authorization": f"Bearer {openai_gateway.secret}"})
     refused(reply, "max_model_chars")
