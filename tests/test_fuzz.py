@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +38,7 @@ from schemathesis import GenerationMode
 
 from ingress.dev import free_port
 from ingress.openapi import openapi_document
+from tests import rawhttp
 from tests.conftest import FakeUpstreams
 
 SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
@@ -282,77 +280,6 @@ header_values = st.one_of(st.binary(max_size=100).map(lambda b: b.replace(b"\r",
                           st.integers(1, 70_000))  # an oversized one: its length
 
 
-@contextmanager
-def _connection(served: Served) -> Iterator[socket.socket]:
-    with socket.create_connection(("127.0.0.1", served.port), timeout=20) as sock:
-        yield sock
-
-
-def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 answer off a raw socket (Content-Length or chunked, or to close)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    if not lines[0].startswith(b"HTTP/1.1 "):
-        return 0, {}, data
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
-    if "content-length" in headers:
-        while len(rest) < int(headers["content-length"]):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-        return status, headers, rest
-    while True:  # chunked or close-delimited: read to the end, then unchunk
-        chunk = sock.recv(65536)
-        if not chunk or rest.endswith(b"0\r\n\r\n"):
-            break
-        rest += chunk
-    if headers.get("transfer-encoding") == "chunked":
-        body, remaining = b"", rest
-        while remaining:
-            size_line, _, remaining = remaining.partition(b"\r\n")
-            size = int(size_line or b"0", 16)
-            if not size:
-                break
-            body, remaining = body + remaining[:size], remaining[size + 2:]
-        rest = body
-    return status, headers, rest
-
-
-def _raw(served: Served, path: str, body: bytes, headers: list[tuple[bytes, bytes]],
-         pauses: list[float] | None = None) -> tuple[int, dict[str, str], bytes]:
-    head = [b"POST " + path.encode() + b" HTTP/1.1", b"host: 127.0.0.1",
-            b"content-length: " + str(len(body)).encode()]
-    head += [name + b": " + value for name, value in headers]
-    with _connection(served) as sock:
-        try:
-            sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
-            if pauses:  # a slow body: pieces with pauses between them
-                step = max(1, len(body) // (len(pauses) + 1))
-                for i, pause in enumerate(pauses):
-                    sock.sendall(body[i * step:(i + 1) * step])
-                    time.sleep(pause)
-                sock.sendall(body[len(pauses) * step:])
-            else:
-                sock.sendall(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered (and closed) before it had all: read what it said
-        try:
-            return _read_answer(sock)
-        except ConnectionResetError:
-            return 0, {}, b""
-
-
 def run_raw(served: Served, examples: int) -> int:
     """What the document cannot describe, over raw sockets."""
     sent = 0
@@ -377,7 +304,8 @@ def run_raw(served: Served, examples: int) -> int:
         headers = [auth] if authed else []
         if content_type:
             headers.append((b"content-type", content_type.encode()))
-        record(f"body {body[:40]!r} as {content_type!r}", path, _raw(served, path, body, headers))
+        record(f"body {body[:40]!r} as {content_type!r}", path,
+               rawhttp.post(served.port, path, body, headers))
 
     @settings(FUZZ, max_examples=examples // 2)
     @given(path=st.sampled_from(PATHS), extra=st.lists(st.tuples(header_names, header_values),
@@ -387,21 +315,21 @@ def run_raw(served: Served, examples: int) -> int:
                    *((name.encode(), b"v" * value if isinstance(value, int) else value)
                      for name, value in extra)]
         record(f"headers {extra!r:.300}", path,
-               _raw(served, path, _valid(path), headers), protocol_error_ok=True)
+               rawhttp.post(served.port, path, _valid(path), headers), protocol_error_ok=True)
 
     @settings(FUZZ, max_examples=5)
     @given(path=st.sampled_from(PATHS), pauses=st.lists(st.floats(0.05, 0.4), min_size=1, max_size=3))
     def slow_bodies(path: str, pauses: list[float]) -> None:
         headers = [auth, (b"content-type", b"application/json")]
-        record(f"slow body {pauses}", path, _raw(served, path, _valid(path), headers, pauses))
+        record(f"slow body {pauses}", path, rawhttp.post(served.port, path, _valid(path), headers, pauses))
 
     for fuzz in (odd_bodies, odd_headers, slow_bodies):
         fuzz()
     # A body that stops arriving altogether is a 408 (body_timeout_s), not a hang.
-    with _connection(served) as sock:
+    with rawhttp.connection(served.port) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n"
                      b"authorization: Bearer " + served.secret.encode() + b"\r\n\r\n{\"model\"")
-        answer = _read_answer(sock)
+        answer = rawhttp.read_answer(sock)
     record("stalled body", "/v1/chat/completions", answer)
     if answer[0] != 408:
         served.problems.append(f"stalled body: {answer[0]}, not 408")
