@@ -35,7 +35,7 @@ for _, record in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4],
 end
 local holds = tonumber(ARGV[7])
 for i = 0, holds - 1 do
-  local at = 8 + i * 5
+  local at = 9 + i * 5
   local level = tonumber(redis.call('GET', ARGV[at]) or '0')
   if ARGV[at + 3] ~= '' then
     level = level + tonumber(redis.call('HGET', ARGV[at + 3], ARGV[at + 4]) or '0')
@@ -50,8 +50,15 @@ if len >= max then
   if ok then running = pend[1] end
   if len - running >= max then return {-1} end
 end
+-- The provider's byte budget (max_queue_bytes, ARGV[8]; -1: none): the stream's memory as
+-- Redis counts it, running entries included, plus this job must fit.
+local max_bytes = tonumber(ARGV[8])
+if max_bytes >= 0 then
+  local held = redis.call('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0') or 0
+  if held + #ARGV[2] > max_bytes then return {-2} end
+end
 for i = 0, holds - 1 do
-  local at = 8 + i * 5
+  local at = 9 + i * 5
   redis.call('INCRBY', ARGV[at], ARGV[at + 1])
   redis.call('HINCRBY', KEYS[2], ARGV[at], ARGV[at + 1])
 end
@@ -71,7 +78,7 @@ return 1
 
 _RELEASE = RELEASE_LUA + "return release(KEYS[1], KEYS[2])"
 
-ADMITTED, OVER_LIMIT, QUEUE_FULL = 1, 0, -1
+ADMITTED, OVER_LIMIT, QUEUE_FULL, QUEUE_BYTES_FULL = 1, 0, -1, -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +128,15 @@ class Admission:
         self._release = redis.register_script(_RELEASE)
 
     async def admit(self, job: Job, *, holds: list[Hold], max_queue: int,
-                    expires_at: float) -> Verdict:
+                    expires_at: float, max_queue_bytes: int | None = None) -> Verdict:
         """Enqueue `job` and reserve its `holds` unless a limit or the queue is full.
 
         The reservation is swept as abandoned after `expires_at` (unix time) if nothing
-        settled it by then.
+        settled it by then. `max_queue_bytes` bounds the stream's memory in Redis.
         """
         args: list[Any] = [max_queue, job_encoder.encode(job), names.GROUP, time.time(),
-                           expires_at, SWEEP_BATCH, len(holds)]
+                           expires_at, SWEEP_BATCH, len(holds),
+                           -1 if max_queue_bytes is None else max_queue_bytes]
         for hold in holds:
             args += [hold.counter, hold.amount, hold.limit, hold.used, hold.used_field]
         result: Any = await self._admit(
@@ -139,7 +147,7 @@ class Admission:
             return Verdict(ADMITTED, entry_id=result[1])
         if code == OVER_LIMIT:
             return Verdict(OVER_LIMIT, refused=holds[int(result[1])])
-        return Verdict(QUEUE_FULL)
+        return Verdict(code)  # QUEUE_FULL or QUEUE_BYTES_FULL
 
     async def withdraw(self, provider: str, entry_id: bytes, request_id: str,
                        remember_s: float) -> None:

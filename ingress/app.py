@@ -49,7 +49,9 @@ def create_app(gateway: Gateway) -> QuartTrio:
         match request.scope.get(REFUSAL):
             case "too_large":
                 raise GatewayError(413, "request_too_large",
-                                   f"the body exceeds {limits.max_body_bytes} bytes")
+                                   f"the body exceeds {limits.max_body_bytes} bytes "
+                                   f"(limits.max_body_bytes = {limits.max_body_bytes})",
+                                   details={"limit": "max_body_bytes", "max": limits.max_body_bytes})
             case "too_slow":
                 raise GatewayError(408, "request_timeout",
                                    f"the body did not arrive within {limits.body_timeout_s:g} s")
@@ -118,6 +120,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     @app.get("/v1/router/models/<path:model_id>/providers")
     async def model_providers(model_id: str) -> Response:
         await identity()
+        gateway.bounds.model(model_id, "model_id")
         return json_response(gateway.catalog.providers_of(model_id))
 
     @app.get("/healthz")

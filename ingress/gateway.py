@@ -17,11 +17,13 @@ import trio
 from ingress.admission import (
     ADMITTED,
     EXPIRY_GRACE_S,
+    QUEUE_BYTES_FULL,
     Admission,
     Verdict,
     estimate_tokens,
     holds_for,
 )
+from ingress.bounds import Bounds
 from ingress.catalog import Catalog
 from ingress.health import RouteHealth
 from ingress.keys import Identity, KeyStore
@@ -84,6 +86,13 @@ class Submission:
 def decode_body(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
     """Validate a body: 400 for bad JSON, 422 naming the field for a bad shape."""
     try:
+        # JSON is UTF-8. msgspec checks only the strings it decodes (a bad byte there is a
+        # UnicodeDecodeError, once a 500) and relays skipped fields' bytes as they are.
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GatewayError(400, "invalid_json",
+                           f"the body is not valid UTF-8 (byte {exc.start})") from None
+    try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         message = str(exc)
@@ -112,6 +121,7 @@ class Gateway:
         self.withdrawals = Withdrawals[Ticket](
             self._withdraw, timeout_s=config.limits.redis_timeout_s,
             keep_s=config.limits.request_timeout_s + REPLY_GRACE_S)
+        self.bounds = Bounds(config.limits)
 
     async def redis_call(self, awaitable: Awaitable[T]) -> T:
         """Await a Redis operation; trouble becomes a 503 (invariant 7).
@@ -143,18 +153,32 @@ class Gateway:
     def chat(self, body: bytes) -> Submission:
         """An OpenAI chat completion request."""
         request = decode_body(request_decoder, body)
+        self.bounds.count("messages", request.messages, "max_messages")
+        self.bounds.count("tools", request.tools, "max_tools")
         return Submission("chat", request.model, body, request.stream, request.include_usage,
                           max_output_tokens=request.max_completion_tokens or request.max_tokens,
                           choices=request.n or 1)
 
     def embeddings(self, body: bytes) -> Submission:
         """An OpenAI embeddings request."""
-        return Submission("embeddings", decode_body(embedding_decoder, body).model, body,
-                          max_output_tokens=0)
+        request = decode_body(embedding_decoder, body)
+        if not isinstance(request.input, str) and len({type(x) for x in request.input}) > 1:
+            # msgspec cannot say "a list of one of these"; a mixed list reached the workers.
+            raise GatewayError(422, "validation_error", "invalid request: `input` is a string, a "
+                               "list of strings, a list of token ids or a list of lists of them, "
+                               "never a mix", param="input",
+                               details={"field": "$.input", "reason": "mixed input list"})
+        if not isinstance(request.input, str) and not isinstance(request.input[0], int):
+            self.bounds.count("input", request.input, "max_inputs")  # (token ids are one input)
+        self.bounds.dimensions(request.dimensions)
+        return Submission("embeddings", request.model, body, max_output_tokens=0)
 
     async def submit(self, identity: Identity, submission: Submission, request_id: str,
                      pin: str | None = None) -> Reply:
         """Run one request through the queue. Raises GatewayError before output."""
+        self.bounds.model(submission.model)
+        if pin is not None:
+            self.bounds.model(pin, "vendor")  # a provider name, echoed like a slug
         routes = await self.routing.order(submission.model, self.catalog.routes(
             submission.model, endpoint=submission.endpoint, pin=pin))
         job = Job(request_id=request_id, org=identity.org, project=identity.project,
@@ -211,9 +235,10 @@ class Gateway:
                           token_limit=plan.monthly_tokens if plan else None)
         verdict = await self.redis_call(self.admission.admit(
             job, holds=holds, max_queue=provider.max_queue,
-            expires_at=job.deadline + EXPIRY_GRACE_S))
+            expires_at=job.deadline + EXPIRY_GRACE_S,
+            max_queue_bytes=provider.max_queue_bytes))
         if verdict.code != ADMITTED:
-            raise _refusal(verdict, job)
+            raise _refusal(verdict, job, provider.max_queue_bytes)
         wait_until = trio.current_time() + self.config.limits.request_timeout_s + REPLY_GRACE_S
         return Ticket(job, verdict.entry_id, replies, wait_until)
 
@@ -269,9 +294,15 @@ class Gateway:
         log_event("request", **fields)
 
 
-def _refusal(verdict: Verdict, job: Job) -> GatewayError:
+def _refusal(verdict: Verdict, job: Job, max_queue_bytes: int) -> GatewayError:
     """The 429 for a request admission refused: the limit that had no room, or a full queue."""
     provider = job.route.provider
+    if verdict.code == QUEUE_BYTES_FULL:
+        return GatewayError(429, "queue_full",
+                            f"provider {provider!r} holds its budget of queued bytes "
+                            f"(providers.{provider}.max_queue_bytes = {max_queue_bytes})",
+                            retry_after=1, details={"limit": "max_queue_bytes",
+                                                    "max": max_queue_bytes})
     match verdict.refused:
         case None:
             return GatewayError(429, "queue_full",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from ingress.gateway import Submission, decode_body
-from ingress.respond import relay
+from ingress.respond import gateway, relay
 from schemas.errors import GatewayError
 from schemas.native import anthropic_decoder, gemini_decoder
 
@@ -37,6 +37,8 @@ async def anthropic_messages() -> Response:
 
     def submission(body: bytes) -> Submission:
         message = decode_body(anthropic_decoder, body)
+        gateway().bounds.count("messages", message.messages, "max_messages")
+        gateway().bounds.count("tools", message.tools, "max_tools")
         return Submission("anthropic_messages", message.model, body, message.stream,
                           headers=headers, max_output_tokens=message.max_tokens)
 
@@ -59,6 +61,8 @@ async def gemini_generate(target: str) -> Response:
 
     def submission(body: bytes) -> Submission:
         generate = decode_body(gemini_decoder, body)
+        gateway().bounds.count("contents", generate.contents, "max_messages")
+        gateway().bounds.count("tools", generate.tools, "max_tools")
         config = generate.generationConfig
         return Submission("gemini_generate", model, body, stream,
                           max_output_tokens=config.maxOutputTokens if config else None,

@@ -22,6 +22,9 @@ from schemas.errors import ErrorBody
 from schemas.kinds import NATIVES
 
 _REF = "#/components/schemas/{name}"
+# What an endpoint that takes a body can answer besides 200: 408 when the body is too slow,
+# 413 over limits.max_body_bytes, 400 for bad JSON and the other input bounds.
+_BODY_ERRORS = (400, 401, 408, 413, 422, 429, 502, 503, 504)
 
 
 def _json(name: str) -> dict[str, Any]:
@@ -50,7 +53,7 @@ def openapi_document() -> dict[str, Any]:
                         "stream of chat.completion.chunk objects ending in `data: [DONE]`",
                         "content": {**_json("ChatCompletion"), "text/event-stream": {
                             "schema": {"$ref": _REF.format(name="ChatCompletionChunk")}}}},
-                **_errors(400, 401, 413, 422, 429, 502, 503, 504),
+                **_errors(*_BODY_ERRORS),
             },
         }
     }
@@ -63,14 +66,14 @@ def openapi_document() -> dict[str, Any]:
         "summary": "Create embeddings", "security": secured,
         "requestBody": {"required": True, "content": _json("EmbeddingRequest")},
         "responses": {"200": {"description": "an embedding list", "content": _json("EmbeddingList")},
-                      **_errors(400, 401, 413, 422, 429, 502, 503, 504)}}}
+                      **_errors(*_BODY_ERRORS)}}}
 
     def native(request: str, summary: str) -> dict[str, Any]:
         # Relayed untranslated: only the fields the gateway checks are described.
         return {"post": {"summary": summary, "security": secured,
                          "requestBody": {"required": True, "content": _json(request)},
                          "responses": {"200": {"description": "the provider's own answer"},
-                                       **_errors(400, 401, 413, 422, 429, 502, 503, 504)}}}
+                                       **_errors(*_BODY_ERRORS)}}}
 
     natives = {}
     for api in NATIVES:
@@ -79,8 +82,11 @@ def openapi_document() -> dict[str, Any]:
                       for name in re.findall(r"{(\w+)}", api.path)]
         if parameters:
             natives[api.path]["post"]["parameters"] = parameters
+            # A path naming no served method (`models/x:countTokens`) is a 404.
+            natives[api.path]["post"]["responses"].update(_errors(404))
     health = {"get": {"responses": {"200": {"description": "ok"}, **_errors(503)}}}
     providers = listing("ModelProviderList", "The providers that serve a model")
+    providers["get"]["responses"].update(_errors(400, 404))  # a slug too long; not in the catalog
     providers["get"]["parameters"] = [
         {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {

@@ -53,6 +53,7 @@ async def relay(make: Callable[[bytes], Submission]) -> Response:
     caller = await identity()
     body = await request.get_data(cache=False)
     assert isinstance(body, bytes)
+    await gateway().bounds.check_body(body)  # before any decoder recurses into it
     pin = request.headers.get("vendor") or None
     reply = await gateway().submit(caller, make(body), g.request_id, pin)
     if reply.events is None:

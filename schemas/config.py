@@ -43,7 +43,15 @@ class Plan(Struct, forbid_unknown_fields=True):
 class Limits(Struct, forbid_unknown_fields=True):
     """Edge limits; defaults suit production."""
 
-    max_body_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024 * 1024
+    # Input bounds: what one request may carry (ingress/bounds.py). A body over
+    # `max_body_bytes` is a 413, any other bound a 400 `limit_exceeded` naming its knob.
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
+    max_json_depth: Annotated[int, Meta(ge=2, le=256)] = 64  # nested arrays and objects
+    max_messages: Annotated[int, Meta(ge=1)] = 2048  # chat `messages`, native `messages`/`contents`
+    max_tools: Annotated[int, Meta(ge=0)] = 128  # `tools` (the native APIs' too)
+    max_inputs: Annotated[int, Meta(ge=1)] = 2048  # embeddings `input` entries
+    max_model_chars: Annotated[int, Meta(ge=8)] = 256  # a model slug (echoed in errors and logs)
+    max_dimensions: Annotated[int, Meta(ge=1)] = 8192  # embeddings `dimensions`
     body_timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # the whole body must arrive in this time
     redis_timeout_s: Annotated[float, Meta(gt=0)] = 2.0  # a healthy Redis answers in ms
     key_cache_s: Annotated[float, Meta(ge=0)] = 5.0

@@ -19,6 +19,7 @@ class AnthropicMessagesRequest(Struct):
     messages: Annotated[list[dict[str, Any]], Meta(min_length=1)]
     max_tokens: Annotated[int, Meta(ge=1)]
     stream: bool = False
+    tools: list[msgspec.Raw] | None = None  # counted only (limits.max_tools)
 
 
 class GeminiGenerationConfig(Struct):
@@ -33,6 +34,7 @@ class GeminiGenerateRequest(Struct):
 
     contents: Annotated[list[dict[str, Any]], Meta(min_length=1)]
     generationConfig: GeminiGenerationConfig | None = None
+    tools: list[msgspec.Raw] | None = None  # counted only (limits.max_tools)
 
 
 anthropic_decoder = msgspec.json.Decoder(AnthropicMessagesRequest)

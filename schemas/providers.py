@@ -24,6 +24,9 @@ class ProviderBase(Struct, forbid_unknown_fields=True, tag_field="kind", kw_only
     # One org's jobs in this provider's stream (queued or running) before it gets 429,
     # so one tenant cannot take the whole queue. Unset: a quarter of max_queue.
     max_queue_per_org: Annotated[int, Meta(ge=1)] | None = None
+    # Redis memory the provider's stream may take (running jobs included) before the
+    # ingress says 429, so one caller's big bodies cannot fill Redis (ingress/admission.py).
+    max_queue_bytes: Annotated[int, Meta(ge=64 * 1024)] = 256 * 1024 * 1024
     timeout_s: Annotated[float, Meta(gt=0)] = 600.0  # one upstream attempt
     max_retries: Annotated[int, Meta(ge=0, le=10)] = 1  # retries of one route before failover
     # This many failed jobs in a row (5xx, timeouts, connection errors) put the provider on

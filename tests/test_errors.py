@@ -177,7 +177,11 @@ async def test_job_envelopes_carry_no_credential_or_key(nursery: trio.Nursery, r
     assert UPSTREAM_SECRET.encode() not in raw and gateway.secret.encode() not in raw
 
 
-GARBAGE = [b"", b"\xff\xfe\x00", b"[]", b"null", b"42", b'"text"', b"{" * 5000 + b"}" * 5000,
+# The deep one is valid JSON whose nesting sits in an unknown field, so a decoder must go
+# all the way down (a body invalid at its second byte would never try the depth).
+DEEP = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}], "x": ' + \
+    b"[" * 5000 + b"]" * 5000 + b"}"
+GARBAGE = [b"", b"\xff\xfe\x00", b"[]", b"null", b"42", b'"text"', DEEP,
            b'{"model": "echo", "messages": [null]}', b'{"model": ["x"], "messages": []}',
            b'{"model": "echo", "messages": [{"role": "user", "content": {"a": 1}}]}',
            b'{"model": "echo", "messages": [{"role": "user", "content": [{"text": "no type"}]}]}',

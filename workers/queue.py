@@ -70,9 +70,11 @@ for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if #p > 0 and p[1][2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
+  elseif #p > 0 then
     table.insert(lost, ARGV[i])
   end
+  -- Not pending at all: finished (by us a moment ago, or by the worker that took it over,
+  -- whose outcome counts: our own finish will find the entry not ours and do nothing).
 end
 return lost
 """

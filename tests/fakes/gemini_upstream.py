@@ -115,7 +115,7 @@ class FakeGemini(ScriptedUpstream[Behavior]):
         if behavior.block_reason:
             return {"promptFeedback": {"blockReason": behavior.block_reason},
                     "usageMetadata": _usage(request, "")}
-        count = request.get("generationConfig", {}).get("candidateCount", 1)
+        count = (request.get("generationConfig") or {}).get("candidateCount", 1)
         candidates: list[dict[str, Any]] = []
         for i in range(count):
             candidate: dict[str, Any] = {"finishReason": behavior.finish_reason, "index": i}
@@ -178,7 +178,7 @@ def _validate(request: dict[str, Any]) -> str | None:
     """What real Gemini would refuse with 400 INVALID_ARGUMENT, or None."""
     for key in request.keys() - REQUEST_FIELDS:
         return f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.'
-    for key in request.get("generationConfig", {}).keys() - GENERATION_FIELDS:
+    for key in (request.get("generationConfig") or {}).keys() - GENERATION_FIELDS:
         return f'Invalid JSON payload received. Unknown name "{key}" at \'generation_config\'.'
     contents = request.get("contents") or []
     if not contents:

@@ -66,7 +66,7 @@ class FakeOpenAI(ScriptedUpstream[Behavior]):
 
     def _embeddings(self, request: dict[str, Any]) -> dict[str, Any]:
         inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
-        size = request.get("dimensions", 4)
+        size = request.get("dimensions") or 4  # null means the default, as upstream
         data = [{"object": "embedding", "index": i, "embedding": [0.5] * size}
                 for i, _ in enumerate(inputs)]
         return {"object": "list", "data": data, "model": request["model"],

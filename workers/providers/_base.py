@@ -180,7 +180,7 @@ def status_failure(provider: str, status: int, message: str = "", code: str | No
     """Classify a provider's non-200 answer: the one rule every kind applies.
 
     400/413/422 are the client's own mistake (context too long, a bad parameter): relayed
-    with the provider's status, code and message (the credential redacted), never
+    with the provider's status, code and message (the credential redacted from both), never
     retried or failed over — unless `ours` (the provider says our key or project is at
     fault). 408/409/429 and 5xx (Anthropic's 529 overloaded included) are retryable.
     Anything else (401, 403, 404: our credential or route is wrong) fails over without
@@ -188,7 +188,8 @@ def status_failure(provider: str, status: int, message: str = "", code: str | No
     type) are told, never the provider's message.
     """
     if status in CLIENT_FAULT and not ours:
-        return UpstreamFailure(status, code or "upstream_invalid_request",
+        # The code is relayed and logged too: it gets the same redaction as the message.
+        return UpstreamFailure(status, redact(code or "", secret) or "upstream_invalid_request",
                                redact(message, secret) or f"provider {provider!r} rejected the request",
                                provider=provider, upstream_status=status, failover=False)
     retryable = status in (408, 409, 429) or status >= 500
