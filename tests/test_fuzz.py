@@ -389,7 +389,7 @@ def _assert_logs_clean(served: Served, text: str) -> None:
 
 async def test_schemathesis_finds_no_5xx_and_leaves_nothing(served: Served, redis_url: str) -> None:
     sent = await _run(served, run_schemathesis, 30 * SCALE, redis_url)
-    assert sent > 700 * SCALE, sent
+    assert sent > 600 * SCALE, sent  # some operations run out of distinct examples
     assert served.statuses[200] > 50, served.statuses  # valid requests were served, too
     assert {401, 422}.issubset(served.statuses), served.statuses
     _assert_logs_clean(served, _stop_and_read_logs(served))
