@@ -8,6 +8,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from ingress import connections
 from ingress.app import create_app
 from ingress.gateway import Gateway
 from ingress.replies import ReplyHub
@@ -27,6 +28,7 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
     seconds; then the withdrawals still queued are tried once more, and the hub, the
     listener and the refresher stop. Cancellation stops everything at once.
     """
+    connections.install()  # connections clients closed are closed at once (see the module)
     # The reply hub has a client of its own: on the shared one, its subscription and its
     # probe would queue behind every request's commands when the ingress is busy.
     async with connect(config.redis_url) as redis, \
