@@ -247,7 +247,14 @@ async def test_a_thousand_streams_at_once_end_done_or_429_never_503(
             inner.start_soon(one)
     took = time.monotonic() - started
     assert set(outcomes) <= {"done", "429 ingress_busy", "429 queue_full"}, (outcomes, took)
-    # Pushback sheds what the loop cannot carry; the rest is served whole meanwhile.
-    # Some must be served (a gateway refusing everything would pass the rest); how many depends
-    # on the machine, since client, ingress and worker share this one event loop.
-    assert outcomes.get("done", 0) >= count // 10, (outcomes, took)
+    # Pushback sheds what the loop cannot carry (how much depends on the machine: client,
+    # ingress and worker share this one event loop); what it admitted is served whole.
+    assert outcomes.get("done", 0) > 0, (outcomes, took)
+    # And the burst left the gateway healthy: a wave at a pace it can carry is all served
+    # (a gateway that refused everything, or stayed "busy", would fail here).
+    outcomes.clear()
+    for _ in range(5):
+        async with trio.open_nursery() as inner:
+            for _ in range(20):
+                inner.start_soon(one)
+    assert outcomes == {"done": 100}, outcomes
