@@ -132,6 +132,31 @@ async def owners(gateway: Gateway) -> list[str]:
     return [row.consumer.decode() for row in rows]
 
 
+async def signal_the_owner(gateway: Gateway, fake: FakeOpenAI, workers: list[WorkerProcess],
+                           signum: int) -> tuple[Any, float, WorkerProcess]:
+    """Ask once; when the upstream has the call, send `signum` to the worker that owns the
+    job. Returns the answer, how long after the signal it came, and the signalled worker."""
+    answers: list[Any] = []
+
+    async def ask() -> None:
+        answers.append(await gateway.client(timeout=60).chat.completions.create(
+            model="m", messages=HI))  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(ask)
+        with trio.fail_after(10):
+            while not fake.requests:
+                await trio.sleep(0.01)
+        [owner] = await owners(gateway)
+        [victim] = [w for w in workers if w.consumer == owner]
+        victim.signal(signum)
+        signalled = time.monotonic()
+        with trio.fail_after(30):
+            while not answers:
+                await trio.sleep(0.05)
+    return answers[0], time.monotonic() - signalled, victim
+
+
 # -- item 1: a dead worker is noticed from its missing heartbeat, at the defaults --
 
 async def test_sigkilled_workers_job_is_rerun_within_10_s_at_default_settings(
@@ -139,26 +164,9 @@ async def test_sigkilled_workers_job_is_rerun_within_10_s_at_default_settings(
     gateway = await ingress(nursery, redis_url, fake_openai)
     fake_openai.then(Behavior(delay_s=120))  # the first run hangs upstream: its worker dies
     async with worker_processes(tmp_path, redis_url, fake_openai, 2) as workers:
-        answers: list[Any] = []
-
-        async def ask() -> None:
-            answers.append(await gateway.client(timeout=60).chat.completions.create(
-                model="m", messages=HI))  # type: ignore[arg-type]
-
-        async with trio.open_nursery() as inner:
-            inner.start_soon(ask)
-            with trio.fail_after(10):
-                while not fake_openai.requests:
-                    await trio.sleep(0.01)
-            [owner] = await owners(gateway)
-            [doomed] = [w for w in workers if w.consumer == owner]
-            doomed.signal(signal.SIGKILL)
-            killed = time.monotonic()
-            with trio.fail_after(30):
-                while not answers:
-                    await trio.sleep(0.05)
-            rerun_after = time.monotonic() - killed
-        assert answers[0].choices[0].message.content == "hi there"
+        answer, rerun_after, _ = await signal_the_owner(gateway, fake_openai, workers,
+                                                        signal.SIGKILL)
+        assert answer.choices[0].message.content == "hi there"
         assert rerun_after < 10, f"re-run {rerun_after:.1f} s after the worker died"
         assert len(fake_openai.requests) == 2
         assert (await gateway.usage())["requests"] == 1
@@ -505,25 +513,8 @@ async def test_frozen_workers_job_is_rerun_and_not_answered_twice_when_it_resume
     gateway = await ingress(nursery, redis_url, fake_openai)
     fake_openai.then(Behavior(delay_s=3))  # the frozen worker's call: answered while it sleeps
     async with worker_processes(tmp_path, redis_url, fake_openai, 2) as workers:
-        answers: list[Any] = []
-
-        async def ask() -> None:
-            answers.append(await gateway.client(timeout=60).chat.completions.create(
-                model="m", messages=HI))  # type: ignore[arg-type]
-
-        async with trio.open_nursery() as inner:
-            inner.start_soon(ask)
-            with trio.fail_after(10):
-                while not fake_openai.requests:
-                    await trio.sleep(0.01)
-            [owner] = await owners(gateway)
-            [frozen] = [w for w in workers if w.consumer == owner]
-            frozen.signal(signal.SIGSTOP)
-            stopped = time.monotonic()
-            with trio.fail_after(30):
-                while not answers:
-                    await trio.sleep(0.05)
-            rerun_after = time.monotonic() - stopped
+        answer, rerun_after, frozen = await signal_the_owner(gateway, fake_openai, workers,
+                                                             signal.SIGSTOP)
         frozen.signal(signal.SIGCONT)  # it wakes up with the first call's answer in hand
         with trio.fail_after(10):
             while not any(e.get("event") == "job" for e in frozen.lines()):
@@ -532,7 +523,7 @@ async def test_frozen_workers_job_is_rerun_and_not_answered_twice_when_it_resume
         assert frozen.process.poll() is None  # alive and well
         events = {e["event"] for e in frozen.lines()}
         assert {"job_lost", "job_not_owned"} & events  # it stood down
-    assert answers[0].choices[0].message.content == "hi there"
+    assert answer.choices[0].message.content == "hi there"
     assert rerun_after < 10, f"re-run {rerun_after:.1f} s after the worker froze"
     assert len(fake_openai.requests) == 2
     assert (await gateway.usage())["requests"] == 1  # the resumed worker answered nothing
