@@ -37,6 +37,8 @@ from schemas.envelopes import Done, Endpoint, Error, Head, Job
 from schemas.errors import GatewayError
 from schemas.kinds import dialect
 from schemas.reservations import Hold
+from schemas.trace import TraceContext
+from schemas.tracking import identity_id, log_ids, strip_tracking
 from workers.logs import log_event
 
 REPLY_GRACE_S = 2.0  # how much longer than the job's deadline the ingress waits for a frame
@@ -81,6 +83,8 @@ class Submission:
     headers: dict[str, str] = field(default_factory=dict)  # native protocol headers to relay
     max_output_tokens: int | None = None  # the request's own output limit (None: unset)
     choices: int = 1  # answers asked for (OpenAI `n`): each may use max_output_tokens
+    identity: str = ""  # the end user's id (`identity.id`, else OpenAI's `user`)
+    thread: str = ""  # the conversation's id
 
 
 def decode_body(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
@@ -155,9 +159,13 @@ class Gateway:
         request = decode_body(request_decoder, body)
         self.bounds.count("messages", request.messages, "max_messages")
         self.bounds.count("tools", request.tools, "max_tools")
-        return Submission("chat", request.model, body, request.stream, request.include_usage,
+        tracked = request.identity is not None or request.thread is not None
+        return Submission("chat", request.model, strip_tracking(body, tracked), request.stream,
+                          request.include_usage,
                           max_output_tokens=request.max_completion_tokens or request.max_tokens,
-                          choices=request.n or 1)
+                          choices=request.n or 1,
+                          identity=identity_id(request.identity, request.user),
+                          thread=request.thread.id if request.thread else "")
 
     def embeddings(self, body: bytes) -> Submission:
         """An OpenAI embeddings request."""
@@ -171,10 +179,14 @@ class Gateway:
         if not isinstance(request.input, str) and not isinstance(request.input[0], int):
             self.bounds.count("input", request.input, "max_inputs")  # (token ids are one input)
         self.bounds.dimensions(request.dimensions)
-        return Submission("embeddings", request.model, body, max_output_tokens=0)
+        tracked = request.identity is not None or request.thread is not None
+        return Submission("embeddings", request.model, strip_tracking(body, tracked),
+                          max_output_tokens=0,
+                          identity=identity_id(request.identity, request.user),
+                          thread=request.thread.id if request.thread else "")
 
     async def submit(self, identity: Identity, submission: Submission, request_id: str,
-                     pin: str | None = None) -> Reply:
+                     pin: str | None = None, trace: TraceContext | None = None) -> Reply:
         """Run one request through the queue. Raises GatewayError before output."""
         self.bounds.model(submission.model)
         if pin is not None:
@@ -186,6 +198,9 @@ class Gateway:
                   body=submission.body, stream=submission.stream,
                   include_usage=submission.include_usage, endpoint=submission.endpoint,
                   headers=submission.headers,
+                  identity=submission.identity, thread=submission.thread,
+                  traceparent=trace.header() if trace else "",
+                  tracestate=trace.state if trace else "",
                   reply_to=self.hub.channel,
                   deadline=time.time() + self.config.limits.request_timeout_s)
         replies = self.hub.register(request_id)
@@ -290,7 +305,8 @@ class Gateway:
             "model": job.model, "provider": ticket.provider or job.route.provider,
             "stream": job.stream, "status": status,
             "ms": round((time.monotonic() - ticket.started) * 1000, 1),
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            **log_ids(job)}
         log_event("request", **fields)
 
 

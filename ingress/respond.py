@@ -14,6 +14,7 @@ from quart import Response, current_app, g, request
 
 from ingress.gateway import Gateway, Submission
 from ingress.keys import Identity
+from schemas.trace import incoming
 
 _encode = msgspec.json.Encoder().encode
 JSON = "application/json"
@@ -55,7 +56,9 @@ async def relay(make: Callable[[bytes], Submission]) -> Response:
     assert isinstance(body, bytes)
     await gateway().bounds.check_body(body)  # before any decoder recurses into it
     pin = request.headers.get("vendor") or None
-    reply = await gateway().submit(caller, make(body), g.request_id, pin)
+    trace = incoming(request.headers.get("traceparent"), request.headers.get("tracestate"),
+                     g.request_id)
+    reply = await gateway().submit(caller, make(body), g.request_id, pin, trace)
     if reply.events is None:
         response = json_response(reply.body, reply.status)
         response.headers.update(reply.headers)

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from schemas.tracking import EndUser, Thread
+
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -91,6 +93,8 @@ class ChatRequest(Struct):
     response_format: ResponseFormat | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
+    identity: EndUser | None = None  # Switchboard's own: recorded, never sent upstream
+    thread: Thread | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -194,6 +198,8 @@ class EmbeddingRequest(Struct):
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
+    identity: EndUser | None = None  # Switchboard's own: recorded, never sent upstream
+    thread: Thread | None = None
 
 
 class Embedding(Struct):

@@ -28,7 +28,7 @@ class Job(Struct, kw_only=True):
     model: str  # the slug the client sent; responses echo it
     routes: list[Route]  # ordered: failover walks this list
     route_index: int = 0
-    body: bytes  # the client's request body as received
+    body: bytes  # the client's request body as received (less `identity` and `thread`)
     stream: bool
     include_usage: bool = False  # the client asked for the usage chunk
     reply_to: str  # pub/sub channel of the ingress holding the client
@@ -38,6 +38,13 @@ class Job(Struct, kw_only=True):
     # Native endpoints only: the client's allow-listed protocol headers (for example
     # anthropic-version, anthropic-beta), relayed upstream. Never a credential.
     headers: dict[str, str] = {}
+    # Recorded, never sent upstream: the end user's and the conversation's ids ("" = none).
+    identity: str = ""
+    thread: str = ""
+    # The request's W3C trace (schemas/trace.py): the worker sends each upstream call a
+    # child of it. "" from an older ingress: no trace header upstream.
+    traceparent: str = ""
+    tracestate: str = ""
 
     @property
     def route(self) -> Route:

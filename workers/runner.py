@@ -19,9 +19,11 @@ from schemas.chat import Usage
 from schemas.config import Config
 from schemas.envelopes import Done, Error, Job
 from schemas.errors import GatewayError
+from schemas.tracking import log_ids
 from workers.health import ProviderHealth
 from workers.logs import log_event
 from workers.providers._base import Adapter, Answer, Call, UpstreamFailure
+from workers.providers._http import traced
 from workers.publisher import ClientGone, StreamPublisher
 from workers.queue import Delivery, Queue
 
@@ -148,7 +150,8 @@ class Runner:
                   status=outcome.status if isinstance(outcome, Error) else 200,
                   ms=round((time.monotonic() - started) * 1000, 1),
                   prompt_tokens=usage.prompt_tokens if usage else 0,
-                  completion_tokens=usage.completion_tokens if usage else 0)
+                  completion_tokens=usage.completion_tokens if usage else 0,
+                  **log_ids(job))
         if finished and (progress.began or progress.began_before):
             await self._forget_began(job)  # after the log line: the client has its answer
 
@@ -182,7 +185,7 @@ class Runner:
             publisher = progress.publisher = StreamPublisher(self.queue, job, attempt,
                                                              self.config.limits)
             try:
-                with trio.fail_after(min(provider.timeout_s, remaining)):
+                with trio.fail_after(min(provider.timeout_s, remaining)), traced(call.trace):
                     if job.stream:
                         usage = await self._stream(adapter, call, publisher)
                         return Done(request_id=job.request_id, attempt=attempt,

@@ -21,6 +21,7 @@ from schemas.chat import Usage
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
 from schemas.providers import ProviderBase
+from schemas.trace import parse_traceparent
 from workers.providers._meter import UsageMeter
 
 
@@ -60,9 +61,12 @@ class Call:
     job: Job
     upstream_model: str
     meter: UsageMeter = field(init=False)
+    trace: dict[str, str] = field(init=False)  # this call's trace headers: a new span id
 
     def __post_init__(self) -> None:
         self.meter = UsageMeter(self.job.body)
+        context = parse_traceparent(self.job.traceparent, self.job.tracestate)
+        self.trace = context.child() if context else {}
 
 
 @dataclass(slots=True)

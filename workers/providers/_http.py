@@ -12,8 +12,9 @@ request (AWS SigV4) instead of sending fixed headers. A non-200 answer becomes
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import cast
 
 import httpx
@@ -22,6 +23,20 @@ from workers.providers._base import UpstreamFailure, transport_failure
 from workers.providers._sse import Event, iter_events
 
 Auth = Callable[[httpx.Request], None]
+# The trace headers of the upstream call in progress (`traceparent`, `tracestate`), set by
+# the runner around each attempt: every kind's requests carry them without each adapter
+# threading them through.
+_trace_headers: ContextVar[dict[str, str] | None] = ContextVar("trace_headers", default=None)
+
+
+@contextmanager
+def traced(headers: dict[str, str]) -> Iterator[None]:
+    """Send `headers` (a trace context's child) with every upstream request made inside."""
+    token = _trace_headers.set(headers)
+    try:
+        yield
+    finally:
+        _trace_headers.reset(token)
 
 
 def header_auth(headers: dict[str, str]) -> Auth:
@@ -52,6 +67,8 @@ class Upstream:
     def _request(self, url: str, body: bytes, extra_headers: dict[str, str] | None,
                  params: dict[str, str] | None) -> httpx.Request:
         headers = {**self.headers, **extra_headers} if extra_headers else self.headers
+        if trace := _trace_headers.get():
+            headers = {**headers, **trace}
         request = self.http.build_request("POST", url, content=body, params=params, headers=headers)
         self.auth(request)
         return request
