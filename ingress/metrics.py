@@ -12,11 +12,14 @@ import time
 from collections.abc import Callable
 
 import coredis
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from schemas import names
 from schemas.config import Config
-from workers.metrics import LATENCY_BUCKETS, QueueGauges
+from schemas.metrics import LATENCY_BUCKETS, QUEUE_SCRIPT, QueueGauges
+from workers.logs import log_event
 
 __all__ = ["CONTENT_TYPE", "IngressMetrics"]
 
@@ -51,7 +54,9 @@ class IngressMetrics:
         in_flight_gauge.set_function(in_flight)
         self.streams = Gauge("switchboard_streams_held", "Streamed answers being relayed now.",
                              registry=r)
-        self.queues = QueueGauges(r, redis, list(config.providers), config.limits.redis_timeout_s)
+        self.queues = QueueGauges(r, list(config.providers))
+        self._read_queues = redis.register_script(QUEUE_SCRIPT)
+        self._timeout_s = config.limits.redis_timeout_s
 
     def stream_began(self) -> float:
         """A stream's first content arrived: count it held; returns the time (monotonic)."""
@@ -77,5 +82,12 @@ class IngressMetrics:
 
     async def render(self) -> bytes:
         """The text format, with the queue gauges read from Redis now (bounded)."""
-        await self.queues.refresh()
+        try:
+            with trio.fail_after(self._timeout_s):
+                rows = await self._read_queues.execute(keys=self.queues.keys(), args=[names.GROUP])
+        except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
+            log_event("metrics_queue_read_failed", error=type(exc).__name__)
+            self.queues.failed()
+        else:
+            self.queues.record(rows)
         return generate_latest(self.registry)

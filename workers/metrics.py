@@ -1,9 +1,8 @@
-"""Prometheus metrics of a worker process, and the queue gauges both sides expose.
+"""Prometheus metrics of a worker process, served on `--metrics-port`.
 
-Each process builds its own `CollectorRegistry` (never the library's global one), so
-several ingresses and workers in one test process keep separate counts. The queue
-gauges are read from Redis when scraped (one read-only script, bounded by
-`redis_timeout_s`); a scrape whose read fails says so in `switchboard_queue_read_ok`.
+Each Runner builds its own `CollectorRegistry` (never the library's global one), so
+several workers in one test process keep separate counts. The queue gauges of the
+providers it serves are read from Redis when scraped (`schemas.metrics`).
 """
 
 from __future__ import annotations
@@ -19,60 +18,22 @@ from hypercorn.trio import serve
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 
 from schemas import names
+from schemas.metrics import LATENCY_BUCKETS, QUEUE_SCRIPT, QueueGauges
 from workers.logs import log_event
 
-# Seconds: from a fast embedding to a long completion.
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
-# KEYS: the providers' streams. ARGV[1]: the group. Per stream {entries, pending}.
-_DEPTHS = """
-local out = {}
-for i = 1, #KEYS do
-  local entries = redis.call('XLEN', KEYS[i])
-  local pending = 0
-  if entries > 0 then
-    local ok, pend = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1])
-    if ok then pending = pend[1] end
-  end
-  table.insert(out, {entries, pending})
-end
-return out
-"""
-
-
-class QueueGauges:
-    """`switchboard_queue_depth` (jobs waiting for a worker) and `switchboard_queue_pending`
-    (jobs a worker holds), per provider, read from Redis at scrape time."""
-
-    def __init__(self, registry: CollectorRegistry, redis: coredis.Redis[bytes],
-                 providers: Sequence[str], timeout_s: float) -> None:
-        self.providers = list(providers)
-        self.timeout_s = timeout_s
-        self._read = redis.register_script(_DEPTHS)
-        self.depth = Gauge("switchboard_queue_depth", "Jobs waiting in a provider's stream "
-                           "(not yet delivered to a worker).", ["provider"], registry=registry)
-        self.pending = Gauge("switchboard_queue_pending", "Jobs delivered to a worker and not "
-                             "finished yet.", ["provider"], registry=registry)
-        self.ok = Gauge("switchboard_queue_read_ok", "1 if the last scrape read the queues "
-                        "from Redis, 0 if Redis did not answer within redis_timeout_s.",
-                        registry=registry)
-
-    async def refresh(self) -> None:
-        """Read every provider's stream; on Redis trouble keep the last values, ok = 0."""
-        if not self.providers:
-            return
-        try:
-            with trio.fail_after(self.timeout_s):
-                rows: Any = await self._read.execute(
-                    keys=[names.queue(p) for p in self.providers], args=[names.GROUP])
-        except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
-            log_event("metrics_queue_read_failed", error=type(exc).__name__)
-            self.ok.set(0)
-            return
-        for provider, (entries, pending) in zip(self.providers, rows, strict=True):
-            self.depth.labels(provider).set(max(int(entries) - int(pending), 0))
-            self.pending.labels(provider).set(int(pending))
-        self.ok.set(1)
+async def read_queues(script: Any, gauges: QueueGauges, timeout_s: float) -> None:
+    """Update the queue gauges from Redis (bounded); on trouble they say `read_ok 0`."""
+    if not gauges.providers:
+        return
+    try:
+        with trio.fail_after(timeout_s):
+            rows = await script.execute(keys=gauges.keys(), args=[names.GROUP])
+    except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
+        log_event("metrics_queue_read_failed", error=type(exc).__name__)
+        gauges.failed()
+    else:
+        gauges.record(rows)
 
 
 class WorkerMetrics:
@@ -112,15 +73,19 @@ class WorkerMetrics:
             self.errors.labels(provider, str(status)).inc()
 
 
-async def serve_metrics(registry: CollectorRegistry, queues: QueueGauges, host: str, port: int,
-                        *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+async def serve_metrics(registry: CollectorRegistry, redis: coredis.Redis[bytes],
+                        providers: Sequence[str], timeout_s: float, bind: tuple[str, int], *,
+                        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                         ) -> None:
-    """Serve `GET /metrics` (no authentication) until cancelled; `started(binds)`."""
+    """Serve `GET /metrics` (no authentication) on `bind` = (host, port) until cancelled,
+    with the queue gauges of `providers`; `started(binds)`."""
     metrics_app = make_asgi_app(registry=registry)
+    gauges = QueueGauges(registry, providers)
+    script = redis.register_script(QUEUE_SCRIPT)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/metrics":
-            await queues.refresh()
+            await read_queues(script, gauges, timeout_s)
             await metrics_app(scope, receive, send)
             return
         if scope["type"] == "http":
@@ -133,7 +98,7 @@ async def serve_metrics(registry: CollectorRegistry, queues: QueueGauges, host: 
             await send({"type": "lifespan.shutdown.complete"})
 
     server = HypercornConfig()
-    server.bind = [f"{host}:{port}"]
+    server.bind = [f"{bind[0]}:{bind[1]}"]
     server.accesslog = None
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(serve, app, server))  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from schemas.config import Config
 from workers.connection import connect, subscription
 from workers.consumer import Consumer
 from workers.logs import log_event
-from workers.metrics import QueueGauges, serve_metrics
+from workers.metrics import serve_metrics
 from workers.providers._base import Adapter
 from workers.queue import Queue
 from workers.registry import build_adapter
@@ -58,9 +58,8 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
         async with trio.open_nursery() as nursery:
             await nursery.start(CancelListener(redis, runner, consumer_id).serve)
             if metrics_bind is not None:
-                queues = QueueGauges(runner.metrics.registry, redis, chosen,
-                                     config.limits.redis_timeout_s)
-                await nursery.start(serve_metrics, runner.metrics.registry, queues, *metrics_bind)
+                await nursery.start(serve_metrics, runner.metrics.registry, redis, chosen,
+                                    config.limits.redis_timeout_s, metrics_bind)
             consumers = [Consumer(name, consumer_id, config, queue, runner) for name in chosen]
             async with trio.open_nursery() as consuming:
                 for consumer in consumers:
