@@ -8,6 +8,8 @@ a real `switchboard worker` subprocess.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingress.dev import free_port
+from ingress.dev import free_port, start_private_redis
 from ingress.keys import KeyStore
 from tests.conftest import TLS, Gateway, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
@@ -201,6 +203,31 @@ async def test_queue_depth_counts_jobs_no_worker_took_yet(nursery: trio.Nursery,
         assert value(samples, "switchboard_queue_pending", provider="local") == 0
         assert value(samples, "switchboard_requests_in_flight") == 1
         asking.cancel_scope.cancel()  # the client leaves
+
+
+async def test_a_scrape_while_redis_hangs_answers_in_bounded_time_and_says_so(
+        tmp_path: Path) -> None:
+    process, port = start_private_redis(tmp_path)
+    try:
+        config = make_config(f"redis://127.0.0.1:{port}/0", {"local": {"kind": "mock"}},
+                             [{"slug": "echo", "routes": [{"provider": "local", "model": "echo"}]}],
+                             metrics={"ingress": "open"}, limits={"redis_timeout_s": 0.5})
+        async with trio.open_nursery() as nursery:
+            gateway = await start_gateway(nursery, config, workers=False)
+            url = gateway.base_url + "/metrics"
+            assert value(await scrape(url), "switchboard_queue_read_ok") == 1
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                with trio.fail_after(3):  # redis_timeout_s bounds the read; never a hang
+                    samples = await scrape(url)
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            assert value(samples, "switchboard_queue_read_ok") == 0
+            assert value(samples, "switchboard_queue_depth", provider="local") == 0  # the last value
+            nursery.cancel_scope.cancel()
+    finally:
+        process.kill()
+        process.wait()
 
 
 @pytest.mark.parametrize("setting", [None, "off"])
