@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ingress.edge import REFUSAL, BodyFirst
 from ingress.gateway import Gateway, new_request_id
+from ingress.metrics import CONTENT_TYPE
 from ingress.native import native
 from ingress.openapi import openapi_document
 from ingress.respond import identity, json_response, relay
@@ -133,6 +134,16 @@ def create_app(gateway: Gateway) -> QuartTrio:
         if not gateway.hub.ready:
             raise GatewayError(503, "service_unavailable", "the reply channel is not subscribed")
         return json_response({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        match gateway.config.metrics.ingress:
+            case "off":  # as if there were no such endpoint
+                raise GatewayError(404, "not_found", f"no endpoint GET {request.path}; "
+                                   "metrics are off on this ingress (metrics.ingress)")
+            case "key":
+                await identity()
+        return Response(await gateway.metrics.render(), 200, content_type=CONTENT_TYPE)
 
     @app.get("/openapi.json")
     async def openapi() -> Response:

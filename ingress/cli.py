@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", required=True)
     worker.add_argument("--provider", action="append", default=[],
                         help="serve only this provider (repeatable); default: all")
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (0: any free one; "
+                        "unauthenticated); default: none")
+    worker.add_argument("--metrics-host", default="127.0.0.1")
 
     keys = verbs.add_parser("keys", help="manage access keys")
     key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
@@ -75,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(serve_until_signalled, config, args.host, args.port)
         elif args.verb == "worker":
             from workers.service import run_until_signalled as work_until_signalled
-            trio.run(work_until_signalled, config, args.provider)
+            bind = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
+            trio.run(work_until_signalled, config, args.provider, bind)
         elif args.verb == "keys":
             return trio.run(_keys, config, args)
         elif args.verb == "usage":

@@ -27,6 +27,7 @@ from ingress.bounds import Bounds
 from ingress.catalog import Catalog
 from ingress.health import RouteHealth
 from ingress.keys import Identity, KeyStore
+from ingress.metrics import IngressMetrics
 from ingress.relay import Outcome, end_only, first_frame, stream_events, whole_body
 from ingress.replies import Replies, ReplyHub
 from ingress.withdrawals import Withdrawals
@@ -69,6 +70,7 @@ class Ticket:
     started: float = field(default_factory=time.monotonic)
     provider: str = ""
     withdrawn: bool = False  # handed to the withdrawals already
+    first_at: float | None = None  # a stream's first content arrived (monotonic)
 
 
 @dataclass(slots=True)
@@ -126,6 +128,7 @@ class Gateway:
             self._withdraw, timeout_s=config.limits.redis_timeout_s,
             keep_s=config.limits.request_timeout_s + REPLY_GRACE_S)
         self.bounds = Bounds(config.limits)
+        self.metrics = IngressMetrics(config, redis, lambda: int(hub.statistics()["waiting"]))
 
     async def redis_call(self, awaitable: Awaitable[T]) -> T:
         """Await a Redis operation; trouble becomes a 503 (invariant 7).
@@ -230,6 +233,7 @@ class Gateway:
                     return Reply(200, answer, headers=served_by(frame.provider, frame.attempt))
                 case Head():
                     ticket.provider = frame.provider
+                    ticket.first_at = self.metrics.stream_began()
                     replies = None  # type: ignore[assignment]  # the stream owns it now
                     return Reply(200, events=self._stream(ticket),
                                  headers=served_by(frame.provider, frame.attempt))
@@ -253,7 +257,9 @@ class Gateway:
             expires_at=job.deadline + EXPIRY_GRACE_S,
             max_queue_bytes=provider.max_queue_bytes))
         if verdict.code != ADMITTED:
-            raise _refusal(verdict, job, provider.max_queue_bytes)
+            refusal = _refusal(verdict, job, provider.max_queue_bytes)
+            self.metrics.refusal(job.endpoint, job.model, job.route.provider, refusal.code)
+            raise refusal
         wait_until = trio.current_time() + self.config.limits.request_timeout_s + REPLY_GRACE_S
         return Ticket(job, verdict.entry_id, replies, wait_until)
 
@@ -308,6 +314,8 @@ class Gateway:
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             **log_ids(job)}
         log_event("request", **fields)
+        self.metrics.finished(job.endpoint, job.model, fields["provider"], status, ticket.started,
+                              ticket.first_at, prompt_tokens, completion_tokens)
 
 
 def _refusal(verdict: Verdict, job: Job, max_queue_bytes: int) -> GatewayError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -94,6 +94,17 @@ class Limits(Struct, forbid_unknown_fields=True):
         return self.redis_timeout_s + size / (10 * 1024 * 1024)
 
 
+class Metrics(Struct, forbid_unknown_fields=True):
+    """Who may read an ingress's `GET /metrics` (a worker's `--metrics-port` is always open).
+
+    `off` (the default: the ingress faces clients, and its metrics show every org's models
+    and volumes): 404. `open`: anyone who reaches the port (an internal network only).
+    `key`: any valid access key (until operator keys exist).
+    """
+
+    ingress: Literal["off", "open", "key"] = "off"
+
+
 class Config(Struct, forbid_unknown_fields=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # `provider/model` slugs and well-known model names outside the catalog are served
@@ -102,6 +113,7 @@ class Config(Struct, forbid_unknown_fields=True):
     models: list[ModelConfig] = msgspec.field(default_factory=list)
     plans: dict[str, Plan] = msgspec.field(default_factory=dict)
     limits: Limits = msgspec.field(default_factory=Limits)
+    metrics: Metrics = msgspec.field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         # Routes may name providers this deployment does not configure (a shared

@@ -22,6 +22,7 @@ from schemas.errors import GatewayError
 from schemas.tracking import log_ids
 from workers.health import ProviderHealth
 from workers.logs import log_event
+from workers.metrics import WorkerMetrics
 from workers.providers._base import Adapter, Answer, Call, UpstreamFailure
 from workers.providers._http import traced
 from workers.publisher import ClientGone, StreamPublisher
@@ -38,6 +39,7 @@ class _Progress:
     publisher: StreamPublisher | None = None
     call: Call | None = None
     began_before: bool = False  # an earlier run of the job published output (sb:began)
+    tries: int = 0  # upstream calls made in this run (for the metrics)
 
     @property
     def began(self) -> bool:
@@ -69,9 +71,11 @@ class Runner:
     gone: set[str] = field(default_factory=set)  # running jobs whose client left
     drain_at: float = math.inf  # trio time when running streams are ended (see `drain`)
     health: ProviderHealth = field(init=False)  # cool-downs: each attempt's outcome counts
+    metrics: WorkerMetrics = field(init=False)  # this process's own registry
 
     def __post_init__(self) -> None:
         self.health = ProviderHealth(self.queue.redis, self.config)
+        self.metrics = WorkerMetrics(lambda: len(self.running))
 
     def cancel(self, request_id: str) -> None:
         """The client left: stop its job if it runs here."""
@@ -143,11 +147,12 @@ class Runner:
         if usage is None:
             usage = progress.cut_usage()  # a stream that ended early is metered all the same
         finished = await self._finish(delivery, outcome, usage, forward)
+        kind = "forwarded" if forward else type(outcome).__name__.lower() if outcome else "cancelled"
+        status = outcome.status if isinstance(outcome, Error) else 200
+        self.metrics.job_finished(job.route.provider, kind, status, time.monotonic() - started,
+                                  progress.tries)
         log_event("job", request_id=job.request_id, org=job.org, model=job.model,
-                  provider=job.route.provider, attempt=attempt,
-                  outcome="forwarded" if forward else type(outcome).__name__.lower()
-                  if outcome else "cancelled",
-                  status=outcome.status if isinstance(outcome, Error) else 200,
+                  provider=job.route.provider, attempt=attempt, outcome=kind, status=status,
                   ms=round((time.monotonic() - started) * 1000, 1),
                   prompt_tokens=usage.prompt_tokens if usage else 0,
                   completion_tokens=usage.completion_tokens if usage else 0,
@@ -181,6 +186,7 @@ class Runner:
             if remaining <= 0:
                 raise GatewayError(504, "upstream_timeout",
                                    "the request's deadline passed before it could run")
+            progress.tries += 1
             call = progress.call = Call(job, route.model)
             publisher = progress.publisher = StreamPublisher(self.queue, job, attempt,
                                                              self.config.limits)

@@ -16,6 +16,7 @@ from schemas.config import Config
 from workers.connection import connect, subscription
 from workers.consumer import Consumer
 from workers.logs import log_event
+from workers.metrics import serve_metrics
 from workers.providers._base import Adapter
 from workers.queue import Queue
 from workers.registry import build_adapter
@@ -25,13 +26,15 @@ from workers.signals import watch_signals
 
 async def run_workers(config: Config, providers: Sequence[str] = (), *,
                       stop: trio.Event | None = None, consumer_id: str | None = None,
+                      metrics_bind: tuple[str, int] | None = None,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the named providers (all configured ones if none are named).
 
     Owns one Redis client, one httpx client per provider, a consumer per provider and
-    the cancel listener, all in one nursery; `started()` once every consumer group
-    exists. Runs until cancelled, or until `stop` is set: then intake stops, running
-    jobs get `limits.shutdown_grace_s` seconds to finish, and it returns.
+    the cancel listener (and, with `metrics_bind` = (host, port), the metrics server) in
+    one nursery; `started()` once every consumer group exists. Runs until cancelled, or
+    until `stop` is set: then intake stops, running jobs get `limits.shutdown_grace_s`
+    seconds to finish, and it returns.
     """
     chosen = list(providers) or list(config.providers)
     unknown = [p for p in chosen if p not in config.providers]
@@ -54,6 +57,9 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
         runner = Runner(config, queue, adapters)
         async with trio.open_nursery() as nursery:
             await nursery.start(CancelListener(redis, runner, consumer_id).serve)
+            if metrics_bind is not None:
+                await nursery.start(serve_metrics, runner.metrics.registry, redis, chosen,
+                                    config.limits.redis_timeout_s, metrics_bind)
             consumers = [Consumer(name, consumer_id, config, queue, runner) for name in chosen]
             async with trio.open_nursery() as consuming:
                 for consumer in consumers:
@@ -74,12 +80,13 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
             nursery.cancel_scope.cancel()  # the cancel listener
 
 
-async def run_until_signalled(config: Config, providers: Sequence[str] = ()) -> None:
+async def run_until_signalled(config: Config, providers: Sequence[str] = (),
+                              metrics_bind: tuple[str, int] | None = None) -> None:
     """The `switchboard worker` process: SIGTERM or SIGINT drains, a second one cuts off."""
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals, stop, nursery.cancel_scope)
-        await run_workers(config, providers, stop=stop)
+        await run_workers(config, providers, stop=stop, metrics_bind=metrics_bind)
         nursery.cancel_scope.cancel()
 
 
