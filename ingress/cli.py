@@ -153,8 +153,8 @@ async def _usage(config: Config, args: argparse.Namespace) -> int:
             # Metered in micro-dollars; requests on routes without a price cost 0, so a
             # cost that leaves some out is marked and the footnote says how many.
             cost = f"{used.get('cost_micro_usd', 0) / 1_000_000:.6f}"
-            if used.get("unpriced_requests", 0):
-                unpriced += used["unpriced_requests"]
+            if (missing := used.get("requests", 0) - used.get("priced_requests", 0)) > 0:
+                unpriced += missing
                 cost += "*"
             print(f"{org:20} {plan or '-':10} {used.get('requests', 0):>9} "
                   f"{used.get('prompt_tokens', 0):>10} {used.get('completion_tokens', 0):>11} "

@@ -25,7 +25,7 @@ class Route(Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     `input_per_mtok` / `output_per_mtok`: the route's price in USD per million prompt
     (an embeddings route: input) and completion tokens; a route with neither is unpriced:
-    it costs 0 and usage counts it as unpriced (schemas/pricing.py).
+    it costs 0 and usage reports it as unpriced (schemas/pricing.py).
     """
 
     provider: str

@@ -18,7 +18,7 @@ class Prices:
 
     Jobs carry their routes bare (docs/architecture.md), so the worker that meters a job
     finds the price in its own config; a route it does not know (open routing, or a
-    catalog that differs) is unpriced.
+    catalog that differs) is unpriced: it costs 0 and is not counted in `priced_requests`.
     """
 
     def __init__(self, config: Config) -> None:

@@ -92,8 +92,7 @@ async def test_a_stream_the_upstream_cuts_is_metered(nursery: trio.Nursery, redi
     assert json.loads(events[-1])["error"]["code"] == "upstream_error"
     # No usage from the provider: the prompt estimated, the two relayed chunks (8 chars) too.
     assert await gateway.usage() == {"tokens": PROMPT_ESTIMATE + 2, "requests": 1,
-                                     "prompt_tokens": PROMPT_ESTIMATE, "completion_tokens": 2,
-                                     "unpriced_requests": 1}  # its route has no price
+                                     "prompt_tokens": PROMPT_ESTIMATE, "completion_tokens": 2}
 
 
 async def test_a_stream_whose_client_leaves_is_metered(nursery: trio.Nursery, redis_url: str,

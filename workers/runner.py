@@ -274,13 +274,14 @@ class Runner:
             metered = {"tokens": usage.prompt_tokens + usage.completion_tokens,
                        "prompt_tokens": usage.prompt_tokens,
                        "completion_tokens": usage.completion_tokens, "requests": 1}
-            # Cost in micro-dollars (HINCRBY counts integers); a route without a price
-            # costs 0 and is counted unpriced, so a report can say so.
+            # Cost in micro-dollars (HINCRBY counts integers). Priced requests are counted,
+            # so a report can say "unpriced" for the rest (requests - priced_requests), and
+            # a deployment without prices meters no new fields.
             job = delivery.job
             cost = self.prices.cost(job.model, job.route, usage.prompt_tokens,
                                     usage.completion_tokens)
             metered["cost_micro_usd"] = cost or 0
-            metered["unpriced_requests"] = 1 if cost is None else 0
+            metered["priced_requests"] = 0 if cost is None else 1
         limits = self.config.limits
         size = len(outcome.body) if isinstance(outcome, Done) else 0
         with trio.CancelScope(shield=True), trio.move_on_after(limits.transfer_s(size)) as scope:
