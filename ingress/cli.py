@@ -142,16 +142,25 @@ async def _usage(config: Config, args: argparse.Namespace) -> int:
         orgs = args.org or sorted({record.org for record in await KeyStore(redis).list()})
         admission = Admission(redis)
         print(f"{'ORG':20} {'PLAN':10} {'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>11} "
-              f"{'TOKENS':>10} LIMIT")
+              f"{'TOKENS':>10} {'COST USD':>12} LIMIT")
+        unpriced = 0
         for org in orgs:
             used = await admission.usage(org, when)
             plan = (await redis.hget(names.org(org), "plan") or b"").decode()
             # A plan the config lacks refuses every request (fail closed), so say so.
             limit = (str(config.plans[plan].monthly_tokens) if plan in config.plans
                      else "not configured (refused)" if plan else "unlimited")
+            # Metered in micro-dollars; requests on routes without a price cost 0, so a
+            # cost that leaves some out is marked and the footnote says how many.
+            cost = f"{used.get('cost_micro_usd', 0) / 1_000_000:.6f}"
+            if (missing := used.get("requests", 0) - used.get("priced_requests", 0)) > 0:
+                unpriced += missing
+                cost += "*"
             print(f"{org:20} {plan or '-':10} {used.get('requests', 0):>9} "
                   f"{used.get('prompt_tokens', 0):>10} {used.get('completion_tokens', 0):>11} "
-                  f"{used.get('tokens', 0):>10} {limit}")
+                  f"{used.get('tokens', 0):>10} {cost:>12} {limit}")
+        if unpriced:
+            print(f"* {unpriced} requests unpriced (their routes have no price): not in the cost")
     return 0
 
 

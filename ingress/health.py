@@ -135,7 +135,8 @@ class RouteHealth:
 def _bare(route: Route) -> Route:
     """The route as the job carries it: provider and model only. The order already says
     what weight and priority meant, and workers of an older version, whose Route forbids
-    unknown fields, can still decode the job during a rolling deploy."""
-    if route.weight is None and route.priority == 0:
+    unknown fields, can still decode the job during a rolling deploy. Prices stay behind
+    too: the worker reads them from its own config (schemas/pricing.py)."""
+    if route == Route(route.provider, route.model):
         return route
     return Route(route.provider, route.model)

@@ -48,7 +48,8 @@ class IngressMetrics:
                               "and type (prompt, completion).", ["model", "provider", "type"],
                               registry=r)
         self.cost = Counter("switchboard_cost_usd", "Cost in USD by model slug and provider "
-                            "(0 until routes have prices).", ["model", "provider"], registry=r)
+                            "(always 0 here: workers meter and count the cost).",
+                            ["model", "provider"], registry=r)
         in_flight_gauge = Gauge("switchboard_requests_in_flight", "Requests admitted or waiting "
                                 "for their answer now.", registry=r)
         in_flight_gauge.set_function(in_flight)
@@ -73,7 +74,9 @@ class IngressMetrics:
             self.ttft.labels(endpoint, provider).observe(first_at - started)
         self.tokens.labels(model, provider, "prompt").inc(prompt_tokens)
         self.tokens.labels(model, provider, "completion").inc(completion_tokens)
-        self.cost.labels(model, provider).inc(0.0)  # prices come with the price table
+        # The Done frame carries no cost and the ingress cannot tell which route model of
+        # a provider served: the worker that meters the request counts its cost.
+        self.cost.labels(model, provider).inc(0.0)
 
     def refusal(self, endpoint: str, model: str, provider: str, reason: str) -> None:
         """Count one request admission refused (a 429 with `reason` as its code)."""

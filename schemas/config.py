@@ -22,12 +22,18 @@ class Route(Struct, forbid_unknown_fields=True, omit_defaults=True):
     `priority`: lower values are tried first (as in DNS SRV records). Among the routes of
     the best priority, `weight` spreads the first choice; a route without a weight (or 0)
     is only a failover there. With no weights at all, routes are tried in their order.
+
+    `input_per_mtok` / `output_per_mtok`: the route's price in USD per million prompt
+    (an embeddings route: input) and completion tokens; a route with neither is unpriced:
+    it costs 0 and usage reports it as unpriced (schemas/pricing.py).
     """
 
     provider: str
     model: str
     weight: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
     priority: int = 0
+    input_per_mtok: Annotated[float, Meta(ge=0)] | None = None
+    output_per_mtok: Annotated[float, Meta(ge=0)] | None = None
 
 
 class ModelConfig(Struct, forbid_unknown_fields=True):

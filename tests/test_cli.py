@@ -99,7 +99,8 @@ async def test_cli_keys_serve_worker_models(nursery: trio.Nursery, redis_url: st
             usage = run("usage", "--config", config, "--org", "acme", env=env)
             row = usage.stdout.splitlines()[1].split()
             assert row[:3] == ["acme", "free", "2"]  # org, plan, requests
-            assert int(row[5]) > 0 and row[6] == "1000"  # tokens metered, the plan's limit
+            # tokens metered, the cost (unpriced routes: 0, marked), the plan's limit
+            assert int(row[5]) > 0 and row[6] == "0.000000*" and row[7] == "1000"
             bad_month = run("usage", "--config", config, "--month", "11/2026", env=env)
             assert bad_month.returncode == 2 and "--month" in bad_month.stderr
 

@@ -55,6 +55,9 @@ class WorkerMetrics:
                               "by provider and HTTP status.", ["provider", "status"], registry=r)
         self.duration = Histogram("switchboard_job_duration_seconds", "Time a worker spent on "
                                   "one job run.", ["provider"], buckets=LATENCY_BUCKETS, registry=r)
+        self.cost = Counter("switchboard_cost_usd", "Cost in USD of the requests this worker "
+                            "metered, by model slug and provider (0 for unpriced routes).",
+                            ["model", "provider"], registry=r)
         running_gauge = Gauge("switchboard_jobs_running", "Jobs this worker runs now.",
                               registry=r)
         running_gauge.set_function(running)

@@ -119,6 +119,14 @@ if tonumber(ARGV[9]) > 0 then
   redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[7])
   redis.call('HINCRBY', KEYS[2], 'completion_tokens', ARGV[8])
   redis.call('HINCRBY', KEYS[2], 'requests', ARGV[9])
+  -- Cost in integer micro-dollars (HINCRBY takes integers only), and the requests that had
+  -- a price (the others are "unpriced"); neither field is written for unpriced requests.
+  if tonumber(ARGV[12]) > 0 then
+    redis.call('HINCRBY', KEYS[2], 'cost_micro_usd', ARGV[12])
+  end
+  if tonumber(ARGV[13]) > 0 then
+    redis.call('HINCRBY', KEYS[2], 'priced_requests', ARGV[13])
+  end
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -132,6 +140,7 @@ _FINISH = RELEASE_LUA + _FINISH  # defines release(), which the settle block cal
 # re-subscription takes, short enough that unclaimed bodies do not pile up in memory.
 OUTCOME_KEEP_MS = 10_000
 USAGE_FIELDS = ("tokens", "prompt_tokens", "completion_tokens", "requests")
+COST_FIELDS = ("cost_micro_usd", "priced_requests")  # ARGV[12], ARGV[13]
 
 
 
@@ -278,7 +287,8 @@ class Queue:
             args=[names.GROUP, delivery.entry_id, "forward" if forward is not None else
                   "publish" if frame is not None else "ack", target, payload,
                   *(metered.get(field, 0) for field in USAGE_FIELDS),
-                  delivery.consumer, OUTCOME_KEEP_MS])
+                  delivery.consumer, OUTCOME_KEEP_MS,
+                  *(metered.get(field, 0) for field in COST_FIELDS)])
         return bool(done)
 
 

@@ -19,6 +19,7 @@ from schemas.chat import Usage
 from schemas.config import Config
 from schemas.envelopes import Done, Error, Job
 from schemas.errors import GatewayError
+from schemas.pricing import MICRO_USD, Prices
 from schemas.tracking import log_ids
 from workers.health import ProviderHealth
 from workers.logs import log_event
@@ -72,8 +73,10 @@ class Runner:
     drain_at: float = math.inf  # trio time when running streams are ended (see `drain`)
     health: ProviderHealth = field(init=False)  # cool-downs: each attempt's outcome counts
     metrics: WorkerMetrics = field(init=False)  # this process's own registry
+    prices: Prices = field(init=False)  # route prices of this worker's own config
 
     def __post_init__(self) -> None:
+        self.prices = Prices(self.config)
         self.health = ProviderHealth(self.queue.redis, self.config)
         self.metrics = WorkerMetrics(lambda: len(self.running))
 
@@ -271,6 +274,14 @@ class Runner:
             metered = {"tokens": usage.prompt_tokens + usage.completion_tokens,
                        "prompt_tokens": usage.prompt_tokens,
                        "completion_tokens": usage.completion_tokens, "requests": 1}
+            # Cost in micro-dollars (HINCRBY counts integers). Priced requests are counted,
+            # so a report can say "unpriced" for the rest (requests - priced_requests), and
+            # a deployment without prices meters no new fields.
+            job = delivery.job
+            cost = self.prices.cost(job.model, job.route, usage.prompt_tokens,
+                                    usage.completion_tokens)
+            metered["cost_micro_usd"] = cost or 0
+            metered["priced_requests"] = 0 if cost is None else 1
         limits = self.config.limits
         size = len(outcome.body) if isinstance(outcome, Done) else 0
         with trio.CancelScope(shield=True), trio.move_on_after(limits.transfer_s(size)) as scope:
@@ -278,6 +289,9 @@ class Runner:
                 if isinstance(outcome, Done) and size > limits.max_frame_bytes:
                     outcome = await self._stored(delivery.job, outcome)
                 if await self.queue.finish(delivery, outcome, usage=metered, forward=forward):
+                    if metered is not None:  # counted once: only the run that metered it
+                        self.metrics.cost.labels(delivery.job.model, delivery.job.route.provider
+                                                 ).inc(metered["cost_micro_usd"] / MICRO_USD)
                     return True
                 # Another worker took the job over (we were presumed dead): its run counts.
                 log_event("job_not_owned", request_id=delivery.job.request_id)
