@@ -130,6 +130,8 @@ if tonumber(ARGV[9]) > 0 then
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+-- A finished job is never reclaimed: its output-began mark (names.began) can go.
+redis.call('UNLINK', KEYS[7])
 -- Settle the request's reservation (schemas/reservations.py) now that its usage is
 -- metered; a job moving to its next route keeps it until it ends there.
 if ARGV[3] ~= 'forward' then release(KEYS[4], KEYS[5]) end
@@ -252,10 +254,6 @@ class Queue:
         """Whether an earlier run of this streamed request already published output."""
         return bool(await self.redis.exists([names.began(request_id)]))
 
-    async def forget_began(self, request_id: str) -> None:
-        """A finished job is never reclaimed: its output-began mark can go."""
-        await self.redis.unlink([names.began(request_id)])
-
     async def store_body(self, request_id: str, body: bytes, ttl_s: int) -> str:
         """Keep a whole answer too big for a reply frame; the ingress reads it once."""
         key = names.body(request_id)
@@ -283,7 +281,7 @@ class Queue:
             keys=[names.queue(job.route.provider), names.usage(job.org, names.month()),
                   target if forward is not None else names.queue(job.route.provider),
                   names.reservation(job.request_id), names.RESERVATIONS_DUE,
-                  names.outcome(job.request_id)],
+                  names.outcome(job.request_id), names.began(job.request_id)],
             args=[names.GROUP, delivery.entry_id, "forward" if forward is not None else
                   "publish" if frame is not None else "ack", target, payload,
                   *(metered.get(field, 0) for field in USAGE_FIELDS),

@@ -39,7 +39,6 @@ class _Progress:
 
     publisher: StreamPublisher | None = None
     call: Call | None = None
-    began_before: bool = False  # an earlier run of the job published output (sb:began)
     tries: int = 0  # upstream calls made in this run (for the metrics)
 
     @property
@@ -149,7 +148,7 @@ class Runner:
                     progress)
         if usage is None:
             usage = progress.cut_usage()  # a stream that ended early is metered all the same
-        finished = await self._finish(delivery, outcome, usage, forward)
+        await self._finish(delivery, outcome, usage, forward)
         kind = "forwarded" if forward else type(outcome).__name__.lower() if outcome else "cancelled"
         status = outcome.status if isinstance(outcome, Error) else 200
         self.metrics.job_finished(job.route.provider, kind, status, time.monotonic() - started,
@@ -160,8 +159,6 @@ class Runner:
                   prompt_tokens=usage.prompt_tokens if usage else 0,
                   completion_tokens=usage.completion_tokens if usage else 0,
                   **log_ids(job))
-        if finished and (progress.began or progress.began_before):
-            await self._forget_began(job)  # after the log line: the client has its answer
 
     async def _attempt(self, delivery: Delivery, attempt: int,
                        progress: _Progress) -> tuple[Done | Error, Usage]:
@@ -178,7 +175,6 @@ class Runner:
         if (job.route_index or delivery.earlier_deliveries) and await self._withdrawn(job):
             raise Withdrawn  # a failover or reclaimed copy of a job whose client left
         if delivery.earlier_deliveries and job.stream and await self._output_began(job):
-            progress.began_before = True
             # The client saw part of an answer from a worker that died: another upstream call
             # could only be refused by the ingress (one attempt once output began).
             raise GatewayError(502, "worker_lost",
@@ -302,14 +298,6 @@ class Runner:
         if scope.cancelled_caught:
             log_event("job_finish_timeout", request_id=delivery.job.request_id)
         return False
-
-    async def _forget_began(self, job: Job) -> None:
-        """The finished stream's output-began mark is no longer needed (else it expires)."""
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.limits.redis_timeout_s):
-            try:
-                await self.queue.forget_began(job.request_id)
-            except Exception as exc:
-                log_event("began_mark_left", request_id=job.request_id, error=type(exc).__name__)
 
     async def _stored(self, job: Job, done: Done) -> Done:
         """The Done frame of an answer too big for one frame: its body stored under a key.
