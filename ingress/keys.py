@@ -25,7 +25,8 @@ import trio
 
 from schemas import names
 from schemas.errors import GatewayError
-from schemas.keys import KeyChange, KeyRecord
+from schemas.keys import ROLES, KeyChange, KeyRecord, Role
+from schemas.limits import ScopedLimits, decode_limits
 from workers.connection import subscription
 from workers.logs import log_event
 
@@ -39,12 +40,16 @@ _change_decoder = msgspec.json.Decoder(KeyChange)
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who is calling: the key's id, org, project, and the org's plan (may be empty)."""
+    """Who is calling: the key's id, org, project, the org's plan (may be empty), the
+    key's role, and the limits of each scope it falls under that sets any (org, then
+    project, then key)."""
 
     key_id: str
     org: str
     project: str
     plan: str
+    role: Role = "member"
+    limits: tuple[ScopedLimits, ...] = ()
 
 
 def hash_secret(secret: str) -> str:
@@ -206,14 +211,32 @@ class KeyStore:
             if generation == self._generation:
                 self._remember_miss(secret_hash, now)
             raise GatewayError(401, "unauthorized", "invalid or revoked access key")
-        org = _text(raw, "org")
-        plan = (await self.redis.hget(names.org(org), "plan") or b"").decode()
-        identity = Identity(_text(raw, "key_id"), org, _text(raw, "project"), plan)
+        identity = await self._identity(raw)
         if self.cache_s > 0 and generation == self._generation:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[secret_hash] = (now + self.cache_s, identity)
         return identity
+
+    async def _identity(self, raw: dict[bytes, bytes]) -> Identity:
+        """A key's identity from its hash, with its org's plan and the limits of its org,
+        project and key (one more round trip, pipelined)."""
+        org, project = _text(raw, "org"), _text(raw, "project")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            org_fields = pipe.hmget(names.org(org), ["plan", "limits"])
+            project_fields = pipe.hmget(names.project(org, project), ["limits"]) if project else None
+        plan, org_limits = await org_fields
+        scoped = [ScopedLimits(scope="org", id=org, limits=decode_limits(org_limits))]
+        if project_fields is not None:
+            (project_limits,) = await project_fields
+            scoped.append(ScopedLimits(scope="project", id=f"{org}/{project}",
+                                       limits=decode_limits(project_limits)))
+        scoped.append(ScopedLimits(scope="key", id=_text(raw, "key_id"),
+                                   limits=decode_limits(raw.get(b"limits"))))
+        role = _text(raw, "role") or "member"
+        return Identity(_text(raw, "key_id"), org, project, (plan or b"").decode(),
+                        role if role in ROLES else "member",  # type: ignore[arg-type]
+                        tuple(s for s in scoped if s.limits.any()))
 
     def _remember_miss(self, secret_hash: str, now: float) -> None:
         if self.miss_cache_s <= 0 or self.miss_cache_max <= 0:

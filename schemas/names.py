@@ -49,6 +49,16 @@ def org(org_id: str) -> str:
     return f"{PREFIX}org:{org_id}"
 
 
+def project(org_id: str, project_id: str) -> str:
+    """Hash of a project's settings (`name`, `limits`, `created`) inside an org."""
+    return f"{PREFIX}project:{org_id}:{project_id}"
+
+
+def projects(org_id: str) -> str:
+    """Set of an org's project ids."""
+    return f"{PREFIX}projects:{org_id}"
+
+
 def usage(org_id: str, month: str) -> str:
     """Hash of an org's metered usage for one calendar month (`YYYY-MM`, UTC)."""
     return f"{PREFIX}usage:{org_id}:{month}"
