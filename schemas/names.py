@@ -64,6 +64,16 @@ def usage(org_id: str, month: str) -> str:
     return f"{PREFIX}usage:{org_id}:{month}"
 
 
+def usage_project(org_id: str, project_id: str, month: str) -> str:
+    """Hash of a project's metered usage for one month (the fields of `usage`)."""
+    return f"{PREFIX}usage:p:{org_id}:{project_id}:{month}"
+
+
+def usage_key(key_id: str, month: str) -> str:
+    """Hash of one access key's metered usage for one month (the fields of `usage`)."""
+    return f"{PREFIX}usage:k:{key_id}:{month}"
+
+
 def withdrawn(request_id: str) -> str:
     """Marks a request whose client left, for copies of its job elsewhere (failover)."""
     return f"{PREFIX}gone:{request_id}"
