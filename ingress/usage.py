@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-from collections.abc import Sequence
 from typing import cast
 
 import coredis
@@ -109,7 +108,3 @@ def month_range(month: str) -> UsageQuery:
     return UsageQuery(from_=first, to=min(following - datetime.timedelta(days=1),
                                           max(today(), first)))
 
-
-def group_list(groups: Sequence[str]) -> str:
-    """`group_by` as the query string writes it."""
-    return ",".join(groups)
