@@ -51,6 +51,7 @@ class RequestLog:
         self._send, self._receive = trio.open_memory_channel[tuple[str, bytes]](buffer)
         self.written = 0
         self.dropped = 0  # records lost: the buffer was full, or Redis refused their flush
+        self._overflowed = 0  # of those, dropped by a full buffer (logged after each flush)
         self._closing = False
 
     def statistics(self) -> dict[str, int]:
@@ -64,6 +65,7 @@ class RequestLog:
             self._send.send_nowait((record.org, record_encoder.encode(record)))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self.dropped += 1
+            self._overflowed += 1
 
     def close(self) -> None:
         """No more records: the writer flushes what is buffered (once each), then returns."""
@@ -84,7 +86,12 @@ class RequestLog:
                         batch.append(self._receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                if not await self._flush(batch) and self._closing:
+                flushed = await self._flush(batch)
+                if self._overflowed:  # one line per flush, not one per dropped record
+                    log_event("request_log_dropped", records=self._overflowed,
+                              error="buffer_full")
+                    self._overflowed = 0
+                if not flushed and self._closing:
                     # Shutting down with Redis away: one failed flush is enough waiting.
                     self.dropped += self._receive.statistics().current_buffer_used
                     return

@@ -9,6 +9,7 @@ prompt, an answer or a secret. Its writer never waits: a full buffer drops and c
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from schemas import names
 from schemas.requestlog import RequestRecord, record_encoder
 from tests.conftest import TLS, RedisServer, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
+from tests.fleet import Fleet
 from tests.test_usage_reports import Caller, add_key
 from workers.connection import connect
 
@@ -288,7 +290,8 @@ def record(n: int) -> RequestRecord:
 
 
 async def test_a_full_buffer_drops_and_counts_instead_of_waiting(
-        nursery: trio.Nursery, redis_url: str, redis_server: RedisServer) -> None:
+        nursery: trio.Nursery, redis_url: str, redis_server: RedisServer,
+        switchboard_logs: pytest.LogCaptureFixture) -> None:
     async with connect(redis_url) as redis:
         writer = RequestLog(redis, retention_days=1, buffer=3, timeout_s=30)
         await nursery.start(writer.serve)
@@ -305,9 +308,64 @@ async def test_a_full_buffer_drops_and_counts_instead_of_waiting(
         with trio.fail_after(10):
             while writer.statistics()["written"] < 4:
                 await trio.sleep(0.02)
+        lines = [json.loads(r.getMessage()) for r in switchboard_logs.records
+                 if '"request_log_dropped"' in r.getMessage()]
+        assert [(line["records"], line["error"]) for line in lines] == [(5, "buffer_full")]
         entries = await redis.xrange(names.request_log("acme"))
         assert [b"req_%d" % n in entry.field_values[b"r"] for n, entry in enumerate(entries)] == [
             True] * 4
         writer.close()
         writer.record(record(9))  # after close: dropped, counted
         assert writer.statistics()["dropped"] == 6
+
+
+FLEET_CONFIG = """
+[limits]
+key_cache_s = 0
+[providers.mock]
+kind = "mock"
+latency_ms = 5
+[[models]]
+slug = "echo"
+routes = [{ provider = "mock", model = "echo", input_per_mtok = 1.0, output_per_mtok = 2.0 }]
+"""
+
+
+async def test_two_ingresses_write_one_log_and_one_report(redis_url: str, tmp_path: Any) -> None:
+    async with connect(redis_url) as redis:
+        member = await add_key(redis, "acme", "web")
+        admin = await add_key(redis, "acme", role="admin")
+    fleet = Fleet(tmp_path, FLEET_CONFIG, redis_url)
+    sent: dict[str, int] = {}  # request id -> the ingress that answered it
+    try:
+        bases = [await fleet.serve("in1"), await fleet.serve("in2")]
+        await fleet.worker("w1")
+        clients = [openai.AsyncOpenAI(base_url=base + "/v1", api_key=member.secret,
+                                      max_retries=0) for base in bases]
+        for n in range(10):
+            raw = await clients[n % 2].chat.completions.with_raw_response.create(
+                model="echo", messages=messages(f"word{n} other{n}"))
+            sent[raw.headers["x-request-id"]] = n % 2
+        for client in clients:
+            await client.close()
+        headers = {"authorization": f"Bearer {admin.secret}"}
+        async with httpx.AsyncClient(timeout=20, headers=headers) as http:
+            with trio.fail_after(10):
+                while len(records := (await http.get(bases[1] + "/v1/admin/requests")).json()[
+                        "data"]) < 10:
+                    await trio.sleep(0.05)
+            report = (await http.get(bases[0] + "/v1/admin/usage",
+                                     params={"group_by": "model,provider"})).json()
+    finally:
+        statuses = fleet.stop_all()
+    assert {r["id"] for r in records} == set(sent)
+    for ingress in (0, 1):  # each ingress's records in the order it answered, newest first
+        mine = [r["id"] for r in records if sent[r["id"]] == ingress]
+        assert mine == [rid for rid in reversed(sent) if sent[rid] == ingress]
+    assert all(r["provider"] == "mock" and r["status"] == 200 for r in records)
+    [row] = report["data"]
+    assert (row["model"], row["provider"], row["requests"], row["errors"]) == (
+        "echo", "mock", 10, 0)
+    assert row["prompt_tokens"] == sum(r["prompt_tokens"] for r in records)
+    assert row["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in records))
+    assert set(statuses.values()) == {0}, fleet.log_text()

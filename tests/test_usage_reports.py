@@ -339,3 +339,39 @@ async def test_the_usage_command_prints_the_same_report(world: World, tmp_path: 
     assert monthly.stdout.splitlines()[1].split()[:3] == ["acme", "-", str(totals["requests"])]
     bad = await trio.to_thread.run_sync(usage, "--group-by", "colour")
     assert bad.returncode == 2 and "colour" in bad.stderr
+
+
+async def test_streams_embeddings_and_a_cut_stream_are_metered(
+        nursery: trio.Nursery, redis_url: str, fake_upstream: Any) -> None:
+    world = await priced_world(nursery, redis_url, await fake_upstream("openai"),
+                               await fake_upstream("openai"))
+    client = world.gateway.client(api_key=world.callers["web"].secret)
+    tracked = {"identity": {"id": "ada"}, "thread": {"id": "t-9"}}
+    stream = await client.chat.completions.create(
+        model="model-a", messages=[{"role": "user", "content": "alpha beta gamma"}],
+        stream=True, extra_body=tracked)
+    async for _ in stream:
+        pass
+    embedded = await client.embeddings.create(model="model-b", input=["a", "b"],
+                                              extra_body=tracked)
+    assert embedded.usage.prompt_tokens == 6
+    world.fakes[0].then(Behavior(chunks=["abcd", "efgh", "ijkl"], break_after=2))
+    cut = await client.chat.completions.create(
+        model="model-a", messages=[{"role": "user", "content": "x"}], stream=True,
+        extra_body={"thread": {"id": "t-cut"}})
+    with pytest.raises(openai.APIError):
+        async for _ in cut:
+            pass
+    with trio.fail_after(10):  # a stream's last event goes out before its finish meters it
+        while len((report := (await world.get("/v1/admin/usage",
+                                              group_by="model,thread")).json())["data"]) < 3:
+            await trio.sleep(0.05)
+    rows = {(row["model"], row["thread"]): row for row in report["data"]}
+    streamed = rows["model-a", "t-9"]
+    assert (streamed["requests"], streamed["prompt_tokens"], streamed["completion_tokens"],
+            streamed["errors"]) == (1, 3, 3, 0)
+    assert rows["model-b", "t-9"]["prompt_tokens"] == 6
+    assert rows["model-b", "t-9"]["cost_usd"] == 6 * 3.0 / 1e6  # input tokens only
+    broken = rows["model-a", "t-cut"]
+    # Output reached the client before the upstream broke off: billed, and an error.
+    assert (broken["requests"], broken["completion_tokens"], broken["errors"]) == (1, 2, 1)
