@@ -83,6 +83,8 @@ def _log_refusal(caller: Identity, error: GatewayError, submission: Submission |
                  started: float) -> None:
     """Record in the request log a request refused after authentication (422, 400, 429,
     503...): admitted requests are recorded where they end (`Gateway._log`)."""
+    if not caller.org:
+        return  # the operator's key serves no inference, and has no org's log to go in
     seen = submission or Submission("chat", "", b"")
     gateway().request_log.record(refusal_record(
         caller, g.request_id, error.status, error.code, time.monotonic() - started,

@@ -69,16 +69,21 @@ async def usage_report(redis: coredis.Redis[bytes], org: str, query: UsageQuery)
     async with redis.pipeline(transaction=False) as pipe:
         pending = [pipe.hgetall(names.usage_day(org, day.isoformat())) for day in days]
     sums: dict[tuple[str, ...], Sums] = {}
-    decoded: dict[str, tuple[str, ...]] = {}  # each tuple's JSON is decoded once
     for day, reply in zip(days, pending, strict=True):
+        # Sum each tuple's metrics first: the dimensions are decoded once per tuple and day,
+        # not once per field.
+        per_tuple: dict[bytes, dict[bytes, int]] = {}
         for raw_field, raw_amount in (await reply).items():
-            metric, _, encoded = raw_field.decode().partition(":")
-            dims = decoded.get(encoded)
-            if dims is None:
-                dims = decoded[encoded] = decode_dimensions(encoded)
-            values = dict(zip(DIMENSIONS, dims, strict=True), day=day.isoformat())
+            metric, _, encoded = raw_field.partition(b":")
+            counts = per_tuple.setdefault(encoded, {})
+            counts[metric] = counts.get(metric, 0) + int(raw_amount)
+        for encoded, counts in per_tuple.items():
+            values = dict(zip(DIMENSIONS, decode_dimensions(encoded), strict=True),
+                          day=day.isoformat())
             group = tuple(values[name] for name in groups)
-            sums.setdefault(group, Sums()).add(metric, int(raw_amount))
+            total = sums.setdefault(group, Sums())
+            for metric, amount in counts.items():
+                total.add(metric.decode(), amount)
     totals = Sums()
     rows: list[UsageRow] = []
     for group in sorted(sums):

@@ -36,7 +36,7 @@ def encode_dimensions(project: str, key: str, model: str, provider: str, identit
     return _encode([project, key, model, provider, identity, thread]).decode()
 
 
-def decode_dimensions(encoded: str) -> tuple[str, ...]:
+def decode_dimensions(encoded: bytes | str) -> tuple[str, ...]:
     """The dimensions of a field, padded with "" for dimensions added since it was written."""
     values = _dims_decoder.decode(encoded)
     return tuple(values[:len(DIMENSIONS)]) + ("",) * (len(DIMENSIONS) - len(values))
