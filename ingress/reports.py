@@ -8,12 +8,16 @@ line calls (ingress/usage.py, ingress/requestlog.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import coredis
 import msgspec
+import trio
 from quart import Blueprint, Response, request
 
 from ingress.access import managing_org, require_manager
+from ingress.gateway import redis_error
 from ingress.requestlog import read_log
 from ingress.respond import gateway, identity, json_response
 from ingress.usage import report_csv, usage_report
@@ -23,6 +27,11 @@ from schemas.usage import UsageQuery, UsageReport
 
 reports = Blueprint("reports", __name__)
 Q = TypeVar("Q")
+T = TypeVar("T")
+# Each Redis read of a report (a week of day hashes, a page of the log) gets this long: an
+# admin's read, off the inference path, may take longer than `redis_timeout_s` allows a
+# request, and a Redis that is away still answers 503 well within a request's timeout.
+READ_TIMEOUT_S = 30.0
 
 
 def query_of(shape: type[Q]) -> Q:
@@ -48,8 +57,7 @@ async def _report() -> UsageReport:
     require_manager(caller)  # a member hears 403 before anything about its parameters
     query = query_of(UsageQuery)
     org = managing_org(caller, query.org)
-    report = await gateway().redis_call(usage_report(gateway().redis, org, query))
-    return report
+    return await _reading(usage_report(gateway().redis, org, query, READ_TIMEOUT_S))
 
 
 @reports.get("/v1/admin/usage")
@@ -78,9 +86,17 @@ async def requests() -> Response:
     if query.from_ and query.to and query.from_ > query.to:
         raise GatewayError(400, "invalid_parameter",
                            f"`from` ({query.from_}) is after `to` ({query.to})", param="from")
-    page = await gateway().redis_call(read_log(gateway().redis, org, query,
-                                               gateway().config.usage.request_log_days))
+    page = await _reading(read_log(gateway().redis, org, query,
+                                   gateway().config.usage.request_log_days, READ_TIMEOUT_S))
     return json_response(page)
+
+
+async def _reading(awaitable: Awaitable[T]) -> T:
+    """A report's reads: Redis trouble is a 503, as on the request path (invariant 7)."""
+    try:
+        return await awaitable
+    except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
+        raise redis_error() from exc
 
 
 REPORT_TYPES = (UsageReport, RequestPage)

@@ -130,9 +130,10 @@ def _day_ms(day: datetime.date) -> int:
 
 
 async def read_log(redis: coredis.Redis[bytes], org: str, query: RequestsQuery,
-                   retention_days: int) -> RequestPage:
+                   retention_days: int, timeout_s: float = 30.0) -> RequestPage:
     """A page of the org's log, newest first, filtered; `next_cursor` when more may follow
-    (a full page, or `MAX_SCAN` records read without filling it)."""
+    (a full page, or `MAX_SCAN` records read without filling it). Each read of up to a few
+    thousand records has `timeout_s`."""
     key = names.request_log(org)
     newest = f"({query.cursor}" if query.cursor else "+"
     if query.to is not None:
@@ -145,7 +146,8 @@ async def read_log(redis: coredis.Redis[bytes], org: str, query: RequestsQuery,
     scanned, last = 0, ""
     while len(found) < query.limit and scanned < MAX_SCAN:
         count = min(max(query.limit * 2, 100), MAX_SCAN - scanned)
-        entries = await redis.xrevrange(key, newest, str(floor), count=count)
+        with trio.fail_after(timeout_s):
+            entries = await redis.xrevrange(key, newest, str(floor), count=count)
         for entry in entries:
             last = _stream_id(entry.identifier)
             scanned += 1

@@ -14,6 +14,7 @@ import io
 from typing import cast
 
 import coredis
+import trio
 
 from schemas import names
 from schemas.errors import GatewayError
@@ -29,6 +30,8 @@ from schemas.usage import (
     UsageRow,
     decode_dimensions,
 )
+
+DAYS_PER_READ = 7  # day hashes per pipeline: one reply stays small enough to parse at once
 
 
 def today() -> datetime.date:
@@ -61,29 +64,27 @@ def checked_range(query: UsageQuery) -> tuple[datetime.date, datetime.date, list
     return start, end, cast(list[Group], groups)
 
 
-async def usage_report(redis: coredis.Redis[bytes], org: str, query: UsageQuery) -> UsageReport:
+async def usage_report(redis: coredis.Redis[bytes], org: str, query: UsageQuery,
+                       timeout_s: float = 30.0) -> UsageReport:
     """The org's usage from `query.from_` to `query.to` (UTC days, both included), one row
-    per group in ascending order, and the totals."""
+    per group in ascending order, and the totals.
+
+    Days are read a week per pipeline and summed one at a time between checkpoints, so a
+    big report never holds the event loop for long (an ingress relays streams meanwhile);
+    each pipeline has `timeout_s`. Raises GatewayError (400) for a bad range or group.
+    """
     start, end, groups = checked_range(query)
     days = [start + datetime.timedelta(days=n) for n in range((end - start).days + 1)]
-    async with redis.pipeline(transaction=False) as pipe:
-        pending = [pipe.hgetall(names.usage_day(org, day.isoformat())) for day in days]
     sums: dict[tuple[str, ...], Sums] = {}
-    for day, reply in zip(days, pending, strict=True):
-        # Sum each tuple's metrics first: the dimensions are decoded once per tuple and day,
-        # not once per field.
-        per_tuple: dict[bytes, dict[bytes, int]] = {}
-        for raw_field, raw_amount in (await reply).items():
-            metric, _, encoded = raw_field.partition(b":")
-            counts = per_tuple.setdefault(encoded, {})
-            counts[metric] = counts.get(metric, 0) + int(raw_amount)
-        for encoded, counts in per_tuple.items():
-            values = dict(zip(DIMENSIONS, decode_dimensions(encoded), strict=True),
-                          day=day.isoformat())
-            group = tuple(values[name] for name in groups)
-            total = sums.setdefault(group, Sums())
-            for metric, amount in counts.items():
-                total.add(metric.decode(), amount)
+    for first in range(0, len(days), DAYS_PER_READ):
+        week = days[first:first + DAYS_PER_READ]
+        with trio.fail_after(timeout_s):
+            async with redis.pipeline(transaction=False) as pipe:
+                pending = [pipe.hgetall(names.usage_day(org, day.isoformat())) for day in week]
+            replies = [await reply for reply in pending]
+        for day, reply in zip(week, replies, strict=True):
+            _add_day(sums, groups, day.isoformat(), reply)
+            await trio.lowlevel.checkpoint()
     totals = Sums()
     rows: list[UsageRow] = []
     for group in sorted(sums):
@@ -91,6 +92,22 @@ async def usage_report(redis: coredis.Redis[bytes], org: str, query: UsageQuery)
         rows.append(sums[group].row(**dict(zip(groups, group, strict=True))))
     return UsageReport(org=org, from_=start.isoformat(), to=end.isoformat(), group_by=groups,
                        data=rows, totals=totals.row())
+
+
+def _add_day(sums: dict[tuple[str, ...], Sums], groups: list[Group], day: str,
+             fields: dict[bytes, bytes]) -> None:
+    """Add one day's hash to the groups' sums. Each tuple's metrics are summed first, so
+    its dimensions are decoded once per day, not once per field."""
+    per_tuple: dict[bytes, dict[bytes, int]] = {}
+    for raw_field, raw_amount in fields.items():
+        metric, _, encoded = raw_field.partition(b":")
+        counts = per_tuple.setdefault(encoded, {})
+        counts[metric] = counts.get(metric, 0) + int(raw_amount)
+    for encoded, counts in per_tuple.items():
+        values = dict(zip(DIMENSIONS, decode_dimensions(encoded), strict=True), day=day)
+        total = sums.setdefault(tuple(values[name] for name in groups), Sums())
+        for metric, amount in counts.items():
+            total.add(metric.decode(), amount)
 
 
 def report_csv(report: UsageReport) -> str:
