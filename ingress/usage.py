@@ -112,15 +112,22 @@ def _add_day(sums: dict[tuple[str, ...], Sums], groups: list[Group], day: str,
 
 def report_csv(report: UsageReport) -> str:
     """The report's rows as CSV: a header line, the group fields, then the sums
-    (`cost_usd` with 6 decimals, exactly the micro-dollars metered)."""
+    (`cost_usd` with 6 decimals, exactly the micro-dollars metered). A group value a
+    spreadsheet would run as a formula (an identity id is the client's text) starts with `'`."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*report.group_by, *ROW_FIELDS])
     for row in report.data:
-        writer.writerow([*(getattr(row, name) for name in report.group_by),
+        writer.writerow([*(_cell(getattr(row, name)) for name in report.group_by),
                          *(f"{row.cost_usd:.6f}" if name == "cost_usd" else getattr(row, name)
                            for name in ROW_FIELDS)])
     return out.getvalue()
+
+
+def _cell(value: str) -> str:
+    """OWASP's defence against CSV formula injection: `=`, `+`, `-`, `@`, tab and carriage
+    return first make a spreadsheet evaluate the cell, so such a value is quoted with `'`."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def month_range(month: str) -> UsageQuery:

@@ -375,3 +375,16 @@ async def test_streams_embeddings_and_a_cut_stream_are_metered(
     broken = rows["model-a", "t-cut"]
     # Output reached the client before the upstream broke off: billed, and an error.
     assert (broken["requests"], broken["completion_tokens"], broken["errors"]) == (1, 2, 1)
+
+
+async def test_a_formula_in_an_identity_is_not_a_formula_in_the_csv(
+        nursery: trio.Nursery, redis_url: str, fake_upstream: Any) -> None:
+    world = await priced_world(nursery, redis_url, await fake_upstream("openai"),
+                               await fake_upstream("openai"))
+    formula = '=HYPERLINK("http://evil.example","x")'
+    await send(world, "web", "model-a", "a b", identity=formula)
+    report = (await world.get("/v1/admin/usage", group_by="identity")).json()
+    assert [row["identity"] for row in report["data"]] == [formula]  # JSON: as sent
+    [line] = list(csv.DictReader(io.StringIO(
+        (await world.get("/v1/admin/usage.csv", group_by="identity")).text)))
+    assert line["identity"] == "'" + formula
