@@ -137,6 +137,7 @@ class Gateway:
         self.request_log = RequestLog(redis, retention_days=config.usage.request_log_days,
                                       buffer=config.usage.request_log_buffer,
                                       timeout_s=config.limits.redis_timeout_s)
+        self.request_log.expose(self.metrics.registry)
 
     async def redis_call(self, awaitable: Awaitable[T]) -> T:
         """Await a Redis operation; trouble becomes a 503 (invariant 7).

@@ -18,6 +18,9 @@ import coredis
 import msgspec
 import trio
 from coredis.tokens import PureToken
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from ingress.keys import Identity
 from schemas import names
@@ -53,6 +56,10 @@ class RequestLog:
         self.dropped = 0  # records lost: the buffer was full, or Redis refused their flush
         self._overflowed = 0  # of those, dropped by a full buffer (logged after each flush)
         self._closing = False
+
+    def expose(self, registry: CollectorRegistry) -> None:
+        """Count this log's records in the ingress's metrics (read at scrape time)."""
+        registry.register(_Counts(self))
 
     def statistics(self) -> dict[str, int]:
         """Records written, dropped, and waiting in the buffer now."""
@@ -118,6 +125,21 @@ class RequestLog:
             log_event("request_log_dropped", records=len(batch), error="timeout")
         self.dropped += len(batch)
         return False
+
+
+class _Counts(Collector):
+    """`switchboard_request_log_records_total{outcome="written"|"dropped"}`."""
+
+    def __init__(self, log: RequestLog) -> None:
+        self.log = log
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily("switchboard_request_log_records", "Request log records "
+                                     "this ingress wrote to Redis, or dropped (its buffer was "
+                                     "full, or Redis failed their flush).", labels=["outcome"])
+        family.add_metric(["written"], self.log.written)
+        family.add_metric(["dropped"], self.log.dropped)
+        yield family
 
 
 def _stream_id(entry_id: bytes | str) -> str:

@@ -25,6 +25,7 @@ from schemas.requestlog import RequestRecord, record_encoder
 from tests.conftest import TLS, RedisServer, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from tests.fleet import Fleet
+from tests.test_metrics import scrape_until, value
 from tests.test_usage_reports import Caller, add_key
 from workers.connection import connect
 
@@ -369,3 +370,20 @@ async def test_two_ingresses_write_one_log_and_one_report(redis_url: str, tmp_pa
     assert row["prompt_tokens"] == sum(r["prompt_tokens"] for r in records)
     assert row["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in records))
     assert set(statuses.values()) == {0}, fleet.log_text()
+
+
+async def test_the_ingress_counts_the_records_it_wrote_in_its_metrics(
+        nursery: trio.Nursery, redis_url: str) -> None:
+    config = make_config(redis_url, {"local": {"kind": "mock"}},
+                         [{"slug": "echo", "routes": [{"provider": "local", "model": "echo"}]}],
+                         metrics={"ingress": "open"})
+    gateway = await start_gateway(nursery, config)
+    client = gateway.client()
+    for word in ("one", "two"):
+        await client.chat.completions.create(model="echo", messages=messages(word))
+    with pytest.raises(openai.BadRequestError):  # refused after authentication: recorded too
+        await client.chat.completions.create(model="no-such-model", messages=messages("x"))
+    samples = await scrape_until(gateway.base_url + "/metrics", lambda s: value(
+        s, "switchboard_request_log_records_total", outcome="written") == 3)
+    assert value(samples, "switchboard_request_log_records_total", outcome="written") == 3
+    assert value(samples, "switchboard_request_log_records_total", outcome="dropped") == 0
