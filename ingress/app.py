@@ -13,6 +13,7 @@ from ingress.gateway import Gateway, new_request_id
 from ingress.metrics import CONTENT_TYPE
 from ingress.native import native
 from ingress.openapi import openapi_document
+from ingress.reports import reports
 from ingress.respond import identity, json_response, relay
 from schemas.errors import GatewayError
 from schemas.kinds import dialect_of_path
@@ -107,6 +108,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         return await relay(gateway.embeddings)
 
     app.register_blueprint(native)
+    app.register_blueprint(reports)  # /v1/admin/usage, /v1/admin/usage.csv, /v1/admin/requests
 
     @app.get("/v1/models")
     async def list_models() -> Response:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from schemas.config import Config, ConfigError, load_config
 from workers.logs import setup as setup_logs
+
+if TYPE_CHECKING:
+    from schemas.usage import UsageReport
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--org", action="append", default=[],
                        help="only this org (repeatable); default: every org with a key")
     usage.add_argument("--month", default=None, help="YYYY-MM (UTC); default: this month")
+    usage.add_argument("--from", dest="start", type=_day, default=None,
+                       help="first UTC day YYYY-MM-DD: print the grouped report instead")
+    usage.add_argument("--to", dest="end", type=_day, default=None,
+                       help="last UTC day YYYY-MM-DD (default: today)")
+    usage.add_argument("--group-by", default=None,
+                       help="comma-separated: day, project, key, model, provider, identity, thread")
 
     models = verbs.add_parser("models", help="print the catalog")
     models.add_argument("--config", required=True)
@@ -126,42 +137,76 @@ async def _keys(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _day(text: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day like 2026-11-30: {text!r}") from None
+
+
 async def _usage(config: Config, args: argparse.Namespace) -> int:
+    """The usage table: per org for a month, or (with --from/--to/--group-by) per group.
+    Both come from the report behind `GET /v1/admin/usage` (ingress/usage.py)."""
     import re
 
-    from ingress.admission import Admission
     from ingress.keys import KeyStore
+    from ingress.usage import month_range, usage_report
     from schemas import names
+    from schemas.errors import GatewayError
+    from schemas.usage import UsageQuery
     from workers.connection import connect
 
     when = args.month or names.month()
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", when):
         print(f"switchboard: --month must look like 2026-11, not {when!r}", file=sys.stderr)
         return 2
+    grouped = args.start is not None or args.end is not None or args.group_by is not None
+    query = (UsageQuery(from_=args.start, to=args.end, group_by=args.group_by or "")
+             if grouped else month_range(when))
     async with connect(config.redis_url) as redis:
         orgs = args.org or sorted({record.org for record in await KeyStore(redis).list()})
-        admission = Admission(redis)
+        try:
+            reports = [await usage_report(redis, org, query) for org in orgs]
+        except GatewayError as exc:
+            print(f"switchboard: {exc.message}", file=sys.stderr)
+            return 2
+        if grouped:
+            _print_groups(reports)
+            return 0
         print(f"{'ORG':20} {'PLAN':10} {'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>11} "
               f"{'TOKENS':>10} {'COST USD':>12} LIMIT")
         unpriced = 0
-        for org in orgs:
-            used = await admission.usage(org, when)
-            plan = (await redis.hget(names.org(org), "plan") or b"").decode()
+        for report in reports:
+            used = report.totals
+            plan = (await redis.hget(names.org(report.org), "plan") or b"").decode()
             # A plan the config lacks refuses every request (fail closed), so say so.
             limit = (str(config.plans[plan].monthly_tokens) if plan in config.plans
                      else "not configured (refused)" if plan else "unlimited")
-            # Metered in micro-dollars; requests on routes without a price cost 0, so a
-            # cost that leaves some out is marked and the footnote says how many.
-            cost = f"{used.get('cost_micro_usd', 0) / 1_000_000:.6f}"
-            if (missing := used.get("requests", 0) - used.get("priced_requests", 0)) > 0:
-                unpriced += missing
+            # Requests on routes without a price cost 0, so a cost that leaves some out is
+            # marked and the footnote says how many.
+            cost = f"{used.cost_usd:.6f}"
+            if used.unpriced_requests:
+                unpriced += used.unpriced_requests
                 cost += "*"
-            print(f"{org:20} {plan or '-':10} {used.get('requests', 0):>9} "
-                  f"{used.get('prompt_tokens', 0):>10} {used.get('completion_tokens', 0):>11} "
-                  f"{used.get('tokens', 0):>10} {cost:>12} {limit}")
+            print(f"{report.org:20} {plan or '-':10} {used.requests:>9} "
+                  f"{used.prompt_tokens:>10} {used.completion_tokens:>11} "
+                  f"{used.prompt_tokens + used.completion_tokens:>10} {cost:>12} {limit}")
         if unpriced:
             print(f"* {unpriced} requests unpriced (their routes have no price): not in the cost")
     return 0
+
+
+def _print_groups(reports: list[UsageReport]) -> None:
+    """One line per org and group: the group's values, then its sums."""
+    groups = reports[0].group_by if reports else []
+    print("\t".join(["ORG", *(g.upper() for g in groups), "REQUESTS", "PROMPT", "COMPLETION",
+                     "COST USD", "ERRORS", "UNPRICED"]))
+    for report in reports:
+        for row in report.data:
+            print("\t".join([report.org, *(getattr(row, g) or "-" for g in groups),
+                             str(row.requests), str(row.prompt_tokens),
+                             str(row.completion_tokens), f"{row.cost_usd:.6f}", str(row.errors),
+                             str(row.unpriced_requests)]))
 
 
 def _print_models(config: Config) -> None:

@@ -30,6 +30,7 @@ from ingress.keys import Identity, KeyStore
 from ingress.metrics import IngressMetrics
 from ingress.relay import Outcome, end_only, first_frame, stream_events, whole_body
 from ingress.replies import Replies, ReplyHub
+from ingress.requestlog import RequestLog, error_code, job_record
 from ingress.withdrawals import Withdrawals
 from schemas import names
 from schemas.chat import embedding_decoder, request_decoder
@@ -37,6 +38,7 @@ from schemas.config import Config, Plan
 from schemas.envelopes import Done, Endpoint, Error, Head, Job
 from schemas.errors import GatewayError
 from schemas.kinds import dialect
+from schemas.pricing import Prices
 from schemas.reservations import Hold
 from schemas.trace import TraceContext
 from schemas.tracking import identity_id, log_ids, strip_tracking
@@ -129,6 +131,13 @@ class Gateway:
             keep_s=config.limits.request_timeout_s + REPLY_GRACE_S)
         self.bounds = Bounds(config.limits)
         self.metrics = IngressMetrics(config, redis, lambda: int(hub.statistics()["waiting"]))
+        self.prices = Prices(config)
+        # The request log is written by its own task (started by the server), never in an
+        # answer's way: a slow Redis fills its buffer and drops records, counted.
+        self.request_log = RequestLog(redis, retention_days=config.usage.request_log_days,
+                                      buffer=config.usage.request_log_buffer,
+                                      timeout_s=config.limits.redis_timeout_s)
+        self.request_log.expose(self.metrics.registry)
 
     async def redis_call(self, awaitable: Awaitable[T]) -> T:
         """Await a Redis operation; trouble becomes a 503 (invariant 7).
@@ -218,7 +227,7 @@ class Gateway:
             match frame:
                 case Error(status=status, body=error_body):
                     ticket.provider = frame.provider or job.route.provider
-                    self._log(ticket, status)
+                    self._log(ticket, status, code=error_code(error_body))
                     return Reply(status, dialect(job.endpoint).shape(error_body, status),
                                  headers=served_by(frame.provider, frame.attempt))
                 case Done() if job.stream:  # no content (and no Head from an older worker)
@@ -304,7 +313,7 @@ class Gateway:
                                       self.config.limits.request_timeout_s + REPLY_GRACE_S)
 
     def _log(self, ticket: Ticket, status: int, prompt_tokens: int = 0,
-             completion_tokens: int = 0) -> None:
+             completion_tokens: int = 0, code: str = "") -> None:
         job = ticket.job
         fields: dict[str, Any] = {
             "request_id": job.request_id, "org": job.org, "key_id": job.key_id,
@@ -314,6 +323,11 @@ class Gateway:
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             **log_ids(job)}
         log_event("request", **fields)
+        self.request_log.record(job_record(
+            job, self.prices, provider=fields["provider"], status=status, code=code,
+            latency_s=fields["ms"] / 1000, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            ttft_s=None if ticket.first_at is None else ticket.first_at - ticket.started))
         self.metrics.finished(job.endpoint, job.model, fields["provider"], status, ticket.started,
                               ticket.first_at, prompt_tokens, completion_tokens)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from ingress.reports import REPORT_TYPES, report_paths
 from schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -40,7 +41,7 @@ def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the gateway's endpoints."""
     types = [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, RouterModelList,
              ModelProviderList, ErrorBody, EmbeddingRequest, EmbeddingList,
-             *(api.request for api in NATIVES)]
+             *(api.request for api in NATIVES), *REPORT_TYPES]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     chat = {
@@ -102,6 +103,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/router/models/{model_id}/providers": providers,
             "/healthz": health,
             "/readyz": health,
+            **report_paths(_REF, _errors(400, 401, 403, 422, 503)),
         },
         "components": {
             "schemas": components,

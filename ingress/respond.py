@@ -6,6 +6,7 @@ the queue and the answer's framing are the same for all of them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ from quart import Response, current_app, g, request
 
 from ingress.gateway import Gateway, Submission
 from ingress.keys import Identity
+from ingress.requestlog import refusal_record
+from schemas.errors import GatewayError
 from schemas.trace import incoming
 
 _encode = msgspec.json.Encoder().encode
@@ -52,13 +55,20 @@ async def identity() -> Identity:
 async def relay(make: Callable[[bytes], Submission]) -> Response:
     """Authenticate, validate, submit and answer: the same path for every endpoint."""
     caller = await identity()
-    body = await request.get_data(cache=False)
-    assert isinstance(body, bytes)
-    await gateway().bounds.check_body(body)  # before any decoder recurses into it
-    pin = request.headers.get("vendor") or None
-    trace = incoming(request.headers.get("traceparent"), request.headers.get("tracestate"),
-                     g.request_id)
-    reply = await gateway().submit(caller, make(body), g.request_id, pin, trace)
+    started = time.monotonic()
+    submission: Submission | None = None
+    try:
+        body = await request.get_data(cache=False)
+        assert isinstance(body, bytes)
+        await gateway().bounds.check_body(body)  # before any decoder recurses into it
+        pin = request.headers.get("vendor") or None
+        trace = incoming(request.headers.get("traceparent"), request.headers.get("tracestate"),
+                         g.request_id)
+        submission = make(body)
+        reply = await gateway().submit(caller, submission, g.request_id, pin, trace)
+    except GatewayError as error:  # answered before (or without) a worker's outcome
+        _log_refusal(caller, error, submission, started)
+        raise
     if reply.events is None:
         response = json_response(reply.body, reply.status)
         response.headers.update(reply.headers)
@@ -67,3 +77,16 @@ async def relay(make: Callable[[bytes], Submission]) -> Response:
                         headers={**SSE_HEADERS, **reply.headers})
     response.timeout = None
     return response
+
+
+def _log_refusal(caller: Identity, error: GatewayError, submission: Submission | None,
+                 started: float) -> None:
+    """Record in the request log a request refused after authentication (422, 400, 429,
+    503...): admitted requests are recorded where they end (`Gateway._log`)."""
+    if not caller.org:
+        return  # the operator's key serves no inference, and has no org's log to go in
+    seen = submission or Submission("chat", "", b"")
+    gateway().request_log.record(refusal_record(
+        caller, g.request_id, error.status, error.code, time.monotonic() - started,
+        endpoint=seen.endpoint if submission else "", model=seen.model, stream=seen.stream,
+        identity=seen.identity, thread=seen.thread))

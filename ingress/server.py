@@ -23,10 +23,11 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
     """Serve HTTP; `started(binds)` once listening (binds name the port).
 
     Owns the Redis client, the reply hub, the key-change listener, the routing view's
-    refresher (`RouteHealth`), the withdrawals and Hypercorn in one nursery. When `stop` is
-    set, Hypercorn stops accepting and gives open requests `limits.shutdown_grace_s`
-    seconds; then the withdrawals still queued are tried once more, and the hub, the
-    listener and the refresher stop. Cancellation stops everything at once.
+    refresher (`RouteHealth`), the withdrawals, the request log's writer and Hypercorn in
+    one nursery. When `stop` is set, Hypercorn stops accepting and gives open requests
+    `limits.shutdown_grace_s` seconds; then the withdrawals still queued are tried once
+    more, the request log's buffer is flushed, and the hub, the listener and the
+    refresher stop. Cancellation stops everything at once.
     """
     connections.install()  # connections clients closed are closed at once (see the module)
     # The reply hub has a client of its own: on the shared one, its subscription and its
@@ -52,10 +53,12 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
             trigger = stop.wait if stop is not None else None
             async with trio.open_nursery() as withdrawing:
                 await withdrawing.start(gateway.withdrawals.serve)
+                await withdrawing.start(gateway.request_log.serve)
                 async with trio.open_nursery() as http:
                     binds = await http.start(partial(serve, app, server, shutdown_trigger=trigger))
                     task_status.started(binds)
                 gateway.withdrawals.close()  # the last requests ended: flush, then stop
+                gateway.request_log.close()
             nursery.cancel_scope.cancel()  # Hypercorn drained its requests: the hub may go
 
 

@@ -111,6 +111,20 @@ class Metrics(Struct, forbid_unknown_fields=True):
     ingress: Literal["off", "open", "key"] = "off"
 
 
+class Usage(Struct, forbid_unknown_fields=True):
+    """How long usage and the request log are kept (docs/architecture.md, "Usage").
+
+    `retention_days`: the per-day usage breakdown (`/v1/admin/usage`); the monthly
+    counters that plans and budgets read are kept regardless. `request_log_days`: the
+    request log (`/v1/admin/requests`). `request_log_buffer`: records an ingress holds
+    while Redis is slow; past it new records are dropped (and counted), never waited for.
+    """
+
+    retention_days: Annotated[int, Meta(ge=1, le=3660)] = 400
+    request_log_days: Annotated[int, Meta(ge=1, le=3660)] = 30
+    request_log_buffer: Annotated[int, Meta(ge=1)] = 10_000
+
+
 class Config(Struct, forbid_unknown_fields=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # `provider/model` slugs and well-known model names outside the catalog are served
@@ -120,6 +134,7 @@ class Config(Struct, forbid_unknown_fields=True):
     plans: dict[str, Plan] = msgspec.field(default_factory=dict)
     limits: Limits = msgspec.field(default_factory=Limits)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
+    usage: Usage = msgspec.field(default_factory=Usage)
 
     def __post_init__(self) -> None:
         # Routes may name providers this deployment does not configure (a shared

@@ -74,6 +74,23 @@ def usage_key(key_id: str, month: str) -> str:
     return f"{PREFIX}usage:k:{key_id}:{month}"
 
 
+def usage_day(org_id: str, day: str) -> str:
+    """Hash of an org's usage for one UTC day (`YYYY-MM-DD`), broken down by dimension.
+
+    Field `<metric>:<dimensions>`: the metric (`requests`, `prompt_tokens`,
+    `completion_tokens`, `cost_micro_usd`, `priced_requests`, `errors`) and the JSON array
+    of the request's dimensions (`schemas/usage.py` DIMENSIONS: project, key id, model slug,
+    provider, identity, thread). Expires `usage.retention_days` after the day ends.
+    """
+    return f"{PREFIX}usage:d:{org_id}:{day}"
+
+
+def request_log(org_id: str) -> str:
+    """Stream of an org's request log records (field `r`: a JSON `RequestRecord`, metadata
+    only), ids by the time Redis took them; trimmed to `usage.request_log_days`."""
+    return f"{PREFIX}log:{org_id}"
+
+
 def withdrawn(request_id: str) -> str:
     """Marks a request whose client left, for copies of its job elsewhere (failover)."""
     return f"{PREFIX}gone:{request_id}"
@@ -135,6 +152,11 @@ def began(request_id: str) -> str:
 def body(request_id: str) -> str:
     """A whole answer too big for one reply frame, stored for the ingress to read once."""
     return f"{PREFIX}body:{request_id}"
+
+
+def day(now: float | None = None) -> str:
+    """The calendar day (UTC) usage is broken down by, as `YYYY-MM-DD`."""
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
 
 
 def month(now: float | None = None) -> str:

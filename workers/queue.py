@@ -6,6 +6,7 @@ leave a job half-moved. The ingress side (admission, withdrawal) is `ingress.adm
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import msgspec
 from schemas import names
 from schemas.envelopes import Frame, Head, Job, frame_encoder, job_decoder, job_encoder
 from schemas.reservations import RELEASE_LUA
+from schemas.usage import day_expiry, encode_dimensions
 from workers.logs import log_event
 
 # Take over entries whose owner is dead: its liveness key (`names.alive`, refreshed by
@@ -114,19 +116,40 @@ if ARGV[3] == 'publish' then
 elseif ARGV[3] == 'forward' then
   redis.call('XADD', KEYS[3], '*', 'j', ARGV[5])
 end
-if tonumber(ARGV[9]) > 0 then
-  redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[6])
-  redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[7])
-  redis.call('HINCRBY', KEYS[2], 'completion_tokens', ARGV[8])
-  redis.call('HINCRBY', KEYS[2], 'requests', ARGV[9])
+-- Meter a request that used tokens (ARGV[9] requests = 1) into the monthly counters of its
+-- org (KEYS[2]), key (KEYS[9]) and, when it has one (ARGV[17]), project (KEYS[8]): the
+-- same fields in each, since plans and budgets read them.
+local function meter(key)
+  redis.call('HINCRBY', key, 'tokens', ARGV[6])
+  redis.call('HINCRBY', key, 'prompt_tokens', ARGV[7])
+  redis.call('HINCRBY', key, 'completion_tokens', ARGV[8])
+  redis.call('HINCRBY', key, 'requests', ARGV[9])
   -- Cost in integer micro-dollars (HINCRBY takes integers only), and the requests that had
   -- a price (the others are "unpriced"); neither field is written for unpriced requests.
   if tonumber(ARGV[12]) > 0 then
-    redis.call('HINCRBY', KEYS[2], 'cost_micro_usd', ARGV[12])
+    redis.call('HINCRBY', key, 'cost_micro_usd', ARGV[12])
   end
   if tonumber(ARGV[13]) > 0 then
-    redis.call('HINCRBY', KEYS[2], 'priced_requests', ARGV[13])
+    redis.call('HINCRBY', key, 'priced_requests', ARGV[13])
   end
+end
+if tonumber(ARGV[9]) > 0 then
+  meter(KEYS[2])
+  meter(KEYS[9])
+  if ARGV[17] == '1' then meter(KEYS[8]) end
+end
+-- The day's breakdown (KEYS[10], names.usage_day): every metric of this request under
+-- `<metric>:<dimensions>` (ARGV[15]), errors (ARGV[14]) included, so a failure without
+-- tokens counts too; zeros are not written. Expires at ARGV[16] (the retention).
+if tonumber(ARGV[9]) > 0 or tonumber(ARGV[14]) > 0 then
+  local counts = {requests = ARGV[9], prompt_tokens = ARGV[7], completion_tokens = ARGV[8],
+                  cost_micro_usd = ARGV[12], priced_requests = ARGV[13], errors = ARGV[14]}
+  for metric, amount in pairs(counts) do
+    if tonumber(amount) > 0 then
+      redis.call('HINCRBY', KEYS[10], metric .. ':' .. ARGV[15], amount)
+    end
+  end
+  redis.call('EXPIREAT', KEYS[10], ARGV[16])
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -143,7 +166,6 @@ _FINISH = RELEASE_LUA + _FINISH  # defines release(), which the settle block cal
 OUTCOME_KEEP_MS = 10_000
 USAGE_FIELDS = ("tokens", "prompt_tokens", "completion_tokens", "requests")
 COST_FIELDS = ("cost_micro_usd", "priced_requests")  # ARGV[12], ARGV[13]
-
 
 
 @dataclass(slots=True)
@@ -261,9 +283,14 @@ class Queue:
         return key
 
     async def finish(self, delivery: Delivery, frame: Frame | None, *,
-                     usage: dict[str, int] | None = None, forward: Job | None = None) -> bool:
+                     usage: dict[str, int] | None = None, forward: Job | None = None,
+                     error: bool = False, retention_days: int = 400) -> bool:
         """Publish the outcome, meter usage, and acknowledge: all or nothing (invariant 3).
         False when this consumer no longer owns the entry: then nothing was done.
+
+        `usage` (a request that used tokens) goes to the monthly counters of the org, the
+        key and the project; it and `error` (the job ended in an error) to the day's
+        breakdown by dimension, which expires `retention_days` after the day.
 
         With `forward`, the job moves to another provider's stream instead of publishing;
         with neither (the client left) it is only acknowledged. One script call: atomic,
@@ -277,16 +304,25 @@ class Queue:
         else:
             target, payload = "", b""
         metered = usage or {}
+        now = int(time.time())
+        day = names.day(now)  # the month is the day's, so both agree around midnight
+        month = day[:7]
         done: Any = await self._finish(
-            keys=[names.queue(job.route.provider), names.usage(job.org, names.month()),
+            keys=[names.queue(job.route.provider), names.usage(job.org, month),
                   target if forward is not None else names.queue(job.route.provider),
                   names.reservation(job.request_id), names.RESERVATIONS_DUE,
-                  names.outcome(job.request_id), names.began(job.request_id)],
+                  names.outcome(job.request_id), names.began(job.request_id),
+                  names.usage_project(job.org, job.project, month),
+                  names.usage_key(job.key_id, month), names.usage_day(job.org, day)],
             args=[names.GROUP, delivery.entry_id, "forward" if forward is not None else
                   "publish" if frame is not None else "ack", target, payload,
                   *(metered.get(field, 0) for field in USAGE_FIELDS),
                   delivery.consumer, OUTCOME_KEEP_MS,
-                  *(metered.get(field, 0) for field in COST_FIELDS)])
+                  *(metered.get(field, 0) for field in COST_FIELDS),
+                  int(error), encode_dimensions(job.project, job.key_id, job.model,
+                                                  job.route.provider, job.identity, job.thread),
+                  day_expiry(now // 86_400 * 86_400, retention_days),
+                  "1" if job.project else "0"])
         return bool(done)
 
 

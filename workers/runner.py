@@ -284,7 +284,11 @@ class Runner:
             try:
                 if isinstance(outcome, Done) and size > limits.max_frame_bytes:
                     outcome = await self._stored(delivery.job, outcome)
-                if await self.queue.finish(delivery, outcome, usage=metered, forward=forward):
+                # A failure is counted in the day's `errors` whether or not it used tokens;
+                # only one that used tokens counts in `requests` (docs/architecture.md).
+                if await self.queue.finish(delivery, outcome, usage=metered, forward=forward,
+                                           error=isinstance(outcome, Error),
+                                           retention_days=self.config.usage.retention_days):
                     if metered is not None:  # counted once: only the run that metered it
                         self.metrics.cost.labels(delivery.job.model, delivery.job.route.provider
                                                  ).inc(metered["cost_micro_usd"] / MICRO_USD)
