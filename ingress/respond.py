@@ -14,6 +14,7 @@ from quart import Response, current_app, g, request
 
 from ingress.gateway import Gateway, Submission
 from ingress.keys import Identity
+from schemas.errors import GatewayError
 from schemas.trace import incoming
 
 _encode = msgspec.json.Encoder().encode
@@ -52,6 +53,9 @@ async def identity() -> Identity:
 async def relay(make: Callable[[bytes], Submission]) -> Response:
     """Authenticate, validate, submit and answer: the same path for every endpoint."""
     caller = await identity()
+    if caller.role == "operator":
+        raise GatewayError(403, "forbidden", "an operator key manages the gateway and serves no "
+                           "inference: use a key of an org (member or admin)")
     body = await request.get_data(cache=False)
     assert isinstance(body, bytes)
     await gateway().bounds.check_body(body)  # before any decoder recurses into it

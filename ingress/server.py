@@ -22,8 +22,9 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
                       task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve HTTP; `started(binds)` once listening (binds name the port).
 
-    Owns the Redis client, the reply hub, the key-change listener, the routing view's
-    refresher (`RouteHealth`), the withdrawals and Hypercorn in one nursery. When `stop` is
+    Owns the Redis client, the reply hub, the key-change listener, the keys' last-use
+    recorder, the routing view's refresher (`RouteHealth`), the withdrawals and Hypercorn
+    in one nursery. When `stop` is
     set, Hypercorn stops accepting and gives open requests `limits.shutdown_grace_s`
     seconds; then the withdrawals still queued are tried once more, and the hub, the
     listener and the refresher stop. Cancellation stops everything at once.
@@ -45,6 +46,7 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.serve)
             await nursery.start(gateway.keys.serve_invalidations)
+            await nursery.start(gateway.keys.serve_last_used)
             await nursery.start(gateway.routing.serve)
             with trio.move_on_after(config.limits.redis_timeout_s):
                 await hub.wait_ready()  # if Redis is down, serve 503s until it returns
