@@ -345,7 +345,8 @@ async def _leftovers(redis: Any, before: set[bytes]) -> list[str]:
     """State the run left in Redis: queued or pending jobs, keys that are not metering."""
     found = []
     for key in sorted(set(await redis.keys("*")) - before):
-        if not key.startswith(b"sb:usage:"):  # usage of the requests that were served
+        # Usage of the requests that were served, and when their key was last used.
+        if not key.startswith(b"sb:usage:") and key != b"sb:keys:used":
             found.append(f"new key {key!r} ({(await redis.type(key)).decode()})")
     for key in await redis.keys("sb:q:*"):
         if await redis.xlen(key):
