@@ -8,6 +8,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from ingress.admin import admin
 from ingress.edge import REFUSAL, BodyFirst
 from ingress.gateway import Gateway, new_request_id
 from ingress.metrics import CONTENT_TYPE
@@ -109,6 +110,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     app.register_blueprint(native)
     app.register_blueprint(reports)  # /v1/admin/usage, /v1/admin/usage.csv, /v1/admin/requests
+    app.register_blueprint(admin)
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -145,6 +147,10 @@ def create_app(gateway: Gateway) -> QuartTrio:
                                    "metrics are off on this ingress (metrics.ingress)")
             case "key":
                 await identity()
+            case "operator":
+                if (await identity()).role != "operator":
+                    raise GatewayError(403, "forbidden", "the metrics of this ingress are for "
+                                       "operator keys only (metrics.ingress = \"operator\")")
         return Response(await gateway.metrics.render(), 200, content_type=CONTENT_TYPE)
 
     @app.get("/openapi.json")

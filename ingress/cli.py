@@ -8,12 +8,16 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 
 from schemas.config import Config, ConfigError, load_config
 from workers.logs import setup as setup_logs
 
 if TYPE_CHECKING:
+    from ingress.control import Control
+    from ingress.keys import Identity
+    from schemas.admin import KeyView
     from schemas.usage import UsageReport
 
 
@@ -35,20 +39,30 @@ def _parser() -> argparse.ArgumentParser:
                         "unauthenticated); default: none")
     worker.add_argument("--metrics-host", default="127.0.0.1")
 
-    keys = verbs.add_parser("keys", help="manage access keys")
+    keys = verbs.add_parser("keys", help="manage access keys (as the operator)")
     key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
     create = key_verbs.add_parser("create", help="create a key; prints the secret last")
     create.add_argument("--config", required=True)
-    create.add_argument("--org", required=True)
-    create.add_argument("--project", default="")
-    create.add_argument("--plan", default="")
+    create.add_argument("--org", default="", help="the key's org (not with --operator)")
+    create.add_argument("--role", choices=["member", "admin"], default="member")
+    create.add_argument("--operator", action="store_true",
+                        help="a deployment-wide operator key: manages every org, no inference")
+    create.add_argument("--project", default="", help="created in the org when missing")
+    create.add_argument("--plan", default="", help="given to the org if it has none yet")
     create.add_argument("--name", default="")
+    _limit_flags(create)
     listing = key_verbs.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--config", required=True)
     listing.add_argument("--org")
-    revoke = key_verbs.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("--config", required=True)
-    revoke.add_argument("key_id")
+    listing.add_argument("--project")
+    for verb, text in (("revoke", "revoke a key by id"),
+                       ("rotate", "a new secret for a key (same id and settings); prints it"),
+                       ("limits", "change some of a key's limits (the others stay)")):
+        one = key_verbs.add_parser(verb, help=text)
+        one.add_argument("--config", required=True)
+        one.add_argument("key_id")
+        if verb == "limits":
+            _limit_flags(one, clearable=True)
 
     usage = verbs.add_parser("usage", help="print metered usage per org for a month")
     usage.add_argument("--config", required=True)
@@ -70,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8080)
     return parser
+
+
+_LIMIT_FLAGS = (("rpm", int), ("tpm", int), ("max_concurrent", int), ("monthly_budget_usd", float))
+
+
+def _limit_flags(parser: argparse.ArgumentParser, clearable: bool = False) -> None:
+    for name, kind in _LIMIT_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=kind, default=None, dest=name,
+                            help="a limit (see the README)" +
+                            ("; -1: none" if clearable else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,33 +132,89 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _keys(config: Config, args: argparse.Namespace) -> int:
+    """The `keys` verbs: the admin API's operations (`ingress.control`), as the operator."""
+    from ingress.control import OPERATOR, Control
     from ingress.keys import KeyStore
+    from schemas.errors import GatewayError
     from workers.connection import connect
 
     async with connect(config.redis_url) as redis:
-        store = KeyStore(redis)
-        if args.keys_verb == "create":
-            if args.plan and args.plan not in config.plans:
-                print(f"switchboard: plan {args.plan!r} is not in the config "
-                      f"(plans: {', '.join(config.plans) or 'none'})", file=sys.stderr)
-                return 2
-            record, secret = await store.create(args.org, args.project, args.plan, args.name)
-            if args.plan and record.plan != args.plan:
-                print(f"note: org {args.org!r} already has plan {record.plan!r}; kept it",
-                      file=sys.stderr)
-            print(f"created {record.key_id} for org {record.org} "
-                  f"(plan {record.plan or 'unlimited'}); the secret is shown once:")
-            print(secret)
-        elif args.keys_verb == "list":
-            print(f"{'KEY ID':22} {'ORG':16} {'PROJECT':12} {'PLAN':10} {'STATE':8} NAME")
-            for r in await store.list(args.org):
-                state = "revoked" if r.revoked else "active"
-                print(f"{r.key_id:22} {r.org:16} {r.project:12} {r.plan or '-':10} {state:8} {r.name}")
-        elif args.keys_verb == "revoke":
-            if not await store.revoke(args.key_id):
-                print(f"switchboard: no key {args.key_id!r}", file=sys.stderr)
-                return 1
-            print(f"revoked {args.key_id}")
+        control = Control(KeyStore(redis), frozenset(config.plans))
+        try:
+            return await _key_verb(control, OPERATOR, config, args)
+        except GatewayError as exc:
+            print(f"switchboard: {exc.message}", file=sys.stderr)
+            return 1 if exc.status == 404 else 2
+        except (msgspec.ValidationError, ValueError) as exc:
+            print(f"switchboard: {exc}", file=sys.stderr)
+            return 2
+
+
+def _limits_given(args: argparse.Namespace) -> dict[str, int | float | None]:
+    """The limit flags given (-1 meaning: no limit)."""
+    given: dict[str, int | float | None] = {}
+    for name, _ in _LIMIT_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            given[name] = None if value == -1 else value
+    return given
+
+
+def _print_key(view: KeyView) -> None:
+    limits = ", ".join(f"{k}={v}" for k, v in msgspec.structs.asdict(view.limits).items()
+                       if v is not None)
+    print(f"{view.id} org={view.org or '-'} project={view.project or '-'} role={view.role} "
+          f"limits: {limits or 'none'}")
+
+
+async def _key_verb(control: Control, caller: Identity, config: Config,
+                    args: argparse.Namespace) -> int:
+    from schemas.admin import KeyCreate, KeyPatch
+
+    if args.keys_verb == "create":
+        if args.operator:
+            if args.org or args.project or args.plan:
+                raise ValueError("an operator key belongs to no org: drop --org/--project/--plan")
+            created = await control.create_operator_key(caller, args.name)
+            print(f"created operator key {created.id}; the secret is shown once:")
+            print(created.secret)
+            return 0
+        if not args.org:
+            raise ValueError("--org is required (or --operator)")
+        body = msgspec.convert({"org": args.org, "project": args.project or None,
+                                "role": args.role, "name": args.name,
+                                "limits": _limits_given(args)}, KeyCreate)
+        if args.plan and args.plan not in config.plans:
+            print(f"switchboard: plan {args.plan!r} is not in the config "
+                  f"(plans: {', '.join(config.plans) or 'none'})", file=sys.stderr)
+            return 2
+        plan = await control.orgs.adopt_plan(args.org, args.plan) if args.plan else \
+            (await control.orgs.get(args.org)).plan
+        if args.plan and plan != args.plan:
+            print(f"note: org {args.org!r} already has plan {plan!r}; kept it", file=sys.stderr)
+        created = await control.create_key(caller, body, make_project=True)
+        print(f"created {created.id} ({created.role}) for org {created.org} "
+              f"(plan {plan or 'unlimited'}); the secret is shown once:")
+        print(created.secret)
+    elif args.keys_verb == "list":
+        print(f"{'KEY ID':22} {'ORG':16} {'PROJECT':12} {'ROLE':8} {'PLAN':10} {'STATE':8} NAME")
+        for view in (await control.list_keys(caller, args.org, args.project)).data:
+            plan = (await control.orgs.get(view.org)).plan if view.org else ""
+            state = "revoked" if view.revoked else "active"
+            print(f"{view.id:22} {view.org or '-':16} {view.project or '-':12} {view.role:8} "
+                  f"{plan or '-':10} {state:8} {view.name}")
+    elif args.keys_verb == "revoke":
+        await control.revoke_key(caller, args.key_id)
+        print(f"revoked {args.key_id}")
+    elif args.keys_verb == "rotate":
+        rotated = await control.rotate_key(caller, args.key_id)
+        print(f"rotated {rotated.id}; the old secret no longer works; the new one, shown once:")
+        print(rotated.secret)
+    elif args.keys_verb == "limits":
+        current = await control.get_key(caller, args.key_id)
+        merged = {**msgspec.structs.asdict(current.limits), **_limits_given(args)}
+        patch = msgspec.convert({"limits": merged}, KeyPatch)
+        _print_key(await control.update_key(caller, args.key_id, patch))
     return 0
 
 
@@ -164,7 +245,7 @@ async def _usage(config: Config, args: argparse.Namespace) -> int:
     query = (UsageQuery(from_=args.start, to=args.end, group_by=args.group_by or "")
              if grouped else month_range(when))
     async with connect(config.redis_url) as redis:
-        orgs = args.org or sorted({record.org for record in await KeyStore(redis).list()})
+        orgs = args.org or sorted({r.org for r in await KeyStore(redis).list() if r.org})
         try:
             reports = [await usage_report(redis, org, query) for org in orgs]
         except GatewayError as exc:

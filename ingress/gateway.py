@@ -25,6 +25,7 @@ from ingress.admission import (
 )
 from ingress.bounds import Bounds
 from ingress.catalog import Catalog
+from ingress.control import Control
 from ingress.health import RouteHealth
 from ingress.keys import Identity, KeyStore
 from ingress.metrics import IngressMetrics
@@ -122,6 +123,7 @@ class Gateway:
         self.hub = hub
         self.admission = Admission(redis)
         self.keys = KeyStore(redis, config.limits.key_cache_s, config.limits.key_miss_cache_s)
+        self.control = Control(self.keys, frozenset(config.plans))
         self.catalog = Catalog(config, int(time.time()))
         self.routing = RouteHealth(redis, config)  # its refresher runs beside the reply hub
         # Withdrawals run in their own task (started by the server), never in a request's

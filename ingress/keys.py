@@ -1,11 +1,13 @@
-"""Access keys: created and revoked by the CLI, looked up (and cached) by the ingress.
+"""Access keys looked up (and cached) by the ingress; their records are managed by
+`ingress.keyring.KeyRing` (`KeyStore.ring`), through the admin API or the CLI.
 
-Secrets are shown once and stored only as their SHA-256 (invariant 6). A key's org
-gets its plan when the org's first key is created.
+Secrets are shown once and stored only as their SHA-256 (invariant 6). When each key
+was last used is kept in memory and written every `LAST_USED_FLUSH_S` by
+`serve_last_used` (a task of the server's nursery), never by the request itself.
 
 Each ingress caches what it looked up: found keys for `cache_s`, unknown ones for
 `miss_cache_s` (bounded in number, so guessing costs no Redis lookup per guess). A change
-that must reach every ingress at once (revocation; later rotation and limit changes) goes
+that must reach every ingress at once (revocation, rotation, limit and plan changes) goes
 through `invalidate`, which publishes a `KeyChange`; every ingress listens
 (`serve_invalidations`) and drops those entries within milliseconds. While that
 subscription is down the cache lifetimes still bound the delay, and on every
@@ -14,8 +16,6 @@ subscription is down the cache lifetimes still bound the delay, and on every
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -23,17 +23,20 @@ import coredis
 import msgspec
 import trio
 
+from ingress.keyring import SECRET_PREFIX, KeyRing, hash_secret
 from schemas import names
 from schemas.errors import GatewayError
 from schemas.keys import ROLES, KeyChange, KeyRecord, Role
-from schemas.limits import ScopedLimits, decode_limits
+from schemas.limits import NO_LIMITS, LimitSet, ScopedLimits, decode_limits
 from workers.connection import subscription
 from workers.logs import log_event
 
-SECRET_PREFIX = "sb-"
+__all__ = ["SECRET_PREFIX", "Identity", "KeyStore", "hash_secret"]
+
 _CACHE_MAX = 100_000
 MISS_CACHE_MAX = 10_000  # unknown keys remembered at most (oldest forgotten first)
 RESUBSCRIBE_S = 0.5
+LAST_USED_FLUSH_S = 2.0  # how stale a key's `last_used` may be (and how often it is written)
 _change_encoder = msgspec.json.Encoder()
 _change_decoder = msgspec.json.Decoder(KeyChange)
 
@@ -50,10 +53,6 @@ class Identity:
     plan: str
     role: Role = "member"
     limits: tuple[ScopedLimits, ...] = ()
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _text(raw: dict[bytes, bytes], field: str) -> str:
@@ -75,49 +74,30 @@ class KeyStore:
         # revocation racing a lookup cannot be undone by it.
         self._generation = 0
         self._listening = trio.Event()
+        self.ring = KeyRing(redis, self.invalidate)
+        # Keys seen since the last flush -> when (unix time); written by `serve_last_used`.
+        self._used: dict[str, int] = {}
 
     def statistics(self) -> dict[str, int]:
         return {"cached": len(self._cache), "misses_cached": len(self._misses)}
 
-    async def create(self, org: str, project: str = "", plan: str = "",
-                     name: str = "") -> tuple[KeyRecord, str]:
-        """Store a new key; returns its record and the secret (never stored)."""
-        if not org:
-            raise ValueError("org must not be empty")
-        key_id = "key_" + secrets.token_hex(8)
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        secret_hash = hash_secret(secret)
-        if plan:
-            await self.redis.hsetnx(names.org(org), "plan", plan)
-        org_plan = (await self.redis.hget(names.org(org), "plan") or b"").decode()
-        record = KeyRecord(key_id=key_id, org=org, project=project, name=name, plan=org_plan,
-                           created=int(time.time()), secret_hash=secret_hash)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(names.key_by_hash(secret_hash), {
-                "key_id": key_id, "org": org, "project": project, "name": name,
-                "created": str(record.created), "revoked": "0"})
-            pipe.set(names.key_by_id(key_id), secret_hash)
-            pipe.sadd(names.KEY_IDS, [key_id])
-        return record, secret
+    async def create(self, org: str, project: str = "", plan: str = "", name: str = "", *,
+                     role: Role = "member", limits: LimitSet = NO_LIMITS
+                     ) -> tuple[KeyRecord, str]:
+        """Store a new key; returns its record and the secret (see `KeyRing.create`)."""
+        return await self.ring.create(org, project, plan, name, role=role, limits=limits)
 
-    async def list(self, org: str | None = None) -> list[KeyRecord]:
-        """Every key (of one org if given), oldest first; secrets are never listed."""
-        records = []
-        for key_id in await self.redis.smembers(names.KEY_IDS):
-            record = await self._record_by_id(key_id.decode())
-            if record is not None and (org is None or record.org == org):
-                records.append(record)
-        return sorted(records, key=lambda r: (r.created, r.key_id))
+    async def get(self, key_id: str) -> KeyRecord | None:
+        """A key's record (revoked ones too), or None."""
+        return await self.ring.get(key_id)
 
-    async def revoke(self, key_id: str) -> bool:
-        """Mark a key revoked; False if there is no such key."""
-        secret_hash = await self.redis.get(names.key_by_id(key_id))
-        if secret_hash is None:
-            return False
-        await self.redis.hset(names.key_by_hash(secret_hash.decode()), {"revoked": "1"})
-        # Stored first: an ingress that misses the broadcast still sees it within cache_s.
-        await self.invalidate(KeyChange(secret_hashes=[secret_hash.decode()]))
-        return True
+    async def list(self, org: str | None = None, project: str | None = None) -> list[KeyRecord]:
+        """Every key (of one org, one project, if given), oldest first; never a secret."""
+        return await self.ring.list(org, project)
+
+    async def revoke(self, key_id: str) -> KeyRecord | None:
+        """Mark a key revoked, on every ingress at once; None if there is no such key."""
+        return await self.ring.revoke(key_id)
 
     async def invalidate(self, change: KeyChange) -> None:
         """Make every ingress drop the cached keys `change` names (this process at once).
@@ -179,20 +159,6 @@ class KeyStore:
             return
         self.drop(change)
 
-    async def _record_by_id(self, key_id: str) -> KeyRecord | None:
-        secret_hash = await self.redis.get(names.key_by_id(key_id))
-        if secret_hash is None:
-            return None
-        raw = await self.redis.hgetall(names.key_by_hash(secret_hash.decode()))
-        if not raw:
-            return None
-        org = _text(raw, "org")
-        plan = (await self.redis.hget(names.org(org), "plan") or b"").decode()
-        return KeyRecord(key_id=key_id, org=org, project=_text(raw, "project"),
-                         name=_text(raw, "name"), plan=plan,
-                         created=int(_text(raw, "created") or 0),
-                         revoked=_text(raw, "revoked") == "1", secret_hash=secret_hash.decode())
-
     async def authenticate(self, secret: str | None) -> Identity:
         """The identity behind a secret, or a 401 GatewayError."""
         if not secret:
@@ -201,6 +167,7 @@ class KeyStore:
         now = time.monotonic()
         cached = self._cache.get(secret_hash)
         if cached is not None and cached[0] > now:
+            self._used[cached[1].key_id] = int(time.time())
             return cached[1]
         if self._misses.get(secret_hash, 0.0) > now:
             raise GatewayError(401, "unauthorized", "invalid or revoked access key")
@@ -216,12 +183,16 @@ class KeyStore:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[secret_hash] = (now + self.cache_s, identity)
+        self._used[identity.key_id] = int(time.time())
         return identity
 
     async def _identity(self, raw: dict[bytes, bytes]) -> Identity:
         """A key's identity from its hash, with its org's plan and the limits of its org,
         project and key (one more round trip, pipelined)."""
         org, project = _text(raw, "org"), _text(raw, "project")
+        role = _text(raw, "role") or "member"
+        if role == "operator":  # no org, no plan, no limits: it serves no inference
+            return Identity(_text(raw, "key_id"), "", "", "", "operator")
         async with self.redis.pipeline(transaction=False) as pipe:
             org_fields = pipe.hmget(names.org(org), ["plan", "limits"])
             project_fields = pipe.hmget(names.project(org, project), ["limits"]) if project else None
@@ -233,10 +204,39 @@ class KeyStore:
                                        limits=decode_limits(project_limits)))
         scoped.append(ScopedLimits(scope="key", id=_text(raw, "key_id"),
                                    limits=decode_limits(raw.get(b"limits"))))
-        role = _text(raw, "role") or "member"
         return Identity(_text(raw, "key_id"), org, project, (plan or b"").decode(),
                         role if role in ROLES else "member",  # type: ignore[arg-type]
                         tuple(s for s in scoped if s.limits.any()))
+
+    async def serve_last_used(self, *, every_s: float = LAST_USED_FLUSH_S,
+                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                              ) -> None:
+        """Write when each key was last used, every `every_s`, until cancelled (then once
+        more, bounded): one HSET per flush for all keys seen, never one per request."""
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(every_s)
+                await self.flush_last_used()
+        finally:
+            # Best effort: at shutdown the client may be closing under us already.
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                try:
+                    await self.flush_last_used()
+                except Exception as exc:
+                    log_event("last_used_flush_failed", error=type(exc).__name__)
+
+    async def flush_last_used(self) -> None:
+        """Store the keys seen since the last flush (kept for the next one on failure)."""
+        if not self._used:
+            return
+        seen, self._used = self._used, {}
+        try:
+            await self.redis.hset(names.KEYS_LAST_USED, {k: str(v) for k, v in seen.items()})
+        except (coredis.exceptions.RedisError, OSError) as exc:
+            log_event("last_used_flush_failed", error=type(exc).__name__, keys=len(seen))
+            for key_id, when in seen.items():
+                self._used.setdefault(key_id, when)
 
     def _remember_miss(self, secret_hash: str, now: float) -> None:
         if self.miss_cache_s <= 0 or self.miss_cache_max <= 0:

@@ -9,6 +9,18 @@ from typing import Any
 import msgspec
 
 from ingress.reports import REPORT_TYPES, report_paths
+from schemas.admin import (
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyPatch,
+    KeyView,
+    OrgUpdate,
+    OrgView,
+    ProjectCreate,
+    ProjectList,
+    ProjectView,
+)
 from schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -36,12 +48,64 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): {"description": "error", "content": _json("ErrorBody")} for s in statuses}
 
 
+ADMIN_TYPES = (KeyCreate, KeyCreated, KeyPatch, KeyView, KeyList, OrgUpdate, OrgView,
+               ProjectCreate, ProjectView, ProjectList)
+
+
+def _admin_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """`/v1/admin/...`: keys, orgs, projects. 401 without a key, 403 for members and for
+    another org, 404 for an id the caller cannot see."""
+
+    def op(summary: str, answer: str, status: int = 200, body: str | None = None,
+           params: tuple[str, ...] = (), query: tuple[str, ...] = (),
+           errors: tuple[int, ...] = ()) -> dict[str, Any]:
+        operation: dict[str, Any] = {
+            "summary": summary, "security": secured,
+            "responses": {str(status): {"description": "ok", "content": _json(answer)},
+                          **_errors(401, 403, 503, *errors)}}
+        if body is not None:
+            operation["requestBody"] = {"required": True, "content": _json(body)}
+            operation["responses"].update(_errors(400, 422))
+        parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for n in params]
+        parameters += [{"name": n, "in": "query", "required": False,
+                        "schema": {"type": "string"}} for n in query]
+        if parameters:
+            operation["parameters"] = parameters
+        return operation
+
+    key = ("id",)
+    return {
+        "/v1/admin/keys": {
+            "post": op("Create a key (the secret is shown once)", "KeyCreated", 201, "KeyCreate",
+                       errors=(404,)),
+            "get": op("List keys", "KeyList", query=("org", "project"), errors=(400, 422))},
+        "/v1/admin/keys/{id}": {
+            "get": op("A key's record", "KeyView", params=key, errors=(404,)),
+            "patch": op("Set a key's name and limits", "KeyView", body="KeyPatch", params=key,
+                        errors=(404,)),
+            "delete": op("Revoke a key (its record stays readable)", "KeyView", params=key,
+                         errors=(404,))},
+        "/v1/admin/keys/{id}/rotate": {
+            "post": op("A new secret for a key, same id and settings", "KeyCreated", params=key,
+                       errors=(404, 409))},
+        "/v1/admin/orgs/{org}": {
+            "get": op("An org's plan and limits", "OrgView", params=("org",), errors=(422,)),
+            "put": op("Set an org's plan and limits (operator)", "OrgView", body="OrgUpdate",
+                      params=("org",))},
+        "/v1/admin/projects": {
+            "post": op("Create a project", "ProjectView", 201, "ProjectCreate", errors=(409,)),
+            "get": op("List an org's projects", "ProjectList", query=("org",),
+                      errors=(400, 422))},
+    }
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the gateway's endpoints."""
     types = [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, RouterModelList,
              ModelProviderList, ErrorBody, EmbeddingRequest, EmbeddingList,
-             *(api.request for api in NATIVES), *REPORT_TYPES]
+             *(api.request for api in NATIVES), *REPORT_TYPES, *ADMIN_TYPES]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     chat = {
@@ -104,6 +168,7 @@ def openapi_document() -> dict[str, Any]:
             "/healthz": health,
             "/readyz": health,
             **report_paths(_REF, _errors(400, 401, 403, 422, 503)),
+            **_admin_paths(secured),
         },
         "components": {
             "schemas": components,

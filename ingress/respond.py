@@ -55,6 +55,9 @@ async def identity() -> Identity:
 async def relay(make: Callable[[bytes], Submission]) -> Response:
     """Authenticate, validate, submit and answer: the same path for every endpoint."""
     caller = await identity()
+    if caller.role == "operator":
+        raise GatewayError(403, "forbidden", "an operator key manages the gateway and serves no "
+                           "inference: use a key of an org (member or admin)")
     started = time.monotonic()
     submission: Submission | None = None
     try:

@@ -22,12 +22,12 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
                       task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve HTTP; `started(binds)` once listening (binds name the port).
 
-    Owns the Redis client, the reply hub, the key-change listener, the routing view's
-    refresher (`RouteHealth`), the withdrawals, the request log's writer and Hypercorn in
-    one nursery. When `stop` is set, Hypercorn stops accepting and gives open requests
-    `limits.shutdown_grace_s` seconds; then the withdrawals still queued are tried once
-    more, the request log's buffer is flushed, and the hub, the listener and the
-    refresher stop. Cancellation stops everything at once.
+    Owns the Redis client, the reply hub, the key-change listener, the keys' last-use
+    recorder, the routing view's refresher (`RouteHealth`), the withdrawals, the request
+    log's writer and Hypercorn in one nursery. When `stop` is set, Hypercorn stops
+    accepting and gives open requests `limits.shutdown_grace_s` seconds; then the
+    withdrawals still queued are tried once more, the request log's buffer is flushed, and
+    the hub, the listener and the refresher stop. Cancellation stops everything at once.
     """
     connections.install()  # connections clients closed are closed at once (see the module)
     # The reply hub has a client of its own: on the shared one, its subscription and its
@@ -46,6 +46,7 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.serve)
             await nursery.start(gateway.keys.serve_invalidations)
+            await nursery.start(gateway.keys.serve_last_used)
             await nursery.start(gateway.routing.serve)
             with trio.move_on_after(config.limits.redis_timeout_s):
                 await hub.wait_ready()  # if Redis is down, serve 503s until it returns

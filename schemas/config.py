@@ -105,10 +105,11 @@ class Metrics(Struct, forbid_unknown_fields=True):
 
     `off` (the default: the ingress faces clients, and its metrics show every org's models
     and volumes): 404. `open`: anyone who reaches the port (an internal network only).
-    `key`: any valid access key (until operator keys exist).
+    `operator`: operator keys only (`switchboard keys create --operator`); others get 403.
+    `key`: any valid access key, of any org (kept for existing configs; prefer `operator`).
     """
 
-    ingress: Literal["off", "open", "key"] = "off"
+    ingress: Literal["off", "open", "operator", "key"] = "off"
 
 
 class Usage(Struct, forbid_unknown_fields=True):

@@ -12,6 +12,10 @@ GROUP = "workers"  # the consumer group on every provider stream
 CANCEL_CHANNEL = PREFIX + "cancel"  # request ids whose client went away
 KEY_IDS = PREFIX + "keys"  # set of every key id
 KEYS_CHANGED = PREFIX + "keys:changed"  # pub/sub: key cache entries every ingress must drop
+# Hash {key id: unix time it was last used}, written by each ingress every few seconds
+# (one HSET for all the keys it saw), never on a request's path. Apart from the key hash
+# so a late write can never re-create the hash of a rotated-away secret.
+KEYS_LAST_USED = PREFIX + "keys:used"
 
 # Reservations (see `schemas/reservations.py`). A reservation is the list of counters
 # admission incremented for one request, kept as the hash `reservation(request_id)`
@@ -45,7 +49,7 @@ def key_by_id(key_id: str) -> str:
 
 
 def org(org_id: str) -> str:
-    """Hash of an organization's settings (its plan)."""
+    """Hash of an organization's settings: `plan`, `limits` (JSON, see schemas/limits.py)."""
     return f"{PREFIX}org:{org_id}"
 
 

@@ -345,8 +345,9 @@ async def _leftovers(redis: Any, before: set[bytes]) -> list[str]:
     """State the run left in Redis: queued or pending jobs, keys that are not metering."""
     found = []
     for key in sorted(set(await redis.keys("*")) - before):
-        # usage and the request log of the requests that were answered
-        if not key.startswith((b"sb:usage:", b"sb:log:")):
+        # usage and the request log of the requests that were answered, and when their
+        # key was last used
+        if not key.startswith((b"sb:usage:", b"sb:log:")) and key != b"sb:keys:used":
             found.append(f"new key {key!r} ({(await redis.type(key)).decode()})")
     for key in await redis.keys("sb:q:*"):
         if await redis.xlen(key):

@@ -1,0 +1,103 @@
+"""The admin API under `/v1/admin`: keys, orgs and projects (see `ingress.control`).
+
+Authenticated like inference; each handler decodes its body once (`decode_body`), calls
+the one `Control` operation the CLI calls too, and answers its Struct as JSON.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from quart import Blueprint, Response, request
+
+from ingress.gateway import decode_body
+from ingress.respond import gateway, identity, json_response
+from schemas.admin import KeyCreate, KeyPatch, OrgUpdate, ProjectCreate
+
+admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
+
+_key_create = msgspec.json.Decoder(KeyCreate)
+_key_patch = msgspec.json.Decoder(KeyPatch)
+_org_update = msgspec.json.Decoder(OrgUpdate)
+_project_create = msgspec.json.Decoder(ProjectCreate)
+
+
+async def _body() -> bytes:
+    body = await request.get_data(cache=False)
+    assert isinstance(body, bytes)
+    return body
+
+
+@admin.post("/keys")
+async def create_key() -> Response:
+    caller = await identity()
+    body = decode_body(_key_create, await _body())
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.create_key(caller, body)), 201)
+
+
+@admin.get("/keys")
+async def list_keys() -> Response:
+    caller = await identity()
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.list_keys(
+        caller, request.args.get("org") or None, request.args.get("project") or None)))
+
+
+@admin.get("/keys/<key_id>")
+async def get_key(key_id: str) -> Response:
+    caller = await identity()
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.get_key(caller, key_id)))
+
+
+@admin.patch("/keys/<key_id>")
+async def update_key(key_id: str) -> Response:
+    caller = await identity()
+    body = decode_body(_key_patch, await _body())
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.update_key(caller, key_id, body)))
+
+
+@admin.delete("/keys/<key_id>")
+async def revoke_key(key_id: str) -> Response:
+    caller = await identity()
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.revoke_key(caller, key_id)))
+
+
+@admin.post("/keys/<key_id>/rotate")
+async def rotate_key(key_id: str) -> Response:
+    caller = await identity()
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.rotate_key(caller, key_id)))
+
+
+@admin.get("/orgs/<org>")
+async def get_org(org: str) -> Response:
+    caller = await identity()
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.get_org(caller, org)))
+
+
+@admin.put("/orgs/<org>")
+async def update_org(org: str) -> Response:
+    caller = await identity()
+    body = decode_body(_org_update, await _body())
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.update_org(caller, org, body)))
+
+
+@admin.get("/projects")
+async def list_projects() -> Response:
+    caller = await identity()
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.list_projects(
+        caller, request.args.get("org") or None)))
+
+
+@admin.post("/projects")
+async def create_project() -> Response:
+    caller = await identity()
+    body = decode_body(_project_create, await _body())
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.create_project(caller, body)), 201)
