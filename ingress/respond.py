@@ -6,6 +6,7 @@ the queue and the answer's framing are the same for all of them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from ingress.keys import Identity
 from schemas.trace import incoming
 
 _encode = msgspec.json.Encoder().encode
+_RULE_PART = re.compile(r"<(?:[^:>]+:)?([^>]+)>")  # as app.served_endpoints has it
 JSON = "application/json"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -25,6 +27,11 @@ def json_response(value: Any, status: int = 200) -> Response:
     """A JSON answer; `value` is bytes already encoded, or a Struct / plain data."""
     return Response(value if isinstance(value, bytes) else _encode(value), status,
                     content_type=JSON)
+
+
+def route_template(rule: str) -> str:
+    """A Werkzeug rule as the OpenAPI document writes it: `<path:target>` -> `{target}`."""
+    return _RULE_PART.sub(r"{\1}", rule)
 
 
 def gateway() -> Gateway:
@@ -50,15 +57,27 @@ async def identity() -> Identity:
 
 
 async def relay(make: Callable[[bytes], Submission]) -> Response:
-    """Authenticate, validate, submit and answer: the same path for every endpoint."""
-    caller = await identity()
-    body = await request.get_data(cache=False)
-    assert isinstance(body, bytes)
-    await gateway().bounds.check_body(body)  # before any decoder recurses into it
-    pin = request.headers.get("vendor") or None
+    """Authenticate, validate, submit and answer: the same path for every endpoint.
+
+    With tracing on, the request's span is ended by its log line once admitted, or here
+    when it is refused or fails before."""
+    spans = gateway().spans
     trace = incoming(request.headers.get("traceparent"), request.headers.get("tracestate"),
-                     g.request_id)
-    reply = await gateway().submit(caller, make(body), g.request_id, pin, trace)
+                     g.request_id, sampled=spans.on)
+    route = route_template(request.url_rule.rule) if request.url_rule else request.path
+    span = spans.request(trace, request.method, route, g.request_id)
+    try:
+        caller = await identity()
+        if span is not None:
+            span.tag(org=caller.org, key_id=caller.key_id)
+        body = await request.get_data(cache=False)
+        assert isinstance(body, bytes)
+        await gateway().bounds.check_body(body)  # before any decoder recurses into it
+        pin = request.headers.get("vendor") or None
+        reply = await gateway().submit(caller, make(body), g.request_id, pin, trace, span)
+    except BaseException as exc:
+        spans.refused(span, exc)  # (nothing if its log line ended it already)
+        raise
     if reply.events is None:
         response = json_response(reply.body, reply.status)
         response.headers.update(reply.headers)
