@@ -31,6 +31,7 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 SECRET_UP = "sk-upstream-tracing-secret"
 STOP_S = 30.0  # a drained process exits well within this (no request is open)
+HUNG_STOP_S = 15.0  # ... and, its collector hanging, within tracing.timeout_s (1 s) more
 PROMPT = "the secret recipe is forty-two"  # content: must never be in a span
 
 
@@ -69,15 +70,19 @@ async def start(nursery: Any, redis_url: str, fake_upstream: Any,
     return fleet, base, secret, fake
 
 
-async def stop(fleet: Fleet) -> dict[str, int]:
+async def stop(fleet: Fleet, within_s: float = STOP_S) -> dict[str, int]:
     """SIGTERM every process and wait for them to exit, without blocking this test's event
-    loop: the fake collector runs on it, and they export to it on their way out."""
+    loop (the fake collector runs on it, and they export to it on their way out); what
+    has not exited `within_s` is killed, and its status says so."""
     for process in fleet.processes.values():
         process.terminate()
-    with trio.move_on_after(STOP_S):
+    with trio.move_on_after(within_s):
         while any(process.poll() is None for process in fleet.processes.values()):
             await trio.sleep(0.05)
-    return fleet.stop_all()  # (kills what did not stop in time; its status says so)
+    for process in fleet.processes.values():
+        if process.poll() is None:
+            process.kill()
+    return fleet.stop_all()
 
 
 def client(base: str, secret: str) -> openai.AsyncOpenAI:
@@ -206,6 +211,30 @@ async def test_with_tracing_off_no_exporter_is_created_and_nothing_is_sent(
     logs = fleet.log_text()
     assert "import time:" in logs and "ingress.server" in logs  # the import list was written
     assert "opentelemetry.sdk" not in logs and "opentelemetry.exporter" not in logs
+
+
+async def test_a_collector_that_hangs_delays_no_answer_and_no_shutdown(
+        nursery: Any, redis_url: str, fake_upstream: Any, tmp_path: Path) -> None:
+    collector = FakeCollector(hang=True)
+    origin = await nursery.start(serve_asgi, collector)
+    # Exports every 50 ms (OpenTelemetry's own knob): they run while requests are answered.
+    fleet, base, secret, _ = await start(
+        nursery, redis_url, fake_upstream, tmp_path,
+        f'[tracing]\notlp_endpoint = "{origin}"\ntimeout_s = 1\n',
+        env={"OTEL_BSP_SCHEDULE_DELAY": "50"})
+    try:
+        sdk = client(base, secret)
+        for _ in range(3):
+            answer = await sdk.chat.completions.create(
+                model="gpt-traced", messages=[{"role": "user", "content": "hi"}])
+            assert answer.choices[0].message.content
+            await trio.sleep(0.1)  # an export is under way, hanging
+        assert collector.requests  # it was called, and did not answer
+    finally:
+        # The exports still hang: the processes stop after `timeout_s` (1 s) all the same,
+        # well before the SDK's own 30 s wait for its export thread.
+        statuses = await stop(fleet, within_s=HUNG_STOP_S)
+    assert statuses == {"in1": 0, "w1": 0}, fleet.log_text()  # stopped cleanly, not killed
 
 
 def test_tracing_without_the_sdk_installed_is_a_clear_error_at_start(

@@ -2,8 +2,8 @@
 
 Decodes each `ExportTraceServiceRequest` with the official protobuf classes
 (opentelemetry-proto) and records every span, flattened, in `spans`; answers 200 with an
-empty `ExportTraceServiceResponse`, as a collector does. Serve it with `serve_asgi`; its
-`base_url` is what `[tracing] otlp_endpoint` takes.
+empty `ExportTraceServiceResponse`, as a collector does (or, with `hang`, never). Serve it
+with `serve_asgi`; the origin it starts with is what `[tracing] otlp_endpoint` takes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import gzip
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -49,11 +50,14 @@ def _value(value: AnyValue) -> Any:
 class FakeCollector(ScriptedUpstream[None]):
     """The ASGI app; every span of every export lands in `spans`."""
 
-    def __init__(self) -> None:
+    def __init__(self, hang: bool = False) -> None:
         super().__init__(lambda: None)
         self.spans: list[Recorded] = []
+        self.hang = hang  # a collector that takes each export and never answers
 
     async def answer(self, received: Received, receive: Any, send: Any) -> None:
+        if self.hang:
+            await trio.sleep_forever()
         if received.method != "POST" or received.path != "/v1/traces":
             await send({"type": "http.response.start", "status": 404, "headers": []})
             await send({"type": "http.response.body", "body": b""})
