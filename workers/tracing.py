@@ -125,7 +125,7 @@ class Spans:
         operation = "embeddings" if job.endpoint == "embeddings" else "chat"
         span = Span(f"{operation} {route.model}", "client", context, span_id, context.parent_id,
                     {"gen_ai.operation.name": operation,
-                     "gen_ai.provider.name": KINDS[kind].genai or kind if kind in KINDS else kind,
+                     "gen_ai.provider.name": _genai_provider(kind),
                      "gen_ai.request.model": route.model})
         span.tag(request_id=job.request_id, provider=route.provider, model=job.model,
                  attempt=attempt)
@@ -169,7 +169,8 @@ class Spans:
                                      is_remote=True, trace_flags=api.TraceFlags(int(trace.flags, 16)),
                                      trace_state=state)
             context = api.set_span_in_context(api.NonRecordingSpan(parent))
-        # start_span asks the generator for the new span's ids, synchronously, right here.
+        # start_span asks the generator for the new span's ids, synchronously, right here
+        # (spans end only on the process's trio thread, so nothing else sets `chosen` now).
         self._ids.chosen = (int(trace.trace_id, 16), int(span.span_id, 16))
         kind = api.SpanKind.SERVER if span.kind == "server" else api.SpanKind.CLIENT
         otel = self._tracer.start_span(span.name, context, kind, span.attributes,
@@ -188,6 +189,12 @@ class Spans:
             return
         with trio.CancelScope(shield=True), trio.move_on_after(self.timeout_s + 0.5):
             await trio.to_thread.run_sync(provider.shutdown, abandon_on_cancel=True)
+
+
+def _genai_provider(kind: str) -> str:
+    """The kind's `gen_ai.provider.name` (a well-known value where the conventions have one)."""
+    row = KINDS.get(kind)
+    return row.genai if row is not None and row.genai else kind
 
 
 def check(settings: Tracing | None) -> None:
