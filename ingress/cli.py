@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ingress.dev import run_dev
             return run_dev(args.config, args.host, args.port)
         config = load_config(args.config)
+        if args.verb in ("serve", "worker"):
+            from workers.tracing import check as check_tracing
+            check_tracing(config.tracing)  # the SDK is there if [tracing] asks for it
     except ConfigError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from pathlib import Path
 import trio
 
 from schemas.config import Config, ConfigError, load_config
+from workers.tracing import check as check_tracing
 
 BUILT_IN = Path(__file__).with_name("dev.toml")
 
@@ -115,6 +116,7 @@ def run_dev(config_path: str | None, host: str, port: int) -> int:
             print(f"Started a private redis-server on port {redis_port}", file=sys.stderr)
     try:
         config = load_config(config_path or BUILT_IN, env)
+        check_tracing(config.tracing)
         trio.run(_serve_all, config, host, port)
     except ConfigError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)

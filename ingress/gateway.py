@@ -44,6 +44,7 @@ from schemas.reservations import Hold
 from schemas.trace import TraceContext
 from schemas.tracking import identity_id, log_ids, strip_tracking
 from workers.logs import log_event
+from workers.tracing import Span, Spans
 
 REPLY_GRACE_S = 2.0  # how much longer than the job's deadline the ingress waits for a frame
 T = TypeVar("T")
@@ -74,6 +75,7 @@ class Ticket:
     provider: str = ""
     withdrawn: bool = False  # handed to the withdrawals already
     first_at: float | None = None  # a stream's first content arrived (monotonic)
+    span: Span | None = None  # the request's span, ended with its log line (tracing on)
 
 
 @dataclass(slots=True)
@@ -117,10 +119,12 @@ def decode_body(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
 class Gateway:
     """Everything an ingress process shares between requests."""
 
-    def __init__(self, config: Config, redis: coredis.Redis[bytes], hub: ReplyHub) -> None:
+    def __init__(self, config: Config, redis: coredis.Redis[bytes], hub: ReplyHub,
+                 spans: Spans | None = None) -> None:
         self.config = config
         self.redis = redis
         self.hub = hub
+        self.spans = spans or Spans()  # the server's; off unless the config has [tracing]
         self.admission = Admission(redis)
         self.keys = KeyStore(redis, config.limits.key_cache_s, config.limits.key_miss_cache_s)
         self.control = Control(self.keys, frozenset(config.plans))
@@ -200,8 +204,10 @@ class Gateway:
                           thread=request.thread.id if request.thread else "")
 
     async def submit(self, identity: Identity, submission: Submission, request_id: str,
-                     pin: str | None = None, trace: TraceContext | None = None) -> Reply:
-        """Run one request through the queue. Raises GatewayError before output."""
+                     pin: str | None = None, trace: TraceContext | None = None,
+                     span: Span | None = None) -> Reply:
+        """Run one request through the queue. Raises GatewayError before output; once
+        admitted, its log line ends `span` too."""
         self.bounds.model(submission.model)
         if pin is not None:
             self.bounds.model(pin, "vendor")  # a provider name, echoed like a slug
@@ -220,6 +226,7 @@ class Gateway:
         replies = self.hub.register(request_id)
         try:
             ticket = await self._admit(job, identity, replies, submission)
+            ticket.span = span
             replies.when_behind(partial(self._withdraw_soon, ticket))
             try:
                 frame = await first_frame(replies, ticket.wait_until)
@@ -330,6 +337,12 @@ class Gateway:
             latency_s=fields["ms"] / 1000, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             ttft_s=None if ticket.first_at is None else ticket.first_at - ticket.started))
+        if ticket.span is not None:
+            ticket.span.tag(org=job.org, key_id=job.key_id, model=job.model,
+                            provider=fields["provider"])
+            # A stream that began went out as 200, whatever ended it.
+            self.spans.answered(ticket.span, 200 if ticket.first_at is not None else status,
+                                status)
         self.metrics.finished(job.endpoint, job.model, fields["provider"], status, ticket.started,
                               ticket.first_at, prompt_tokens, completion_tokens)
 

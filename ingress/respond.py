@@ -6,6 +6,7 @@ the queue and the answer's framing are the same for all of them.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from schemas.errors import GatewayError
 from schemas.trace import incoming
 
 _encode = msgspec.json.Encoder().encode
+_RULE_PART = re.compile(r"<(?:[^:>]+:)?([^>]+)>")  # as app.served_endpoints has it
 JSON = "application/json"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -28,6 +30,11 @@ def json_response(value: Any, status: int = 200) -> Response:
     """A JSON answer; `value` is bytes already encoded, or a Struct / plain data."""
     return Response(value if isinstance(value, bytes) else _encode(value), status,
                     content_type=JSON)
+
+
+def route_template(rule: str) -> str:
+    """A Werkzeug rule as the OpenAPI document writes it: `<path:target>` -> `{target}`."""
+    return _RULE_PART.sub(r"{\1}", rule)
 
 
 def gateway() -> Gateway:
@@ -53,24 +60,36 @@ async def identity() -> Identity:
 
 
 async def relay(make: Callable[[bytes], Submission]) -> Response:
-    """Authenticate, validate, submit and answer: the same path for every endpoint."""
-    caller = await identity()
-    if caller.role == "operator":
-        raise GatewayError(403, "forbidden", "an operator key manages the gateway and serves no "
-                           "inference: use a key of an org (member or admin)")
-    started = time.monotonic()
+    """Authenticate, validate, submit and answer: the same path for every endpoint.
+
+    With tracing on, the request's span is ended by its log line once admitted, or here
+    when it is refused or fails before. A refusal after authentication goes in the
+    request log here too (admitted requests are recorded where they end)."""
+    spans = gateway().spans
+    trace = incoming(request.headers.get("traceparent"), request.headers.get("tracestate"),
+                     g.request_id, sampled=spans.on)
+    route = route_template(request.url_rule.rule) if request.url_rule else request.path
+    span = spans.request(trace, request.method, route, g.request_id)
+    caller: Identity | None = None
     submission: Submission | None = None
+    started = time.monotonic()
     try:
+        caller = await identity()
+        if span is not None:
+            span.tag(org=caller.org, key_id=caller.key_id)
+        if caller.role == "operator":
+            raise GatewayError(403, "forbidden", "an operator key manages the gateway and serves "
+                               "no inference: use a key of an org (member or admin)")
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
         await gateway().bounds.check_body(body)  # before any decoder recurses into it
         pin = request.headers.get("vendor") or None
-        trace = incoming(request.headers.get("traceparent"), request.headers.get("tracestate"),
-                         g.request_id)
         submission = make(body)
-        reply = await gateway().submit(caller, submission, g.request_id, pin, trace)
-    except GatewayError as error:  # answered before (or without) a worker's outcome
-        _log_refusal(caller, error, submission, started)
+        reply = await gateway().submit(caller, submission, g.request_id, pin, trace, span)
+    except BaseException as exc:
+        spans.refused(span, exc)  # (nothing if its log line ended it already)
+        if isinstance(exc, GatewayError) and caller is not None:
+            _log_refusal(caller, exc, submission, started)
         raise
     if reply.events is None:
         response = json_response(reply.body, reply.status)

@@ -15,6 +15,7 @@ from ingress.replies import ReplyHub
 from schemas.config import Config
 from workers.connection import connect
 from workers.signals import watch_signals
+from workers.tracing import Spans
 
 
 async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080, *,
@@ -24,18 +25,29 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
 
     Owns the Redis client, the reply hub, the key-change listener, the keys' last-use
     recorder, the routing view's refresher (`RouteHealth`), the withdrawals, the request
-    log's writer and Hypercorn in one nursery. When `stop` is set, Hypercorn stops
-    accepting and gives open requests `limits.shutdown_grace_s` seconds; then the
-    withdrawals still queued are tried once more, the request log's buffer is flushed, and
-    the hub, the listener and the refresher stop. Cancellation stops everything at once.
+    log's writer and Hypercorn in one nursery, and the span export (with `[tracing]`).
+    When `stop` is set, Hypercorn stops accepting and gives open requests
+    `limits.shutdown_grace_s` seconds; then the withdrawals still queued are tried once
+    more, the request log's buffer is flushed, the hub, the listener and the refresher
+    stop, and the spans still queued are exported (within `tracing.timeout_s`).
+    Cancellation stops everything at once.
     """
     connections.install()  # connections clients closed are closed at once (see the module)
+    spans = Spans(config.tracing, "ingress")
+    try:
+        await _serve(config, host, port, spans, stop, task_status)
+    finally:
+        await spans.aclose()
+
+
+async def _serve(config: Config, host: str, port: int, spans: Spans, stop: trio.Event | None,
+                 task_status: trio.TaskStatus[list[str]]) -> None:
     # The reply hub has a client of its own: on the shared one, its subscription and its
     # probe would queue behind every request's commands when the ingress is busy.
     async with connect(config.redis_url) as redis, \
             connect(config.redis_url, max_connections=4) as hub_redis:
         hub = ReplyHub(hub_redis, timeout_s=config.limits.redis_timeout_s)
-        gateway = Gateway(config, redis, hub)
+        gateway = Gateway(config, redis, hub, spans)
         app = create_app(gateway)
         server = HypercornConfig()
         server.bind = [f"{host}:{port}"]

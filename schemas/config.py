@@ -126,6 +126,20 @@ class Usage(Struct, forbid_unknown_fields=True):
     request_log_buffer: Annotated[int, Meta(ge=1)] = 10_000
 
 
+class Tracing(Struct, forbid_unknown_fields=True):
+    """OTLP/HTTP span export: off unless the `[tracing]` table is there (workers/tracing.py).
+
+    Needs the `otel` extra (`pip install 'switchboard[otel]'`). Headers for the collector
+    come from OpenTelemetry's own variables (`OTEL_EXPORTER_OTLP_HEADERS`), so a token
+    never sits in the config file.
+    """
+
+    # The collector's OTLP/HTTP base URL; spans go to {otlp_endpoint}/v1/traces.
+    otlp_endpoint: Annotated[str, Meta(pattern=r"^https?://[^/\s]+")]
+    service_name: Annotated[str, Meta(min_length=1, max_length=256)] = "switchboard"
+    timeout_s: Annotated[float, Meta(gt=0, le=60)] = 5.0  # one export; and the flush at exit
+
+
 class Config(Struct, forbid_unknown_fields=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # `provider/model` slugs and well-known model names outside the catalog are served
@@ -136,6 +150,7 @@ class Config(Struct, forbid_unknown_fields=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
     usage: Usage = msgspec.field(default_factory=Usage)
+    tracing: Tracing | None = None  # OTLP span export; None (no `[tracing]` table): off
 
     def __post_init__(self) -> None:
         # Routes may name providers this deployment does not configure (a shared

@@ -5,6 +5,8 @@ instead of naming kinds.
     endpoints  the gateway endpoints (job `endpoint` names) the kind's adapter serves
     natives    the kind's own APIs that the gateway serves untranslated: the job endpoint,
                the path prefix that answers in its dialect, and the dialect itself
+    genai      the kind's `gen_ai.provider.name` in OpenTelemetry's GenAI conventions, for
+               the spans of upstream calls ("": the kind's own name)
 
 A dialect says how a good stream of that API ends and how the gateway's error body is
 reshaped for that API's SDKs (in an answer and in a stream's error event). Adding a kind
@@ -54,6 +56,7 @@ class Kind:
     families: tuple[str, ...] = ()
     endpoints: frozenset[str] = frozenset({"chat", "embeddings"})
     natives: tuple[NativeAPI, ...] = ()
+    genai: str = ""
 
 
 ANTHROPIC_MESSAGES = NativeAPI(
@@ -66,13 +69,14 @@ GEMINI_GENERATE = NativeAPI(
     "or `{model}:streamGenerateContent`, streamed with `?alt=sse`)")
 
 KINDS: dict[str, Kind] = {
-    "openai": Kind(families=("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-")),
-    "azure": Kind(),
+    "openai": Kind(families=("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-"),
+                   genai="openai"),
+    "azure": Kind(genai="azure.ai.openai"),
     "anthropic": Kind(families=("claude-",), endpoints=frozenset({"chat", "anthropic_messages"}),
-                      natives=(ANTHROPIC_MESSAGES,)),
+                      natives=(ANTHROPIC_MESSAGES,), genai="anthropic"),
     "gemini": Kind(families=("gemini-", "gemma-"),
                    endpoints=frozenset({"chat", "embeddings", "gemini_generate"}),
-                   natives=(GEMINI_GENERATE,)),
+                   natives=(GEMINI_GENERATE,), genai="gcp.gemini"),
     "mock": Kind(),
 }
 

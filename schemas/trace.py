@@ -3,12 +3,15 @@
     traceparent: 00-<trace-id: 32 hex>-<parent-id: 16 hex>-<trace-flags: 2 hex>
 
 The ingress accepts a valid `traceparent` from the client (and its `tracestate`), or
-starts a trace whose trace id is the request id's hex; the Job carries it, and the
-worker sends each upstream call a `traceparent` with the same trace id and flags and a
-fresh parent id (the span of that call). Parsing follows the spec's rules: lower-case
-hex only, version `ff` and all-zero ids are invalid, version `00` is exactly 55
-characters, a higher version is parsed by its first four fields (and forwarded as `00`,
-the version this code speaks). An invalid header is ignored, with its `tracestate`.
+starts a trace whose trace id is the request id's hex; either way the request gets a span
+id of its own (the ingress's span, a child of the client's), which the Job carries as its
+parent id, and the worker sends each upstream call a `traceparent` with the same trace id
+and flags and a fresh parent id (the span of that call). So the spans exported with
+tracing on (workers/tracing.py) line up: client -> ingress -> worker call -> upstream.
+Parsing follows the spec's rules: lower-case hex only, version `ff` and all-zero ids are
+invalid, version `00` is exactly 55 characters, a higher version is parsed by its first
+four fields (and forwarded as `00`, the version this code speaks). An invalid header is
+ignored, with its `tracestate`.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ class TraceContext(Struct, frozen=True):
     """The trace a request belongs to, as the ingress received or started it."""
 
     trace_id: str
-    parent_id: str
+    parent_id: str  # the span the next hop is a child of (at the ingress: its own span)
     flags: str = "00"
     state: str = ""  # the client's `tracestate`, forwarded as it is
+    caller: str = ""  # the client's span id, the ingress span's parent ("": a new trace)
 
-    def child(self) -> dict[str, str]:
-        """The headers of one upstream call: same trace, a new span id."""
-        headers = {"traceparent": f"00-{self.trace_id}-{new_span_id()}-{self.flags}"}
+    @property
+    def sampled(self) -> bool:
+        """The `sampled` trace flag: the caller records this trace (W3C: bit 0 of flags)."""
+        return bool(int(self.flags, 16) & 1)
+
+    def child(self, span_id: str | None = None) -> dict[str, str]:
+        """The headers of one upstream call: same trace, a new span id (`span_id`, if given)."""
+        headers = {"traceparent": f"00-{self.trace_id}-{span_id or new_span_id()}-{self.flags}"}
         if self.state:
             headers["tracestate"] = self.state
         return headers
@@ -71,13 +80,18 @@ def parse_traceparent(value: str | None, state: str | None = None) -> TraceConte
     return TraceContext(trace_id, parent_id, flags, state)
 
 
-def incoming(value: str | None, state: str | None, request_id: str) -> TraceContext:
-    """The request's trace: the client's, or a new one whose trace id derives from the
-    request id (`req_<32 hex>` -> those 32 hex) and whose parent is the ingress's span."""
+def incoming(value: str | None, state: str | None, request_id: str,
+             sampled: bool = False) -> TraceContext:
+    """The request's trace, whose parent id is a new span: the ingress's own.
+
+    It continues the client's trace (`caller` is the client's span), or starts one whose
+    trace id derives from the request id (`req_<32 hex>` -> those 32 hex), flagged
+    `sampled` when this ingress records its spans (the client's flags are kept as sent)."""
     found = parse_traceparent(value, state)
     if found is not None:
-        return found
+        return TraceContext(found.trace_id, new_span_id(), found.flags, found.state,
+                            caller=found.parent_id)
     trace_id = request_id.removeprefix("req_")
     if not re.fullmatch(r"[0-9a-f]{32}", trace_id) or trace_id == "0" * 32:
         trace_id = secrets.token_hex(16)
-    return TraceContext(trace_id, new_span_id())
+    return TraceContext(trace_id, new_span_id(), "01" if sampled else "00")

@@ -1,7 +1,7 @@
 """The folders tell the architecture, and a test keeps them from drifting back.
 
 - ingress/ imports nothing from workers/ but the shared leaves (Redis connection, logs,
-  signals); only the CLI and the dev runner start both sides.
+  signals, span export); only the CLI and the dev runner start both sides.
 - workers/ never imports ingress/.
 - The `switchboard serve` process loads no module that imports httpx or runs the worker
   side of the job streams, whatever the modules are called.
@@ -25,7 +25,7 @@ from ingress.dev import free_port
 from tests.conftest import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-LEAVES = {"workers", "workers.connection", "workers.logs", "workers.signals"}
+LEAVES = {"workers", "workers.connection", "workers.logs", "workers.signals", "workers.tracing"}
 STARTS_BOTH = {"ingress/cli.py", "ingress/dev.py"}
 # Redis commands only the worker side of the streams sends (reading, claiming, acking jobs).
 WORKER_SIDE = re.compile(r"XREADGROUP|XCLAIM|XAUTOCLAIM|XACK|xreadgroup|xclaim|xautoclaim|xack")

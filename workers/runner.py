@@ -28,6 +28,7 @@ from workers.providers._base import Adapter, Answer, Call, UpstreamFailure
 from workers.providers._http import traced
 from workers.publisher import ClientGone, StreamPublisher
 from workers.queue import Delivery, Queue
+from workers.tracing import Spans
 
 BACKOFF_S = 0.25
 BODY_TTL_S = 60  # how long a stored big answer waits for its ingress to read it
@@ -70,6 +71,7 @@ class Runner:
     running: dict[str, trio.CancelScope] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)  # running jobs whose client left
     drain_at: float = math.inf  # trio time when running streams are ended (see `drain`)
+    spans: Spans = field(default_factory=Spans)  # a span per upstream call (tracing on)
     health: ProviderHealth = field(init=False)  # cool-downs: each attempt's outcome counts
     metrics: WorkerMetrics = field(init=False)  # this process's own registry
     prices: Prices = field(init=False)  # route prices of this worker's own config
@@ -190,14 +192,17 @@ class Runner:
             publisher = progress.publisher = StreamPublisher(self.queue, job, attempt,
                                                              self.config.limits)
             try:
-                with trio.fail_after(min(provider.timeout_s, remaining)), traced(call.trace):
+                with self.spans.upstream(job, call.span_id, provider.kind, attempt) as span, \
+                        trio.fail_after(min(provider.timeout_s, remaining)), traced(call.trace):
                     if job.stream:
                         usage = await self._stream(adapter, call, publisher)
+                        self.spans.tokens(span, usage)
                         return Done(request_id=job.request_id, attempt=attempt,
                                     seq=publisher.seq, provider=route.provider,
                                     prompt_tokens=usage.prompt_tokens,
                                     completion_tokens=usage.completion_tokens), usage
                     answer = await _plain_call(adapter, call)
+                    self.spans.tokens(span, answer.usage)
             except trio.TooSlowError:
                 failure = UpstreamFailure(504, "upstream_timeout",
                                           f"provider {route.provider!r} timed out",

@@ -22,6 +22,7 @@ from workers.queue import Queue
 from workers.registry import build_adapter
 from workers.runner import Runner
 from workers.signals import watch_signals
+from workers.tracing import Spans
 
 
 async def run_workers(config: Config, providers: Sequence[str] = (), *,
@@ -32,9 +33,10 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
 
     Owns one Redis client, one httpx client per provider, a consumer per provider and
     the cancel listener (and, with `metrics_bind` = (host, port), the metrics server) in
-    one nursery; `started()` once every consumer group exists. Runs until cancelled, or
-    until `stop` is set: then intake stops, running jobs get `limits.shutdown_grace_s`
-    seconds to finish, and it returns.
+    one nursery, and the span export (with `[tracing]`); `started()` once every consumer
+    group exists. Runs until cancelled, or until `stop` is set: then intake stops, running
+    jobs get `limits.shutdown_grace_s` seconds to finish, and it returns, last exporting
+    the spans still queued (within `tracing.timeout_s`).
     """
     chosen = list(providers) or list(config.providers)
     unknown = [p for p in chosen if p not in config.providers]
@@ -42,6 +44,8 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
         raise ValueError(f"unknown provider(s): {', '.join(unknown)}")
     consumer_id = consumer_id or f"worker-{uuid.uuid4().hex[:12]}"
     async with AsyncExitStack() as stack:
+        spans = Spans(config.tracing, "worker")
+        stack.push_async_callback(spans.aclose)  # the last thing to go: after every job
         redis = await stack.enter_async_context(connect(config.redis_url))
         queue = Queue(redis)
         adapters: dict[str, Adapter] = {}
@@ -54,7 +58,7 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
                                     max_keepalive_connections=provider.max_concurrency),
             ))
             adapters[name] = build_adapter(name, provider, http)
-        runner = Runner(config, queue, adapters)
+        runner = Runner(config, queue, adapters, spans=spans)
         async with trio.open_nursery() as nursery:
             await nursery.start(CancelListener(redis, runner, consumer_id).serve)
             if metrics_bind is not None:

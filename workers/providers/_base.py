@@ -21,7 +21,7 @@ from schemas.chat import Usage
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
 from schemas.providers import ProviderBase
-from schemas.trace import parse_traceparent
+from schemas.trace import new_span_id, parse_traceparent
 from workers.providers._meter import UsageMeter
 
 
@@ -62,11 +62,13 @@ class Call:
     upstream_model: str
     meter: UsageMeter = field(init=False)
     trace: dict[str, str] = field(init=False)  # this call's trace headers: a new span id
+    span_id: str = field(init=False)  # that span id ("" when the job carries no trace)
 
     def __post_init__(self) -> None:
         self.meter = UsageMeter(self.job.body)
         context = parse_traceparent(self.job.traceparent, self.job.tracestate)
-        self.trace = context.child() if context else {}
+        self.span_id = new_span_id() if context else ""
+        self.trace = context.child(self.span_id) if context else {}
 
 
 @dataclass(slots=True)
