@@ -67,6 +67,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         """The one place errors become responses, in the shape the caller's API uses."""
         dialect = dialect_of_path(request.path)
         response = json_response(dialect.shape(error.encode(), error.status), error.status)
+        response.headers.update(error.headers)
         if error.retry_after is not None:
             response.headers["retry-after"] = str(error.retry_after)
         if error.status >= 400:

@@ -27,6 +27,13 @@ from ingress.bounds import Bounds
 from ingress.catalog import Catalog
 from ingress.health import RouteHealth
 from ingress.keys import Identity, KeyStore
+from ingress.limits import (
+    estimate_cost,
+    limit_holds,
+    limit_refusal,
+    rate_headers,
+    seconds_to_next_month,
+)
 from ingress.metrics import IngressMetrics
 from ingress.relay import Outcome, end_only, first_frame, stream_events, whole_body
 from ingress.replies import Replies, ReplyHub
@@ -37,6 +44,7 @@ from schemas.config import Config, Plan
 from schemas.envelopes import Done, Endpoint, Error, Head, Job
 from schemas.errors import GatewayError
 from schemas.kinds import dialect
+from schemas.pricing import Prices
 from schemas.reservations import Hold
 from schemas.trace import TraceContext
 from schemas.tracking import identity_id, log_ids, strip_tracking
@@ -70,6 +78,7 @@ class Ticket:
     started: float = field(default_factory=time.monotonic)
     provider: str = ""
     withdrawn: bool = False  # handed to the withdrawals already
+    rate: dict[str, str] = field(default_factory=dict)  # x-ratelimit-* of a limited key
     first_at: float | None = None  # a stream's first content arrived (monotonic)
 
 
@@ -121,6 +130,7 @@ class Gateway:
         self.admission = Admission(redis)
         self.keys = KeyStore(redis, config.limits.key_cache_s, config.limits.key_miss_cache_s)
         self.catalog = Catalog(config, int(time.time()))
+        self.prices = Prices(config)  # what budgets reserve for a request (its estimate)
         self.routing = RouteHealth(redis, config)  # its refresher runs beside the reply hub
         # Withdrawals run in their own task (started by the server), never in a request's
         # way; they are retried while the job could still start.
@@ -207,8 +217,10 @@ class Gateway:
                   reply_to=self.hub.channel,
                   deadline=time.time() + self.config.limits.request_timeout_s)
         replies = self.hub.register(request_id)
+        rate: dict[str, str] = {}
         try:
             ticket = await self._admit(job, identity, replies, submission)
+            rate = ticket.rate
             replies.when_behind(partial(self._withdraw_soon, ticket))
             try:
                 frame = await first_frame(replies, ticket.wait_until)
@@ -219,26 +231,33 @@ class Gateway:
                 case Error(status=status, body=error_body):
                     ticket.provider = frame.provider or job.route.provider
                     self._log(ticket, status)
+                    headers = {**served_by(frame.provider, frame.attempt), **rate}
+                    if status == 429:  # every 429 says when to retry, a relayed one too
+                        headers["retry-after"] = "1"
                     return Reply(status, dialect(job.endpoint).shape(error_body, status),
-                                 headers=served_by(frame.provider, frame.attempt))
+                                 headers=headers)
                 case Done() if job.stream:  # no content (and no Head from an older worker)
                     ticket.provider = frame.provider
                     self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
                     return Reply(200, events=end_only(dialect(job.endpoint)),
-                                 headers=served_by(frame.provider, frame.attempt))
+                                 headers={**served_by(frame.provider, frame.attempt), **rate})
                 case Done():
                     ticket.provider = frame.provider
                     answer = await whole_body(self.redis, frame, self.config.limits)
                     self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
-                    return Reply(200, answer, headers=served_by(frame.provider, frame.attempt))
+                    return Reply(200, answer,
+                                 headers={**served_by(frame.provider, frame.attempt), **rate})
                 case Head():
                     ticket.provider = frame.provider
                     ticket.first_at = self.metrics.stream_began()
                     replies = None  # type: ignore[assignment]  # the stream owns it now
                     return Reply(200, events=self._stream(ticket),
-                                 headers=served_by(frame.provider, frame.attempt))
+                                 headers={**served_by(frame.provider, frame.attempt), **rate})
                 case _:
                     raise AssertionError(f"unexpected first frame {frame!r}")
+        except GatewayError as exc:
+            exc.headers = {**rate, **exc.headers}  # a limited key's errors carry them too
+            raise
         finally:
             if replies is not None:
                 replies.close()
@@ -250,18 +269,27 @@ class Gateway:
         plan = self._plan(identity)
         estimate = estimate_tokens(len(job.body), submission.max_output_tokens,
                                    self.config.limits.reserve_output_tokens, submission.choices)
-        holds = holds_for(job, names.month(), estimate=estimate, org_cap=provider.org_queue_cap,
+        month = names.month()
+        holds = holds_for(job, month, estimate=estimate, org_cap=provider.org_queue_cap,
                           token_limit=plan.monthly_tokens if plan else None)
+        if identity.limits:
+            prompt = -(-len(job.body) // 4)  # estimate_tokens's share for the prompt
+            cost = estimate_cost(self.prices, job.model, job.routes, prompt,
+                                 max(estimate - prompt, 0))
+            holds += limit_holds(identity.limits, org=job.org, project=job.project,
+                                 month=month, tokens=estimate, cost=cost)
         verdict = await self.redis_call(self.admission.admit(
             job, holds=holds, max_queue=provider.max_queue,
             expires_at=job.deadline + EXPIRY_GRACE_S,
             max_queue_bytes=provider.max_queue_bytes))
+        rate = rate_headers(verdict.windows)
         if verdict.code != ADMITTED:
             refusal = _refusal(verdict, job, provider.max_queue_bytes)
+            refusal.headers.update(rate)
             self.metrics.refusal(job.endpoint, job.model, job.route.provider, refusal.code)
             raise refusal
         wait_until = trio.current_time() + self.config.limits.request_timeout_s + REPLY_GRACE_S
-        return Ticket(job, verdict.entry_id, replies, wait_until)
+        return Ticket(job, verdict.entry_id, replies, wait_until, rate=rate)
 
     def _plan(self, identity: Identity) -> Plan | None:
         """The caller's plan; a plan the config does not know fails closed (403)."""
@@ -335,7 +363,10 @@ def _refusal(verdict: Verdict, job: Job, max_queue_bytes: int) -> GatewayError:
         case Hold(code="subscription_limit"):
             return GatewayError(429, "subscription_limit",
                                 f"organization {job.org!r} has used its plan's monthly tokens "
-                                "(counting those reserved by its requests in flight)")
+                                "(counting those reserved by its requests in flight)",
+                                retry_after=seconds_to_next_month())
+        case Hold(scope=scope) as hold if scope:
+            return limit_refusal(hold, verdict.room_ms)
         case Hold(code="queue_full", limit=limit):
             return GatewayError(429, "queue_full",
                                 f"organization {job.org!r} has its share of provider {provider!r}'s "
