@@ -19,6 +19,7 @@ import coredis
 from schemas import names
 from schemas.envelopes import Job, job_encoder
 from schemas.reservations import RELEASE_LUA, Hold
+from schemas.windows import WINDOW_LUA
 
 SWEEP_BATCH = 16  # expired reservations released per admission (bounded work per call)
 EXPIRY_GRACE_S = 60.0  # past its job's deadline a reservation is abandoned (no job runs then)
@@ -120,6 +121,20 @@ return 1
 
 _RELEASE = RELEASE_LUA + "return release(KEYS[1], KEYS[2])"
 
+# The state of some windows, reserving nothing: {level, ms until empty} for each KEYS[i].
+_PEEK = WINDOW_LUA + """
+local clock = redis.call('TIME')
+local sec = tonumber(clock[1])
+local now_ms = sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local out = {}
+for _, key in ipairs(KEYS) do
+  local level, buckets = window_level(key, sec)
+  table.insert(out, level)
+  table.insert(out, window_empty_ms(buckets, now_ms))
+end
+return out
+"""
+
 ADMITTED, OVER_LIMIT, QUEUE_FULL, QUEUE_BYTES_FULL = 1, 0, -1, -2
 
 
@@ -190,6 +205,7 @@ class Admission:
         self._admit = redis.register_script(_ADMIT)
         self._withdraw = redis.register_script(_WITHDRAW)
         self._release = redis.register_script(_RELEASE)
+        self._peek = redis.register_script(_PEEK)
 
     async def admit(self, job: Job, *, holds: list[Hold], max_queue: int,
                     expires_at: float, max_queue_bytes: int | None = None) -> Verdict:
@@ -227,6 +243,16 @@ class Admission:
             keys=[names.queue(provider), names.withdrawn(request_id),
                   names.reservation(request_id), names.RESERVATIONS_DUE],
             args=[entry_id, max(1, int(remember_s)), names.CANCEL_CHANNEL, request_id])
+
+    async def peek(self, holds: list[Hold]) -> tuple[WindowState, ...]:
+        """The state of the window Holds among `holds`, reserving nothing (for the
+        headers of an answer that never reached admission)."""
+        windows = [hold for hold in holds if hold.window]
+        if not windows:
+            return ()
+        result: Any = await self._peek(keys=[hold.counter for hold in windows], args=[])
+        figures = iter(int(figure) for figure in result)
+        return tuple(WindowState(hold, next(figures), next(figures)) for hold in windows)
 
     async def release(self, request_id: str) -> bool:
         """Give back what a request reserved; False if it was already settled."""

@@ -291,6 +291,21 @@ class Gateway:
         wait_until = trio.current_time() + self.config.limits.request_timeout_s + REPLY_GRACE_S
         return Ticket(job, verdict.entry_id, replies, wait_until, rate=rate)
 
+    async def rate_headers(self, identity: Identity) -> dict[str, str]:
+        """The x-ratelimit headers of a limited key for an answer that did not reach
+        admission (a 400 or 422 say): one read of its windows; none if Redis is slow."""
+        if not any(s.limits.rpm is not None or s.limits.tpm is not None
+                   for s in identity.limits):
+            return {}
+        holds = limit_holds(identity.limits, org=identity.org, project=identity.project,
+                            month=names.month(), tokens=0, cost=0)
+        try:
+            with trio.move_on_after(self.config.limits.redis_timeout_s):
+                return rate_headers(await self.admission.peek(holds))
+        except (coredis.exceptions.RedisError, OSError):
+            pass
+        return {}
+
     def _plan(self, identity: Identity) -> Plan | None:
         """The caller's plan; a plan the config does not know fails closed (403)."""
         if not identity.plan:

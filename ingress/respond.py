@@ -14,6 +14,7 @@ from quart import Response, current_app, g, request
 
 from ingress.gateway import Gateway, Submission
 from ingress.keys import Identity
+from schemas.errors import GatewayError
 from schemas.trace import incoming
 
 _encode = msgspec.json.Encoder().encode
@@ -58,7 +59,14 @@ async def relay(make: Callable[[bytes], Submission]) -> Response:
     pin = request.headers.get("vendor") or None
     trace = incoming(request.headers.get("traceparent"), request.headers.get("tracestate"),
                      g.request_id)
-    reply = await gateway().submit(caller, make(body), g.request_id, pin, trace)
+    try:
+        reply = await gateway().submit(caller, make(body), g.request_id, pin, trace)
+    except GatewayError as exc:
+        # Every answer to a limited key says where its windows stand, a bad request's too
+        # (admission's answers carry them already; Redis trouble is not worth a read).
+        if caller.limits and not exc.headers and exc.status < 500 and exc.code != "ingress_busy":
+            exc.headers = await gateway().rate_headers(caller)
+        raise
     if reply.events is None:
         response = json_response(reply.body, reply.status)
         response.headers.update(reply.headers)

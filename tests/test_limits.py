@@ -20,11 +20,14 @@ import trio
 from ingress.keys import KeyStore
 from ingress.limits import duration, seconds_to_next_month
 from schemas import names
+from schemas.envelopes import Error
+from schemas.errors import GatewayError
 from schemas.keys import KeyChange
 from schemas.windows import WINDOW_LUA
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from workers.connection import connect
+from workers.queue import Queue
 
 HI = [{"role": "user", "content": "hi"}]
 IN, OUT = 2.0, 8.0  # USD per million tokens: micro-dollars per token
@@ -52,13 +55,14 @@ def owner_of(gateway: Gateway, scope: str) -> str:
     return {"org": "acme", "project": "acme/proj", "key": gateway.key_id}[scope]
 
 
-async def limited(nursery: trio.Nursery, redis_url: str, fake: FakeOpenAI) -> Gateway:
+async def limited(nursery: trio.Nursery, redis_url: str, fake: FakeOpenAI,
+                  workers: bool = True) -> Gateway:
     config = make_config(
         redis_url, {"up": {"kind": "openai", "base_url": fake.base_url, "max_retries": 0}},
         [{"slug": "paid", "routes": [{"provider": "up", "model": "u", "input_per_mtok": IN,
                                       "output_per_mtok": OUT}]},
          {"slug": "free", "routes": [{"provider": "up", "model": "u"}]}])
-    return await start_gateway(nursery, config)
+    return await start_gateway(nursery, config, workers=workers)
 
 
 async def ask(gateway: Gateway, model: str = "free", **kwargs: Any) -> Any:
@@ -125,13 +129,15 @@ async def test_tpm_refuses_what_would_pass_it_and_settles_to_real_usage(
         assert error_of(error)["details"]["scope"] == scope
         assert error_of(error)["details"]["requested"] > 300
         assert int(error.response.headers["retry-after"]) >= 1
-    # ...but once it finished its real tokens replaced the estimate: the next is admitted.
+        requested = error_of(error)["details"]["requested"]  # the same body: the same estimate
+    # ...but once it finished its real tokens replaced the estimate: the next is admitted,
+    # and the window holds the first one's real tokens plus the new estimate.
+    first_real = (await gateway.usage())["tokens"]
+    assert 0 < first_real < 50
     answer = await ask(gateway, max_tokens=300)
     assert answer.status_code == 200
-    used = int(answer.headers["x-ratelimit-limit-tokens"]) - int(
-        answer.headers["x-ratelimit-remaining-tokens"])
-    usage = await gateway.usage()
-    assert used < usage["tokens"] + 350  # the first one's real tokens, plus this estimate
+    left = int(answer.headers["x-ratelimit-remaining-tokens"])
+    assert left == 400 - first_real - requested
 
 
 async def _has(fake: FakeOpenAI, n: int) -> bool:
@@ -392,3 +398,40 @@ async def _rolls(redis: Any) -> None:
     assert await attempt(111) == [0, 9_000]  # now second 59's waits until 120
     assert await attempt(120) == [1, 0]
     assert await attempt(200, amount=3) == [0, -1]  # more than the limit never fits
+
+
+async def test_a_bad_request_of_a_limited_key_carries_the_headers_too(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    gateway = await limited(nursery, redis_url, fake_openai)
+    await set_limits(gateway.redis, "key", gateway.key_id, {"rpm": 5, "tpm": 10_000})
+    await ask(gateway, max_tokens=10)
+    for bad in ({"model": "no-such-model"}, {"temperature": "hot"}):  # a 400 and a 422
+        with pytest.raises(openai.APIStatusError) as caught:
+            await gateway.client().chat.completions.create(  # type: ignore[call-overload]
+                **{"model": "free", "messages": HI, **bad})
+        assert caught.value.status_code in (400, 422)
+        headers = caught.value.response.headers
+        assert headers["x-ratelimit-remaining-requests"] == "4"  # it took nothing
+        assert headers["x-ratelimit-limit-tokens"] == "10000"
+        assert RESET.match(headers["x-ratelimit-reset-requests"])
+
+
+async def test_a_429_relayed_in_an_error_frame_carries_retry_after(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    gateway = await limited(nursery, redis_url, fake_openai, workers=False)
+    queue = Queue(gateway.redis)
+    await queue.ensure_group("up")
+    upstream = GatewayError(429, "rate_limit_exceeded", "the provider's own rate limit")
+
+    async def worker() -> None:  # answers the one job with a 429 error frame
+        while not (deliveries := await queue.read("up", "w", 1, 100)):
+            pass
+        job = deliveries[0].job
+        await queue.publish(job.reply_to, Error(request_id=job.request_id, attempt=0, seq=0,
+                                                status=429, body=upstream.encode(),
+                                                provider="up"))
+
+    nursery.start_soon(worker)
+    error = await refused(gateway)
+    assert error_of(error)["message"] == "the provider's own rate limit"
+    assert error.response.headers["retry-after"] == "1"
