@@ -70,6 +70,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         response.headers.update(error.headers)
         if error.retry_after is not None:
             response.headers["retry-after"] = str(error.retry_after)
+        elif error.status == 429:  # every 429 says when to try again (SDK back-off reads it)
+            response.headers["retry-after"] = "1"
         if error.status >= 400:
             log_event("request_rejected", request_id=getattr(g, "request_id", ""),
                       path=request.path, status=error.status, code=error.code)
