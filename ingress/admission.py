@@ -175,7 +175,12 @@ def estimate_tokens(body_bytes: int, max_output: int | None, default_output: int
     """
     output = default_output if max_output is None else max_output
     # Clamped: a client's absurd max_tokens must not overflow Redis's 64-bit counters.
-    return min(-(-body_bytes // 4) + output * choices, MAX_ESTIMATE)
+    return min(prompt_estimate(body_bytes) + output * choices, MAX_ESTIMATE)
+
+
+def prompt_estimate(body_bytes: int) -> int:
+    """The prompt's share of `estimate_tokens`: a quarter of the body's bytes."""
+    return -(-body_bytes // 4)
 
 
 def holds_for(job: Job, month: str, *, token_limit: int | None, estimate: int,

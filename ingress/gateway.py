@@ -22,6 +22,7 @@ from ingress.admission import (
     Verdict,
     estimate_tokens,
     holds_for,
+    prompt_estimate,
 )
 from ingress.bounds import Bounds
 from ingress.catalog import Catalog
@@ -273,9 +274,8 @@ class Gateway:
         holds = holds_for(job, month, estimate=estimate, org_cap=provider.org_queue_cap,
                           token_limit=plan.monthly_tokens if plan else None)
         if identity.limits:
-            prompt = -(-len(job.body) // 4)  # estimate_tokens's share for the prompt
-            cost = estimate_cost(self.prices, job.model, job.routes, prompt,
-                                 max(estimate - prompt, 0))
+            prompt = min(prompt_estimate(len(job.body)), estimate)
+            cost = estimate_cost(self.prices, job.model, job.routes, prompt, estimate - prompt)
             holds += limit_holds(identity.limits, org=job.org, project=job.project,
                                  month=month, tokens=estimate, cost=cost)
         verdict = await self.redis_call(self.admission.admit(
