@@ -134,7 +134,8 @@ def limit_refusal(hold: Hold, room_ms: int) -> GatewayError:
                             f"{whose} has used its monthly budget of ${budget:g} (counting "
                             "what its requests in flight may cost)",
                             retry_after=seconds_to_next_month(),
-                            details={**details, "max": budget})
+                            details={**details, "max": budget,
+                                     "requested": hold.amount / MICRO_USD})
     match hold.name:
         case "rpm":
             message = f"{whose} is limited to {hold.limit} requests per minute"

@@ -109,3 +109,32 @@ async def test_two_ingresses_admit_exactly_the_tpm_of_a_key(redis_url: str, tmp_
     assert outcomes.count(200) == tpm // estimate, (outcomes.count(200), estimate)
     print(f"tpm {tpm}, estimate {estimate}: admitted {outcomes.count(200)} of {requests}")
     assert all(status == 0 for status in statuses.values()), statuses
+
+
+async def test_two_ingresses_never_overshoot_an_org_budget(redis_url: str, tmp_path: Path) -> None:
+    # As for tpm: slow answers, so every estimate is still held while the others arrive.
+    priced = CONFIG.replace('model = "echo" }', 'model = "echo", input_per_mtok = 2.0, '
+                            'output_per_mtok = 8.0 }')
+    fleet = Fleet(tmp_path, priced.format(latency=5000), redis_url)
+    budget, requests = 0.035, 100
+    try:
+        bases = [await fleet.serve("in1"), await fleet.serve("in2")]
+        await fleet.worker("w1")
+        async with connect(redis_url) as redis:
+            _, secret = await KeyStore(redis).create("acme", "proj", "", "budget")
+            await set_limits(redis, "org", "acme", {"monthly_budget_usd": budget})
+            clients = [openai.AsyncOpenAI(base_url=base + "/v1", api_key=secret,
+                                          max_retries=0, timeout=60) for base in bases]
+            outcomes = await burst(clients, requests, max_tokens=200)
+            for client in clients:
+                await client.close()
+    finally:
+        statuses = fleet.stop_all()
+    refusals = [o for o in outcomes if o != 200]
+    assert refusals and all(o[:2] == (429, "budget_exceeded") for o in refusals), refusals
+    estimate = round(json.loads(refusals[0][2])["requested"] * 1e6)  # micro-dollars
+    assert 200 * 8 < estimate < 300 * 8
+    assert outcomes.count(200) == int(budget * 1e6) // estimate, (outcomes.count(200), estimate)
+    print(f"budget {budget * 1e6:.0f} micro-USD, estimate {estimate}: "
+          f"admitted {outcomes.count(200)} of {requests}")
+    assert all(status == 0 for status in statuses.values()), statuses
