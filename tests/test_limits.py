@@ -343,7 +343,7 @@ async def test_a_plan_refusal_says_when_the_month_rolls_over(
     assert abs(int(error.response.headers["retry-after"]) - seconds_to_next_month()) <= 5
 
 
-async def test_native_endpoints_are_limited_too(
+async def test_embeddings_are_limited_too(
         nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
     gateway = await limited(nursery, redis_url, fake_openai)
     await set_limits(gateway.redis, "key", gateway.key_id, {"rpm": 1})
