@@ -17,9 +17,7 @@ import trio
 from ingress.admission import (
     ADMITTED,
     EXPIRY_GRACE_S,
-    QUEUE_BYTES_FULL,
     Admission,
-    Verdict,
     estimate_tokens,
     holds_for,
     prompt_estimate,
@@ -28,13 +26,7 @@ from ingress.bounds import Bounds
 from ingress.catalog import Catalog
 from ingress.health import RouteHealth
 from ingress.keys import Identity, KeyStore
-from ingress.limits import (
-    estimate_cost,
-    limit_holds,
-    limit_refusal,
-    rate_headers,
-    seconds_to_next_month,
-)
+from ingress.limits import admission_refusal, estimate_cost, limit_holds, rate_headers
 from ingress.metrics import IngressMetrics
 from ingress.relay import Outcome, end_only, first_frame, stream_events, whole_body
 from ingress.replies import Replies, ReplyHub
@@ -46,7 +38,6 @@ from schemas.envelopes import Done, Endpoint, Error, Head, Job
 from schemas.errors import GatewayError
 from schemas.kinds import dialect
 from schemas.pricing import Prices
-from schemas.reservations import Hold
 from schemas.trace import TraceContext
 from schemas.tracking import identity_id, log_ids, strip_tracking
 from workers.logs import log_event
@@ -284,7 +275,7 @@ class Gateway:
             max_queue_bytes=provider.max_queue_bytes))
         rate = rate_headers(verdict.windows)
         if verdict.code != ADMITTED:
-            refusal = _refusal(verdict, job, provider.max_queue_bytes)
+            refusal = admission_refusal(verdict, job, provider.max_queue_bytes)
             refusal.headers.update(rate)
             self.metrics.refusal(job.endpoint, job.model, job.route.provider, refusal.code)
             raise refusal
@@ -359,38 +350,6 @@ class Gateway:
         log_event("request", **fields)
         self.metrics.finished(job.endpoint, job.model, fields["provider"], status, ticket.started,
                               ticket.first_at, prompt_tokens, completion_tokens)
-
-
-def _refusal(verdict: Verdict, job: Job, max_queue_bytes: int) -> GatewayError:
-    """The 429 for a request admission refused: the limit that had no room, or a full queue."""
-    provider = job.route.provider
-    if verdict.code == QUEUE_BYTES_FULL:
-        return GatewayError(429, "queue_full",
-                            f"provider {provider!r} holds its budget of queued bytes "
-                            f"(providers.{provider}.max_queue_bytes = {max_queue_bytes})",
-                            retry_after=1, details={"limit": "max_queue_bytes",
-                                                    "max": max_queue_bytes})
-    match verdict.refused:
-        case None:
-            return GatewayError(429, "queue_full",
-                                f"provider {provider!r} has too many queued requests",
-                                retry_after=1)
-        case Hold(code="subscription_limit"):
-            return GatewayError(429, "subscription_limit",
-                                f"organization {job.org!r} has used its plan's monthly tokens "
-                                "(counting those reserved by its requests in flight)",
-                                retry_after=seconds_to_next_month())
-        case Hold(scope=scope) as hold if scope:
-            return limit_refusal(hold, verdict.room_ms)
-        case Hold(code="queue_full", limit=limit):
-            return GatewayError(429, "queue_full",
-                                f"organization {job.org!r} has its share of provider {provider!r}'s "
-                                f"queue in flight ({limit} requests)",
-                                retry_after=1, details={"provider": provider, "org": job.org})
-        case Hold(code=code):
-            return GatewayError(429, code, f"a limit of organization {job.org!r} has no room left",
-                                retry_after=1)
-    raise AssertionError("unreachable")
 
 
 def served_by(provider: str, attempt: int) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Rate limits and budgets of orgs, projects and keys: their Holds, refusals and headers.
+"""Rate limits and budgets of orgs, projects and keys: their Holds, the 429s of admission
+and the x-ratelimit headers.
 
 Each limit a scope sets (`schemas/limits.py`) becomes one `Hold` that admission checks
 and reserves atomically with the others, so the tightest applies and replicas agree:
@@ -21,9 +22,10 @@ import calendar
 import math
 import time
 
-from ingress.admission import WindowState
+from ingress.admission import QUEUE_BYTES_FULL, Verdict, WindowState
 from schemas import names
 from schemas.config import Route
+from schemas.envelopes import Job
 from schemas.errors import GatewayError
 from schemas.limits import ScopedLimits
 from schemas.pricing import MICRO_USD, Prices
@@ -157,3 +159,35 @@ def limit_refusal(hold: Hold, room_ms: int) -> GatewayError:
         retry_after = max(math.ceil(room_ms / 1000), 1)
     return GatewayError(429, "rate_limit_exceeded", message, retry_after=retry_after,
                         details=details)
+
+
+def admission_refusal(verdict: Verdict, job: Job, max_queue_bytes: int) -> GatewayError:
+    """The 429 for a request admission refused: the limit that had no room, or a full queue."""
+    provider = job.route.provider
+    if verdict.code == QUEUE_BYTES_FULL:
+        return GatewayError(429, "queue_full",
+                            f"provider {provider!r} holds its budget of queued bytes "
+                            f"(providers.{provider}.max_queue_bytes = {max_queue_bytes})",
+                            retry_after=1, details={"limit": "max_queue_bytes",
+                                                    "max": max_queue_bytes})
+    match verdict.refused:
+        case None:
+            return GatewayError(429, "queue_full",
+                                f"provider {provider!r} has too many queued requests",
+                                retry_after=1)
+        case Hold(code="subscription_limit"):
+            return GatewayError(429, "subscription_limit",
+                                f"organization {job.org!r} has used its plan's monthly tokens "
+                                "(counting those reserved by its requests in flight)",
+                                retry_after=seconds_to_next_month())
+        case Hold(scope=scope) as hold if scope:
+            return limit_refusal(hold, verdict.room_ms)
+        case Hold(code="queue_full", limit=limit):
+            return GatewayError(429, "queue_full",
+                                f"organization {job.org!r} has its share of provider {provider!r}'s "
+                                f"queue in flight ({limit} requests)",
+                                retry_after=1, details={"provider": provider, "org": job.org})
+        case Hold(code=code):
+            return GatewayError(429, code, f"a limit of organization {job.org!r} has no room left",
+                                retry_after=1)
+    raise AssertionError("unreachable")
