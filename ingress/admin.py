@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 from quart import Blueprint, Response, request
 
-from ingress.gateway import decode_body
+from ingress.bodies import decode_body
 from ingress.respond import gateway, identity, json_response
 from schemas.admin import KeyCreate, KeyPatch, OrgUpdate, ProjectCreate
 

@@ -19,6 +19,7 @@ import coredis
 from schemas import names
 from schemas.envelopes import Job, job_encoder
 from schemas.reservations import RELEASE_LUA, Hold
+from schemas.windows import WINDOW_LUA
 
 SWEEP_BATCH = 16  # expired reservations released per admission (bounded work per call)
 EXPIRY_GRACE_S = 60.0  # past its job's deadline a reservation is abandoned (no job runs then)
@@ -27,43 +28,85 @@ MAX_ESTIMATE = 2**40  # tokens; above any plan, and far below what overflows a c
 # Sweep expired reservations; refuse if any limit has no room or the queue is full;
 # else reserve every Hold, record the reservation and XADD: one step (invariants 4, 9).
 # Entries stay in the stream until acknowledged, so "waiting" is the length minus
-# those delivered and running.
+# those delivered and running. Windows are read on Redis's clock (one for all ingresses).
+# Returns {code, entry id or refused index, ms until the refused limit has room, then
+# for each window Hold: its level (after this request, if admitted), ms until empty}.
 _ADMIT = RELEASE_LUA + """
+local clock = redis.call('TIME')
+local sec = tonumber(clock[1])
+local now_ms = sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
 for _, record in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4],
                                    'LIMIT', 0, tonumber(ARGV[6]))) do
   release(record, KEYS[3])
 end
 local holds = tonumber(ARGV[7])
+local levels, buckets, refused, room = {}, {}, -1, 0
 for i = 0, holds - 1 do
-  local at = 9 + i * 5
-  local level = tonumber(redis.call('GET', ARGV[at]) or '0')
+  local at = 9 + i * 6
+  local amount, limit, flags = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[at + 5]
+  local level
+  if string.find(flags, 'w', 1, true) then
+    level, buckets[i] = window_level(ARGV[at], sec)
+  else
+    level = tonumber(redis.call('GET', ARGV[at]) or '0')
+  end
   if ARGV[at + 3] ~= '' then
     level = level + tonumber(redis.call('HGET', ARGV[at + 3], ARGV[at + 4]) or '0')
   end
-  if level >= tonumber(ARGV[at + 2]) then return {0, i} end
+  levels[i] = level
+  local fit = string.find(flags, 'f', 1, true) and level + amount > limit
+  if refused < 0 and (level >= limit or fit) then
+    refused = i
+    if buckets[i] then room = window_room_ms(buckets[i], level, amount, limit, now_ms) end
+  end
 end
+local function answer(code, what)
+  local out = {code, what, room}
+  for i = 0, holds - 1 do
+    if buckets[i] then
+      table.insert(out, levels[i])
+      table.insert(out, window_empty_ms(buckets[i], now_ms))
+    end
+  end
+  return out
+end
+if refused >= 0 then return answer(0, refused) end
 local max = tonumber(ARGV[1])
 local len = redis.call('XLEN', KEYS[1])
 if len >= max then
   local ok, pend = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[3])
   local running = 0
   if ok then running = pend[1] end
-  if len - running >= max then return {-1} end
+  if len - running >= max then return answer(-1, 0) end
 end
 -- The provider's byte budget (max_queue_bytes, ARGV[8]; -1: none): the stream's memory as
 -- Redis counts it, running entries included, plus this job must fit.
 local max_bytes = tonumber(ARGV[8])
 if max_bytes >= 0 then
   local held = redis.call('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0') or 0
-  if held + #ARGV[2] > max_bytes then return {-2} end
+  if held + #ARGV[2] > max_bytes then return answer(-2, 0) end
 end
+local recorded = 0
 for i = 0, holds - 1 do
-  local at = 9 + i * 5
-  redis.call('INCRBY', ARGV[at], ARGV[at + 1])
-  redis.call('HINCRBY', KEYS[2], ARGV[at], ARGV[at + 1])
+  local at = 9 + i * 6
+  local counter, amount, flags = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 5]
+  if buckets[i] then
+    window_add(counter, sec, amount)
+    levels[i] = levels[i] + amount
+    table.insert(buckets[i], {sec, amount})
+    -- Requests per minute are kept: a request counts once admitted, whatever its end.
+    if not string.find(flags, 'k', 1, true) then
+      redis.call('HINCRBY', KEYS[2], counter .. '|' .. sec, amount)
+      recorded = recorded + 1
+    end
+  else
+    redis.call('INCRBY', counter, amount)
+    redis.call('HINCRBY', KEYS[2], counter, amount)
+    recorded = recorded + 1
+  end
 end
-if holds > 0 then redis.call('ZADD', KEYS[3], ARGV[5], KEYS[2]) end
-return {1, redis.call('XADD', KEYS[1], '*', 'j', ARGV[2])}
+if recorded > 0 then redis.call('ZADD', KEYS[3], ARGV[5], KEYS[2]) end
+return answer(1, redis.call('XADD', KEYS[1], '*', 'j', ARGV[2]))
 """
 
 # The client left: drop the queued entry, remember the request as withdrawn, release
@@ -78,17 +121,48 @@ return 1
 
 _RELEASE = RELEASE_LUA + "return release(KEYS[1], KEYS[2])"
 
+# The state of some windows, reserving nothing: {level, ms until empty} for each KEYS[i].
+_PEEK = WINDOW_LUA + """
+local clock = redis.call('TIME')
+local sec = tonumber(clock[1])
+local now_ms = sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local out = {}
+for _, key in ipairs(KEYS) do
+  local level, buckets = window_level(key, sec)
+  table.insert(out, level)
+  table.insert(out, window_empty_ms(buckets, now_ms))
+end
+return out
+"""
+
 ADMITTED, OVER_LIMIT, QUEUE_FULL, QUEUE_BYTES_FULL = 1, 0, -1, -2
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    """A rolling window as admission left it: its Hold, its level (this request
+    included when admitted) and the ms until everything in it has aged out."""
+
+    hold: Hold
+    level: int
+    empty_ms: int
+
+    @property
+    def remaining(self) -> int:
+        return max(self.hold.limit - self.level, 0)
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """Admission's answer: the entry id when admitted, else the Hold that refused it
-    (`refused`), or neither when the provider's queue is full."""
+    (`refused`, and for a window the ms until it has room: `room_ms`, -1 never), or
+    neither when the provider's queue is full. `windows`: every window Hold's state."""
 
     code: int
     entry_id: bytes = b""
     refused: Hold | None = None
+    room_ms: int = 0
+    windows: tuple[WindowState, ...] = ()
 
 
 def estimate_tokens(body_bytes: int, max_output: int | None, default_output: int,
@@ -101,7 +175,12 @@ def estimate_tokens(body_bytes: int, max_output: int | None, default_output: int
     """
     output = default_output if max_output is None else max_output
     # Clamped: a client's absurd max_tokens must not overflow Redis's 64-bit counters.
-    return min(-(-body_bytes // 4) + output * choices, MAX_ESTIMATE)
+    return min(prompt_estimate(body_bytes) + output * choices, MAX_ESTIMATE)
+
+
+def prompt_estimate(body_bytes: int) -> int:
+    """The prompt's share of `estimate_tokens`: a quarter of the body's bytes."""
+    return -(-body_bytes // 4)
 
 
 def holds_for(job: Job, month: str, *, token_limit: int | None, estimate: int,
@@ -118,6 +197,11 @@ def holds_for(job: Job, month: str, *, token_limit: int | None, estimate: int,
     return holds
 
 
+def _flags(hold: Hold) -> str:
+    """A Hold's options as the admission script reads them."""
+    return ("f" if hold.fit else "") + ("w" if hold.window else "") + ("k" if hold.kept else "")
+
+
 class Admission:
     """Puts jobs on the provider streams and takes back those whose client left."""
 
@@ -126,6 +210,7 @@ class Admission:
         self._admit = redis.register_script(_ADMIT)
         self._withdraw = redis.register_script(_WITHDRAW)
         self._release = redis.register_script(_RELEASE)
+        self._peek = redis.register_script(_PEEK)
 
     async def admit(self, job: Job, *, holds: list[Hold], max_queue: int,
                     expires_at: float, max_queue_bytes: int | None = None) -> Verdict:
@@ -138,16 +223,21 @@ class Admission:
                            expires_at, SWEEP_BATCH, len(holds),
                            -1 if max_queue_bytes is None else max_queue_bytes]
         for hold in holds:
-            args += [hold.counter, hold.amount, hold.limit, hold.used, hold.used_field]
+            args += [hold.counter, hold.amount, hold.limit, hold.used, hold.used_field,
+                     _flags(hold)]
         result: Any = await self._admit(
             keys=[names.queue(job.route.provider), names.reservation(job.request_id),
                   names.RESERVATIONS_DUE], args=args)
         code = int(result[0])
+        figures = iter(int(figure) for figure in result[3:])
+        windows = tuple(WindowState(hold, next(figures), next(figures))
+                        for hold in holds if hold.window)
         if code == ADMITTED:
-            return Verdict(ADMITTED, entry_id=result[1])
+            return Verdict(ADMITTED, entry_id=result[1], windows=windows)
         if code == OVER_LIMIT:
-            return Verdict(OVER_LIMIT, refused=holds[int(result[1])])
-        return Verdict(code)  # QUEUE_FULL or QUEUE_BYTES_FULL
+            return Verdict(OVER_LIMIT, refused=holds[int(result[1])], room_ms=int(result[2]),
+                           windows=windows)
+        return Verdict(code, windows=windows)  # QUEUE_FULL or QUEUE_BYTES_FULL
 
     async def withdraw(self, provider: str, entry_id: bytes, request_id: str,
                        remember_s: float) -> None:
@@ -158,6 +248,16 @@ class Admission:
             keys=[names.queue(provider), names.withdrawn(request_id),
                   names.reservation(request_id), names.RESERVATIONS_DUE],
             args=[entry_id, max(1, int(remember_s)), names.CANCEL_CHANNEL, request_id])
+
+    async def peek(self, holds: list[Hold]) -> tuple[WindowState, ...]:
+        """The state of the window Holds among `holds`, reserving nothing (for the
+        headers of an answer that never reached admission)."""
+        windows = [hold for hold in holds if hold.window]
+        if not windows:
+            return ()
+        result: Any = await self._peek(keys=[hold.counter for hold in windows], args=[])
+        figures = iter(int(figure) for figure in result)
+        return tuple(WindowState(hold, next(figures), next(figures)) for hold in windows)
 
     async def release(self, request_id: str) -> bool:
         """Give back what a request reserved; False if it was already settled."""

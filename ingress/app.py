@@ -69,8 +69,11 @@ def create_app(gateway: Gateway) -> QuartTrio:
         """The one place errors become responses, in the shape the caller's API uses."""
         dialect = dialect_of_path(request.path)
         response = json_response(dialect.shape(error.encode(), error.status), error.status)
+        response.headers.update(error.headers)
         if error.retry_after is not None:
             response.headers["retry-after"] = str(error.retry_after)
+        elif error.status == 429:  # every 429 says when to try again (SDK back-off reads it)
+            response.headers["retry-after"] = "1"
         if error.status >= 400:
             log_event("request_rejected", request_id=getattr(g, "request_id", ""),
                       path=request.path, status=error.status, code=error.code)

@@ -11,23 +11,23 @@ from functools import partial
 from typing import Any, TypeVar
 
 import coredis
-import msgspec
 import trio
 
 from ingress.admission import (
     ADMITTED,
     EXPIRY_GRACE_S,
-    QUEUE_BYTES_FULL,
     Admission,
-    Verdict,
     estimate_tokens,
     holds_for,
+    prompt_estimate,
 )
+from ingress.bodies import decode_body
 from ingress.bounds import Bounds
 from ingress.catalog import Catalog
 from ingress.control import Control
 from ingress.health import RouteHealth
 from ingress.keys import Identity, KeyStore
+from ingress.limits import admission_refusal, estimate_cost, limit_holds, rate_headers
 from ingress.metrics import IngressMetrics
 from ingress.relay import Outcome, end_only, first_frame, stream_events, whole_body
 from ingress.replies import Replies, ReplyHub
@@ -40,7 +40,6 @@ from schemas.envelopes import Done, Endpoint, Error, Head, Job
 from schemas.errors import GatewayError
 from schemas.kinds import dialect
 from schemas.pricing import Prices
-from schemas.reservations import Hold
 from schemas.trace import TraceContext
 from schemas.tracking import identity_id, log_ids, strip_tracking
 from workers.logs import log_event
@@ -48,7 +47,6 @@ from workers.tracing import Span, Spans
 
 REPLY_GRACE_S = 2.0  # how much longer than the job's deadline the ingress waits for a frame
 T = TypeVar("T")
-S = TypeVar("S")
 # Seconds this request has waited on Redis so far: its calls share one redis_timeout_s.
 _redis_waited: ContextVar[float] = ContextVar("redis_waited", default=0.0)
 
@@ -74,6 +72,7 @@ class Ticket:
     started: float = field(default_factory=time.monotonic)
     provider: str = ""
     withdrawn: bool = False  # handed to the withdrawals already
+    rate: dict[str, str] = field(default_factory=dict)  # x-ratelimit-* of a limited key
     first_at: float | None = None  # a stream's first content arrived (monotonic)
     span: Span | None = None  # the request's span, ended with its log line (tracing on)
 
@@ -94,28 +93,6 @@ class Submission:
     thread: str = ""  # the conversation's id
 
 
-def decode_body(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
-    """Validate a body: 400 for bad JSON, 422 naming the field for a bad shape."""
-    try:
-        # JSON is UTF-8. msgspec checks only the strings it decodes (a bad byte there is a
-        # UnicodeDecodeError, once a 500) and relays skipped fields' bytes as they are.
-        body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GatewayError(400, "invalid_json",
-                           f"the body is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        reason, _, where = message.partition(" - at `")
-        path = where.rstrip("`") or "$"
-        raise GatewayError(422, "validation_error", f"invalid request: {message}",
-                           param=path.removeprefix("$.") if path != "$" else None,
-                           details={"field": path, "reason": reason}) from None
-    except msgspec.DecodeError as exc:
-        raise GatewayError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-
-
 class Gateway:
     """Everything an ingress process shares between requests."""
 
@@ -129,6 +106,7 @@ class Gateway:
         self.keys = KeyStore(redis, config.limits.key_cache_s, config.limits.key_miss_cache_s)
         self.control = Control(self.keys, frozenset(config.plans))
         self.catalog = Catalog(config, int(time.time()))
+        self.prices = Prices(config)  # what budgets reserve for a request (its estimate)
         self.routing = RouteHealth(redis, config)  # its refresher runs beside the reply hub
         # Withdrawals run in their own task (started by the server), never in a request's
         # way; they are retried while the job could still start.
@@ -224,9 +202,11 @@ class Gateway:
                   reply_to=self.hub.channel,
                   deadline=time.time() + self.config.limits.request_timeout_s)
         replies = self.hub.register(request_id)
+        rate: dict[str, str] = {}
         try:
             ticket = await self._admit(job, identity, replies, submission)
             ticket.span = span
+            rate = ticket.rate
             replies.when_behind(partial(self._withdraw_soon, ticket))
             try:
                 frame = await first_frame(replies, ticket.wait_until)
@@ -237,26 +217,33 @@ class Gateway:
                 case Error(status=status, body=error_body):
                     ticket.provider = frame.provider or job.route.provider
                     self._log(ticket, status, code=error_code(error_body))
+                    headers = {**served_by(frame.provider, frame.attempt), **rate}
+                    if status == 429:  # every 429 says when to retry, a relayed one too
+                        headers["retry-after"] = "1"
                     return Reply(status, dialect(job.endpoint).shape(error_body, status),
-                                 headers=served_by(frame.provider, frame.attempt))
+                                 headers=headers)
                 case Done() if job.stream:  # no content (and no Head from an older worker)
                     ticket.provider = frame.provider
                     self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
                     return Reply(200, events=end_only(dialect(job.endpoint)),
-                                 headers=served_by(frame.provider, frame.attempt))
+                                 headers={**served_by(frame.provider, frame.attempt), **rate})
                 case Done():
                     ticket.provider = frame.provider
                     answer = await whole_body(self.redis, frame, self.config.limits)
                     self._log(ticket, 200, frame.prompt_tokens, frame.completion_tokens)
-                    return Reply(200, answer, headers=served_by(frame.provider, frame.attempt))
+                    return Reply(200, answer,
+                                 headers={**served_by(frame.provider, frame.attempt), **rate})
                 case Head():
                     ticket.provider = frame.provider
                     ticket.first_at = self.metrics.stream_began()
                     replies = None  # type: ignore[assignment]  # the stream owns it now
                     return Reply(200, events=self._stream(ticket),
-                                 headers=served_by(frame.provider, frame.attempt))
+                                 headers={**served_by(frame.provider, frame.attempt), **rate})
                 case _:
                     raise AssertionError(f"unexpected first frame {frame!r}")
+        except GatewayError as exc:
+            exc.headers = {**rate, **exc.headers}  # a limited key's errors carry them too
+            raise
         finally:
             if replies is not None:
                 replies.close()
@@ -268,18 +255,41 @@ class Gateway:
         plan = self._plan(identity)
         estimate = estimate_tokens(len(job.body), submission.max_output_tokens,
                                    self.config.limits.reserve_output_tokens, submission.choices)
-        holds = holds_for(job, names.month(), estimate=estimate, org_cap=provider.org_queue_cap,
+        month = names.month()
+        holds = holds_for(job, month, estimate=estimate, org_cap=provider.org_queue_cap,
                           token_limit=plan.monthly_tokens if plan else None)
+        if identity.limits:
+            prompt = min(prompt_estimate(len(job.body)), estimate)
+            cost = estimate_cost(self.prices, job.model, job.routes, prompt, estimate - prompt)
+            holds += limit_holds(identity.limits, org=job.org, project=job.project,
+                                 month=month, tokens=estimate, cost=cost)
         verdict = await self.redis_call(self.admission.admit(
             job, holds=holds, max_queue=provider.max_queue,
             expires_at=job.deadline + EXPIRY_GRACE_S,
             max_queue_bytes=provider.max_queue_bytes))
+        rate = rate_headers(verdict.windows)
         if verdict.code != ADMITTED:
-            refusal = _refusal(verdict, job, provider.max_queue_bytes)
+            refusal = admission_refusal(verdict, job, provider.max_queue_bytes)
+            refusal.headers.update(rate)
             self.metrics.refusal(job.endpoint, job.model, job.route.provider, refusal.code)
             raise refusal
         wait_until = trio.current_time() + self.config.limits.request_timeout_s + REPLY_GRACE_S
-        return Ticket(job, verdict.entry_id, replies, wait_until)
+        return Ticket(job, verdict.entry_id, replies, wait_until, rate=rate)
+
+    async def rate_headers(self, identity: Identity) -> dict[str, str]:
+        """The x-ratelimit headers of a limited key for an answer that did not reach
+        admission (a 400 or 422 say): one read of its windows; none if Redis is slow."""
+        if not any(s.limits.rpm is not None or s.limits.tpm is not None
+                   for s in identity.limits):
+            return {}
+        holds = limit_holds(identity.limits, org=identity.org, project=identity.project,
+                            month=names.month(), tokens=0, cost=0)
+        try:
+            with trio.move_on_after(self.config.limits.redis_timeout_s):
+                return rate_headers(await self.admission.peek(holds))
+        except (coredis.exceptions.RedisError, OSError):
+            pass
+        return {}
 
     def _plan(self, identity: Identity) -> Plan | None:
         """The caller's plan; a plan the config does not know fails closed (403)."""
@@ -345,35 +355,6 @@ class Gateway:
                                 status)
         self.metrics.finished(job.endpoint, job.model, fields["provider"], status, ticket.started,
                               ticket.first_at, prompt_tokens, completion_tokens)
-
-
-def _refusal(verdict: Verdict, job: Job, max_queue_bytes: int) -> GatewayError:
-    """The 429 for a request admission refused: the limit that had no room, or a full queue."""
-    provider = job.route.provider
-    if verdict.code == QUEUE_BYTES_FULL:
-        return GatewayError(429, "queue_full",
-                            f"provider {provider!r} holds its budget of queued bytes "
-                            f"(providers.{provider}.max_queue_bytes = {max_queue_bytes})",
-                            retry_after=1, details={"limit": "max_queue_bytes",
-                                                    "max": max_queue_bytes})
-    match verdict.refused:
-        case None:
-            return GatewayError(429, "queue_full",
-                                f"provider {provider!r} has too many queued requests",
-                                retry_after=1)
-        case Hold(code="subscription_limit"):
-            return GatewayError(429, "subscription_limit",
-                                f"organization {job.org!r} has used its plan's monthly tokens "
-                                "(counting those reserved by its requests in flight)")
-        case Hold(code="queue_full", limit=limit):
-            return GatewayError(429, "queue_full",
-                                f"organization {job.org!r} has its share of provider {provider!r}'s "
-                                f"queue in flight ({limit} requests)",
-                                retry_after=1, details={"provider": provider, "org": job.org})
-        case Hold(code=code):
-            return GatewayError(429, code, f"a limit of organization {job.org!r} has no room left",
-                                retry_after=1)
-    raise AssertionError("unreachable")
 
 
 def served_by(provider: str, attempt: int) -> dict[str, str]:

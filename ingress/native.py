@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from ingress.gateway import Submission, decode_body
+from ingress.bodies import decode_body
+from ingress.gateway import Submission
 from ingress.respond import gateway, relay
 from schemas.errors import GatewayError
 from schemas.native import anthropic_decoder, gemini_decoder

@@ -90,6 +90,11 @@ async def relay(make: Callable[[bytes], Submission]) -> Response:
         spans.refused(span, exc)  # (nothing if its log line ended it already)
         if isinstance(exc, GatewayError) and caller is not None:
             _log_refusal(caller, exc, submission, started)
+            # Every answer to a limited key says where its windows stand, a bad request's
+            # too (admission's answers carry them already; Redis trouble is not worth a read).
+            if (caller.limits and not exc.headers and exc.status < 500
+                    and exc.code != "ingress_busy"):
+                exc.headers = await gateway().rate_headers(caller)
         raise
     if reply.events is None:
         response = json_response(reply.body, reply.status)

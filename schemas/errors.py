@@ -53,6 +53,7 @@ class GatewayError(Exception):
         param: str | None = None,
         details: dict[str, Any] | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -61,6 +62,8 @@ class GatewayError(Exception):
         self.param = param
         self.details = details
         self.retry_after = retry_after
+        # More response headers (the x-ratelimit-* of a limited key), rendered with it
+        self.headers = dict(headers or {})
 
     @property
     def type(self) -> str:

@@ -25,7 +25,12 @@ KEYS_LAST_USED = PREFIX + "keys:used"
 # swept as abandoned. Counters are plain integers deleted when they fall back to zero:
 #   held_tokens(org, month)    plan tokens reserved by the org's requests in flight
 #   held_queue(provider, org)  the org's jobs in a provider's stream (its fair share)
+#   held_concurrent(scope, id) a scope's requests in flight (max_concurrent)
+#   held_cost(scope, id, month) micro-dollars reserved by a scope's requests in flight
+# Rolling windows (schemas/windows.py) are hashes {unix second: amount} under
+# `WINDOW_PREFIX`; a reservation records a window's estimate as `<window key>|<second>`.
 RESERVATIONS_DUE = PREFIX + "resv:due"
+WINDOW_PREFIX = PREFIX + "win:"
 
 
 def queue(provider: str) -> str:
@@ -113,6 +118,21 @@ def held_tokens(org_id: str, month: str) -> str:
 def held_queue(provider: str, org_id: str) -> str:
     """Counter of an org's jobs admitted to a provider's stream and not yet ended."""
     return f"{PREFIX}held:q:{provider}:{org_id}"
+
+
+def held_concurrent(scope: str, owner: str) -> str:
+    """Counter of a scope's requests in flight (`scope` org/project/key, `owner` its id)."""
+    return f"{PREFIX}held:conc:{scope}:{owner}"
+
+
+def held_cost(scope: str, owner: str, month: str) -> str:
+    """Counter of micro-dollars reserved by a scope's requests in flight (`YYYY-MM`)."""
+    return f"{PREFIX}held:cost:{scope}:{owner}:{month}"
+
+
+def window(limit: str, scope: str, owner: str) -> str:
+    """A scope's rolling 60 s window for `limit` ("rpm" or "tpm"): hash {second: amount}."""
+    return f"{WINDOW_PREFIX}{limit}:{scope}:{owner}"
 
 
 def alive(consumer: str) -> str:

@@ -19,16 +19,28 @@ from __future__ import annotations
 
 from msgspec import Struct
 
-# A Lua function `release(record_key, due_key)`: 1 if it released the record, 0 if it was
-# already gone. Counters that fall to zero are deleted so an idle org leaves no keys.
-RELEASE_LUA = """
-local function release(record, due)
+from schemas import names
+from schemas.windows import WINDOW_LUA
+
+# A Lua function `release(record_key, due_key, real)`: 1 if it released the record, 0 if it
+# was already gone. Counters that fall to zero are deleted so an idle org leaves no keys.
+# A window's field in the record is `<window key>|<bucket second>` (window keys start with
+# `names.WINDOW_PREFIX`): its estimate is replaced by `real` (the request's real tokens,
+# from the worker's finish) or taken out (nil: withdrawn, failed before any use, swept).
+RELEASE_LUA = WINDOW_LUA + f"local WINDOW_PREFIX = '{names.WINDOW_PREFIX}'\n" + """
+local function release(record, due, real)
   local held = redis.call('HGETALL', record)
   redis.call('ZREM', due, record)
   if #held == 0 then return 0 end
   redis.call('DEL', record)
   for i = 1, #held, 2 do
-    if redis.call('DECRBY', held[i], held[i + 1]) <= 0 then redis.call('DEL', held[i]) end
+    local counter, amount = held[i], tonumber(held[i + 1])
+    if string.sub(counter, 1, #WINDOW_PREFIX) == WINDOW_PREFIX then
+      local window, bucket = string.match(counter, '^(.*)|(%d+)$')
+      window_settle(window, bucket, (tonumber(real) or 0) - amount)
+    elseif redis.call('DECRBY', counter, amount) <= 0 then
+      redis.call('DEL', counter)
+    end
   end
   return 1
 end
@@ -39,9 +51,15 @@ class Hold(Struct, frozen=True, kw_only=True):
     """One limit a request falls under, as admission checks and reserves it.
 
     Admitted only while `counter` (plus field `used_field` of the hash `used`, the
-    metered usage, if given) is below `limit`; then `amount` is added to `counter`. A
-    refusal names `code`, the error the client gets. Rate limits and budgets (per org,
-    project or key) are further Holds on their own counters.
+    metered usage, if given) is below `limit` and, with `fit`, while this request's own
+    `amount` fits under it too; then `amount` is added to `counter`. A refusal names
+    `code`, the error the client gets.
+
+    `window`: `counter` is a rolling 60 s window (`schemas/windows.py`), not a plain
+    counter; with `kept` its amount is never given back (requests per minute: a request
+    counts once admitted), else the release replaces it with the real tokens. `scope`,
+    `owner` and `name` say whose limit it is ("key", the key id, "rpm") for refusals
+    and the x-ratelimit headers; the monthly plan and the queue share leave them empty.
     """
 
     counter: str
@@ -50,3 +68,9 @@ class Hold(Struct, frozen=True, kw_only=True):
     code: str
     used: str = ""
     used_field: str = ""
+    fit: bool = False
+    window: bool = False
+    kept: bool = False
+    scope: str = ""
+    owner: str = ""
+    name: str = ""

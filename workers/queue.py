@@ -156,8 +156,9 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 -- A finished job is never reclaimed: its output-began mark (names.began) can go.
 redis.call('UNLINK', KEYS[7])
 -- Settle the request's reservation (schemas/reservations.py) now that its usage is
--- metered; a job moving to its next route keeps it until it ends there.
-if ARGV[3] ~= 'forward' then release(KEYS[4], KEYS[5]) end
+-- metered (tokens-per-minute windows get its real tokens, ARGV[6], for their estimate); a
+-- job moving to its next route keeps it until it ends there.
+if ARGV[3] ~= 'forward' then release(KEYS[4], KEYS[5], ARGV[6]) end
 return 1
 """
 _FINISH = RELEASE_LUA + _FINISH  # defines release(), which the settle block calls
