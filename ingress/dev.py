@@ -66,7 +66,7 @@ def _banner(port: int, secret: str) -> str:
     base = f"http://127.0.0.1:{port}"
     return f"""
 Switchboard is running on {base}  (Ctrl-C stops it)
-Development key (org "dev"):
+Development key (an admin of org "dev": inference, and its org's /v1/admin API):
 {secret}
 
 Try it:
@@ -79,6 +79,10 @@ Or with the OpenAI SDK:
   client = OpenAI(base_url="{base}/v1", api_key="{secret}")
   print(client.chat.completions.create(model="mock-echo",
         messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
+
+What it used, and the request log:
+  curl "{base}/v1/admin/usage?group_by=model" -H "Authorization: Bearer {secret}"
+  curl "{base}/v1/admin/requests?limit=5" -H "Authorization: Bearer {secret}"
 """
 
 
@@ -89,7 +93,8 @@ async def _serve_all(config: Config, host: str, port: int) -> None:
     from workers.service import run_workers
 
     async with connect(config.redis_url) as redis:
-        _, secret = await KeyStore(redis).create("dev", "default", name="make run")
+        _, secret = await KeyStore(redis).create("dev", "default", name="make run",
+                                                  role="admin")
     async with trio.open_nursery() as nursery:
         await nursery.start(run_workers, config)
         binds = await nursery.start(run_ingress, config, host, port)
