@@ -111,12 +111,14 @@ class CancelListener:
     Subscribes to the cancel channel and to this worker's own channel; a watchdog asks
     Redis every `WATCH_S` whether the own channel still has its subscriber, and replaces
     a subscription that is gone or stuck. Errors are logged and retried with back-off;
-    they never end the worker.
+    they never end the worker. A cancel published while no subscription listened is not
+    lost: every (re-)subscription checks the running jobs' withdrawn marks.
     """
 
     WATCH_S = 1.0
     MIN_BACKOFF_S = 0.25
-    MAX_BACKOFF_S = 5.0
+    # Short: while the listener waits, a client that leaves keeps its upstream call running.
+    MAX_BACKOFF_S = 1.0
 
     def __init__(self, redis: coredis.Redis[bytes], runner: Runner, consumer_id: str) -> None:
         self.redis = redis
@@ -150,9 +152,24 @@ class CancelListener:
                 if message["type"] == "subscribe":
                     self._backoff = self.MIN_BACKOFF_S  # healthy again
                     self._subscribed.set()
+                    if message["channel"] == names.CANCEL_CHANNEL.encode():
+                        await self._recheck()
                 elif message["type"] == "message" and isinstance(message["data"], bytes):
                     if message["channel"] == names.CANCEL_CHANNEL.encode():
                         self.runner.cancel(message["data"].decode())
+
+    async def _recheck(self) -> None:
+        """Cancel the running jobs withdrawn while nobody listened (their marks say so)."""
+        running = list(self.runner.running)
+        if not running:
+            return
+        with trio.move_on_after(self.WATCH_S * 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                marks = [pipe.exists([names.withdrawn(request_id)]) for request_id in running]
+            for request_id, mark in zip(running, marks, strict=True):
+                if await mark:
+                    log_event("cancel_recovered", request_id=request_id)
+                    self.runner.cancel(request_id)
 
     async def _watch(self) -> None:
         misses = 0
