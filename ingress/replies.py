@@ -156,12 +156,15 @@ class ReplyHub:
         answered = self._heard
         stalled = self.loop.stalled  # the loop's stall counter when Redis was last heard
         while True:
-            await trio.sleep(WATCH_S)
+            # After a stall this task and the loop's sampler wake in one batch, in an
+            # order trio picks: count our own late wake-up too, or the stall is Redis's.
+            due = trio.current_time() + WATCH_S
+            await trio.sleep_until(due)
             if self._heard != answered:
                 answered, stalled = self._heard, self.loop.stalled
             now = trio.current_time()
             if self._asked is not None:
-                silence = now - self._heard - self.loop.stalled_since(stalled)
+                silence = now - self._heard - self.loop.stalled_since(stalled, due)
                 if silence >= SILENT_SHARE * self.timeout_s:
                     if self.ready:
                         log_event("reply_channel_lost", ingress=self.ingress_id,

@@ -258,3 +258,31 @@ async def test_a_thousand_streams_at_once_end_done_or_429_never_503(
             for _ in range(20):
                 inner.start_soon(one)
     assert outcomes == {"done": 100}, outcomes
+
+
+async def test_a_blocked_event_loop_is_not_taken_for_a_silent_redis(redis_url: str) -> None:
+    """The loop blocked for longer than the silence bound (one CPU-bound call: twenty
+    httpx clients built at once take a second on a slow machine) is this process's own
+    stall, not Redis's: the hub stays ready and keeps its waiters. The hub's watchdog and
+    the loop sampler wake in the same batch after a stall, in an order trio picks at
+    random; a watchdog that ran first and did not count its own late wake-up failed
+    everything with 503 (seen in CI). Repeated so that order comes up."""
+    from ingress.replies import SILENT_SHARE, ReplyHub
+    from workers.connection import connect
+
+    timeout_s = 1.5
+    async with connect(redis_url) as redis, trio.open_nursery() as nursery:
+        hub = ReplyHub(redis, timeout_s=timeout_s)
+        await nursery.start(hub.serve)
+        with trio.fail_after(5):
+            await hub.wait_ready()
+        replies = hub.register("req_waiting")
+        for _ in range(6):
+            await trio.sleep(0.3)  # a probe answered, the watchdog asleep
+            time.sleep(SILENT_SHARE * timeout_s + 0.25)  # noqa: ASYNC251 (the stall is the point)
+            await trio.sleep(0.3)  # the watchdog and the sampler have both run
+            assert hub.ready, "a stall of this process's loop was taken for a Redis outage"
+            hub.register("req_after").close()  # a new request is admitted, not a 503
+        assert "req_waiting" in hub._waiters, "the waiting request was failed"
+        replies.close()
+        nursery.cancel_scope.cancel()
