@@ -21,6 +21,7 @@ from ingress.admission import (
     holds_for,
     prompt_estimate,
 )
+from ingress.agents import Agents
 from ingress.bodies import decode_body
 from ingress.bounds import Bounds
 from ingress.catalog import Catalog
@@ -105,6 +106,7 @@ class Gateway:
         self.admission = Admission(redis)
         self.keys = KeyStore(redis, config.limits.key_cache_s, config.limits.key_miss_cache_s)
         self.control = Control(self.keys, frozenset(config.plans))
+        self.agents = Agents(config, redis)  # `model: "agent/<name>"` of the Responses API
         self.catalog = Catalog(config, int(time.time()))
         self.prices = Prices(config)  # what budgets reserve for a request (its estimate)
         self.routing = RouteHealth(redis, config)  # its refresher runs beside the reply hub

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from schemas.agents import Agent
 from schemas.providers import ProviderConfig
 
 
@@ -151,6 +152,7 @@ class Config(Struct, forbid_unknown_fields=True):
     metrics: Metrics = msgspec.field(default_factory=Metrics)
     usage: Usage = msgspec.field(default_factory=Usage)
     tracing: Tracing | None = None  # OTLP span export; None (no `[tracing]` table): off
+    agents: dict[str, Agent] = msgspec.field(default_factory=dict)  # `model: "agent/<name>"`
 
     def __post_init__(self) -> None:
         # Routes may name providers this deployment does not configure (a shared
@@ -183,7 +185,7 @@ def load_config(path: str | Path, environ: os._Environ[str] | dict[str, str] | N
 def parse_config(raw: dict[str, Any], source: str, env: Any = None) -> Config:
     """Validate an already-parsed TOML document; `source` names it in errors."""
     # Tables keyed by name are checked one by one so errors can name the entry.
-    for table, shape in (("providers", ProviderConfig), ("plans", Plan)):
+    for table, shape in (("providers", ProviderConfig), ("plans", Plan), ("agents", Agent)):
         entries = raw.get(table)
         for name, value in (entries.items() if isinstance(entries, dict) else ()):
             try:

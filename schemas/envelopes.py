@@ -14,8 +14,11 @@ from msgspec import Struct
 
 from schemas.config import Route
 
-Endpoint = Literal["chat", "embeddings", "anthropic_messages", "gemini_generate"]
-"""What the client called: OpenAI chat or embeddings, or a provider's native API."""
+Endpoint = Literal[
+    "chat", "embeddings", "responses", "completions", "images", "transcriptions", "translations",
+    "anthropic_messages", "anthropic_count_tokens",
+    "gemini_generate", "gemini_count_tokens", "gemini_embed"]
+"""What the client called: an OpenAI endpoint, or a provider's native API."""
 
 
 class Job(Struct, kw_only=True):

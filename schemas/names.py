@@ -178,6 +178,22 @@ def body(request_id: str) -> str:
     return f"{PREFIX}body:{request_id}"
 
 
+def response(response_id: str) -> str:
+    """Hash: a stored Responses API response (`org`, `response` JSON, `input` JSON items,
+    `created`), expiring `responses.retention_days` after it was written."""
+    return f"{PREFIX}resp:{response_id}"
+
+
+def agent(org_id: str, name: str) -> str:
+    """String: an org's agent defined over the admin API (JSON `schemas.agents.Agent`)."""
+    return f"{PREFIX}agent:{org_id}:{name}"
+
+
+def agents(org_id: str) -> str:
+    """Set: the names of an org's agents defined over the admin API."""
+    return f"{PREFIX}agents:{org_id}"
+
+
 def day(now: float | None = None) -> str:
     """The calendar day (UTC) usage is broken down by, as `YYYY-MM-DD`."""
     return time.strftime("%Y-%m-%d", time.gmtime(now))
