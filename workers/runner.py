@@ -82,8 +82,7 @@ class Runner:
         self.prices = Prices(self.config)
         self.health = ProviderHealth(self.queue.redis, self.config)
         self.metrics = WorkerMetrics(lambda: len(self.running))
-        self.responses = Responses(self.queue.redis, self.config.responses.retention_days,
-                                   self.config.limits.redis_timeout_s)
+        self.responses = Responses(self.queue.redis, self.config)
 
     def cancel(self, request_id: str) -> None:
         """The client left: stop its job if it runs here."""

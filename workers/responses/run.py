@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import coredis
 import msgspec
 
 from schemas.chat import Usage
+from schemas.config import Config
 from schemas.errors import GatewayError
 from schemas.responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
     Incomplete,
+    Item,
     OutputItem,
     Resolved,
     Response,
@@ -31,7 +33,7 @@ from schemas.responses import (
     resolved_decoder,
 )
 from workers.providers._base import Adapter, Answer, Call, Emit
-from workers.responses import state
+from workers.responses import native, state
 from workers.responses.builtins import BUILTINS
 from workers.responses.events import EventWriter, chunk_decoder
 from workers.responses.translate import (
@@ -113,21 +115,39 @@ class _Run:
 
 @dataclass(slots=True)
 class Responses:
-    """What a worker needs to serve Responses jobs: where finished ones are stored."""
+    """What a worker needs to serve Responses jobs: the providers (which relay natively)
+    and where finished responses are stored."""
 
     redis: coredis.Redis[bytes]
-    retention_days: int
-    redis_timeout_s: float
+    config: Config
+
+    def _native(self, adapter: Adapter, call: Call) -> native.NativeUpstream | None:
+        """The adapter, if the route's provider relays the Responses API natively."""
+        provider = self.config.providers.get(call.job.route.provider)
+        if getattr(provider, "responses", "translate") == "native":
+            return cast(native.NativeUpstream, adapter)
+        return None
+
+    def _storer(self, run: _Run) -> native.Store:
+        async def store(response: bytes, output: list[Item]) -> None:
+            if run.resolved.store:
+                await state.store(self.redis, org=run.call.job.org, resolved=run.resolved,
+                                  response_id="resp_" + run.stem, response=response,
+                                  output=output,
+                                  retention_days=self.config.responses.retention_days,
+                                  timeout_s=self.config.limits.redis_timeout_s)
+        return store
 
     async def _store(self, run: _Run, response: Response) -> None:
-        if run.resolved.store:
-            await state.store(self.redis, org=run.call.job.org, resolved=run.resolved,
-                              response=response, output=[as_item(i) for i in response.output],
-                              retention_days=self.retention_days, timeout_s=self.redis_timeout_s)
+        await self._storer(run)(_encode(response), [as_item(i) for i in response.output])
 
     async def complete(self, adapter: Adapter, call: Call) -> Answer:
         """A whole response: model calls until it answers (or calls a client's tool)."""
         run = _Run(call, resolved_decoder.decode(call.job.body))
+        relay = self._native(adapter, call)
+        if relay is not None:
+            return await native.complete(relay, call, run.resolved, "resp_" + run.stem,
+                                         self._storer(run))
         run.chat = messages(run.resolved)
         output: list[OutputItem] = []
         made = 0
@@ -150,6 +170,10 @@ class Responses:
     async def stream(self, adapter: Adapter, call: Call, emit: Emit) -> Usage:
         """The typed events of a response; `response.failed` if it breaks once begun."""
         run = _Run(call, resolved_decoder.decode(call.job.body))
+        relay = self._native(adapter, call)
+        if relay is not None:
+            return await native.stream(relay, call, run.resolved, "resp_" + run.stem, emit,
+                                       self._storer(run))
         run.chat = messages(run.resolved)
         writer = EventWriter(emit, run.response("in_progress", []))
         try:

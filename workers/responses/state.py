@@ -17,7 +17,7 @@ import trio
 from schemas import names
 from schemas.agents import Variable, redact_secrets
 from schemas.errors import GatewayError
-from schemas.responses import Item, Resolved, Response
+from schemas.responses import Item, Resolved
 
 _encode = msgspec.json.Encoder().encode
 
@@ -33,18 +33,19 @@ def redacted(data: bytes, secrets: dict[str, Variable]) -> bytes:
 
 
 async def store(redis: coredis.Redis[bytes], *, org: str, resolved: Resolved,
-                response: Response, output: list[Item], retention_days: int,
+                response_id: str, response: bytes, output: list[Item], retention_days: int,
                 timeout_s: float) -> None:
-    """Write the finished response (bounded: Redis trouble is a 503, not a hang)."""
+    """Write the finished response (`response`: its JSON), bounded: Redis trouble is a
+    503, not a hang."""
     secrets = resolved.secrets
     fields: dict[str | bytes, str | bytes | int | float] = {
         "org": org,
-        "response": redacted(_encode(response), secrets),
+        "response": redacted(response, secrets),
         "input": redacted(_encode(resolved.context[resolved.new_from:]), secrets),
         "context": redacted(_encode([*resolved.context, *output]), secrets),
         "created": int(time.time()),
     }
-    key = names.response(response.id)
+    key = names.response(response_id)
     try:
         with trio.fail_after(timeout_s):
             async with redis.pipeline(transaction=True) as pipe:
