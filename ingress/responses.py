@@ -115,7 +115,11 @@ async def resolve(caller: Identity, body: bytes, request_id: str) -> Submission:
             raise GatewayError(400, "model_not_found", f"no agent named {name!r}", param="model")
         model = agent.model
         instructions = instructions if instructions is not None else agent.instructions or None
-        agent_tools = msgspec.convert(agent.tools, list[Tool])
+        try:
+            agent_tools = msgspec.convert(agent.tools, list[Tool])
+        except msgspec.ValidationError as exc:  # the operator's mistake, said as such
+            raise GatewayError(500, "agent_misconfigured",
+                               f"agent {name!r} has an invalid tool: {exc}") from None
         tools = _merge_tools(agent_tools, req.tools)
         variables = {**agent.variables, **variables}
         max_tool_calls = max_tool_calls if max_tool_calls is not None else agent.max_tool_calls

@@ -67,13 +67,18 @@ async def test_a_stream_broken_after_output_ends_failed(kind: str,
     assert gateway.case.cut_stream is not None
     gateway.fake.then(gateway.case.cut_stream(["one", " two", " three"], 2))
     seen: list[str] = []
+    last: object = None
     with pytest.raises(openai.APIError):
         async for event in await gateway.client().responses.create(
                 model=gateway.slug, input="one two three", stream=True):
             seen.append(event.type)
+            last = event
     assert "response.output_text.delta" in seen
     assert "response.completed" not in seen
     assert seen[-1] == "response.failed"  # then the `error` event, which the SDK raises
+    failed = last.response  # type: ignore[attr-defined]
+    assert failed.status == "failed" and failed.error.code == "upstream_error"
+    assert failed.output[0].content[0].text.startswith("one")  # what the client saw
     assert gateway.backup.requests == []  # no failover once output began
 
 

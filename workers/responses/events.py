@@ -139,6 +139,14 @@ class EventWriter:
         self._calls = {}
         return calls
 
+    def partial(self) -> list[OutputItem]:
+        """Every item so far, the unfinished ones too (for `response.failed`)."""
+        items = list(self.output)
+        if self._text is not None:
+            items.append(self._text)
+        items.extend(item for _, item in sorted(self._calls.values(), key=lambda p: p[0]))
+        return items
+
     def item(self, item: OutputItem) -> None:
         """A whole item at once (a built-in tool's result)."""
         index = len(self.output)

@@ -202,7 +202,7 @@ class Responses:
             writer.send(f"response.{response.status}", response=response)
         except GatewayError as exc:
             if writer.began:  # the client saw output: say it failed, never a fake completion
-                failed = run.response("failed", writer.output)
+                failed = run.response("failed", writer.partial())
                 failed.error = ResponseError(exc.code, exc.message)
                 writer.send("response.failed", response=failed)
             raise
