@@ -149,3 +149,26 @@ async def test_served_under_the_router_prefix(kind_gateway: KindGateways) -> Non
     response = await client.responses.create(model=gateway.slug, input="prefixed")
     assert response.output_text == "prefixed"
     assert (await client.responses.retrieve(response.id)).id == response.id
+
+
+async def test_json_object_and_tool_choice_reach_the_chat_call(kind_gateway: KindGateways) -> None:
+    gateway = await kind_gateway("openai")
+    await gateway.client().responses.create(
+        model=gateway.slug, input='{"a": 1}', text={"format": {"type": "json_object"}},
+        tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"},  # type: ignore[list-item]
+        parallel_tool_calls=False, max_output_tokens=50, temperature=0.5)
+    sent = gateway.fake.requests[-1].body
+    assert sent["response_format"] == {"type": "json_object"}
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["parallel_tool_calls"] is False
+    assert sent["max_completion_tokens"] == 50 and sent["temperature"] == 0.5
+
+
+async def test_the_mock_kind_serves_responses(kind_gateway: KindGateways) -> None:
+    gateway = await kind_gateway("mock")
+    client = gateway.client()
+    response = await client.responses.create(model=gateway.slug, input="mocked")
+    assert response.status == "completed" and response.output_text
+    events = [e async for e in await client.responses.create(model=gateway.slug, input="mocked",
+                                                             stream=True)]
+    assert events[-1].type == "response.completed"
