@@ -16,6 +16,7 @@ from ingress.native import native
 from ingress.openapi import openapi_document
 from ingress.reports import reports
 from ingress.respond import identity, json_response, relay
+from ingress.responses import responses
 from schemas.errors import GatewayError
 from schemas.kinds import dialect_of_path
 from workers.logs import log_event
@@ -112,6 +113,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         return await relay(gateway.embeddings)
 
     app.register_blueprint(native)
+    app.register_blueprint(responses)  # /v1/responses and /v3/router/responses (+ stored)
     app.register_blueprint(reports)  # /v1/admin/usage, /v1/admin/usage.csv, /v1/admin/requests
     app.register_blueprint(admin)
 

@@ -6,9 +6,10 @@ the queue and the answer's framing are the same for all of them.
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -59,7 +60,7 @@ async def identity() -> Identity:
     return await gateway().authenticate(access_key())
 
 
-async def relay(make: Callable[[bytes], Submission]) -> Response:
+async def relay(make: Callable[[bytes], Submission | Awaitable[Submission]]) -> Response:
     """Authenticate, validate, submit and answer: the same path for every endpoint.
 
     With tracing on, the request's span is ended by its log line once admitted, or here
@@ -84,7 +85,9 @@ async def relay(make: Callable[[bytes], Submission]) -> Response:
         assert isinstance(body, bytes)
         await gateway().bounds.check_body(body)  # before any decoder recurses into it
         pin = request.headers.get("vendor") or None
-        submission = make(body)
+        g.caller = caller  # for a `make` that resolves per caller (ingress/responses.py)
+        made = make(body)
+        submission = await made if inspect.isawaitable(made) else made
         reply = await gateway().submit(caller, submission, g.request_id, pin, trace, span)
     except BaseException as exc:
         spans.refused(span, exc)  # (nothing if its log line ended it already)

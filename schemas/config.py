@@ -127,6 +127,13 @@ class Usage(Struct, forbid_unknown_fields=True):
     request_log_buffer: Annotated[int, Meta(ge=1)] = 10_000
 
 
+class Responses(Struct, forbid_unknown_fields=True):
+    """Stored Responses API responses (`store: true`, the default): kept this many days
+    after they were written, then Redis expires them (`sb:resp:{id}`)."""
+
+    retention_days: Annotated[int, Meta(ge=1, le=3660)] = 30
+
+
 class Tracing(Struct, forbid_unknown_fields=True):
     """OTLP/HTTP span export: off unless the `[tracing]` table is there (workers/tracing.py).
 
@@ -153,6 +160,7 @@ class Config(Struct, forbid_unknown_fields=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     tracing: Tracing | None = None  # OTLP span export; None (no `[tracing]` table): off
     agents: dict[str, Agent] = msgspec.field(default_factory=dict)  # `model: "agent/<name>"`
+    responses: Responses = msgspec.field(default_factory=Responses)  # stored responses
 
     def __post_init__(self) -> None:
         # Routes may name providers this deployment does not configure (a shared

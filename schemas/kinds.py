@@ -36,6 +36,10 @@ class Dialect:
 
 
 OPENAI = Dialect(b"[DONE]", "")
+# The Responses API's typed events end with `response.completed` (no [DONE]); a failure
+# after the stream began is an `error` event carrying the gateway's error body.
+RESPONSES = Dialect(None, "error")
+TRANSLATED = frozenset({"responses"})  # served by every kind, through its chat call
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,9 @@ class Kind:
     endpoints: frozenset[str] = frozenset({"chat", "embeddings"})
     natives: tuple[NativeAPI, ...] = ()
     genai: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoints", self.endpoints | TRANSLATED)
 
 
 ANTHROPIC_MESSAGES = NativeAPI(
@@ -85,6 +92,8 @@ NATIVES: tuple[NativeAPI, ...] = tuple(api for kind in KINDS.values() for api in
 
 def dialect(endpoint: str) -> Dialect:
     """The dialect a job's answer is written in."""
+    if endpoint == "responses":
+        return RESPONSES
     return next((api.dialect for api in NATIVES if api.endpoint == endpoint), OPENAI)
 
 

@@ -7,7 +7,7 @@ field. Adding a kind adds its Struct here and to `ProviderConfig`.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -46,7 +46,13 @@ class ProviderBase(Struct, forbid_unknown_fields=True, tag_field="kind", kw_only
 
 
 class OpenAIProvider(ProviderBase, tag="openai"):
-    """Any OpenAI-compatible server: OpenAI, vLLM, Ollama, ..."""
+    """Any OpenAI-compatible server: OpenAI, vLLM, Ollama, ...
+
+    `responses`: how `/v1/responses` is served on this provider: `translate` (its chat
+    completions, as on every kind) or `native` (relayed to its own `/responses`).
+    """
+
+    responses: Literal["translate", "native"] = "translate"
 
 
 class AzureProvider(ProviderBase, tag="azure"):

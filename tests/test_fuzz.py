@@ -246,7 +246,7 @@ def run_schemathesis(served: Served, examples: int) -> int:
 # --- what the document does not describe ------------------------------------------------
 
 PATHS = ["/v1/chat/completions", "/v3/router/chat/completions", "/v1/embeddings",
-         "/anthropic/v1/messages", "/gemini/v1beta/models/gem:generateContent"]
+         "/anthropic/v1/messages", "/gemini/v1beta/models/gem:generateContent", "/v1/responses"]
 CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded",
                  "multipart/form-data; boundary=x", "application/json; charset=latin-1", ""]
 
@@ -258,6 +258,8 @@ def _deep(levels: int) -> bytes:
 
 def _valid(path: str) -> bytes:
     if "embeddings" in path:
+        return json.dumps({"model": "echo", "input": CONTENT}).encode()
+    if "responses" in path:
         return json.dumps({"model": "echo", "input": CONTENT}).encode()
     if "anthropic" in path:
         return json.dumps({"model": "claude", "max_tokens": 5,
@@ -345,9 +347,9 @@ async def _leftovers(redis: Any, before: set[bytes]) -> list[str]:
     """State the run left in Redis: queued or pending jobs, keys that are not metering."""
     found = []
     for key in sorted(set(await redis.keys("*")) - before):
-        # usage and the request log of the requests that were answered, and when their
-        # key was last used
-        if not key.startswith((b"sb:usage:", b"sb:log:")) and key != b"sb:keys:used":
+        # usage and the request log of the requests that were answered (and the stored
+        # responses of answered Responses requests), and when their key was last used
+        if not key.startswith((b"sb:usage:", b"sb:log:", b"sb:resp:")) and key != b"sb:keys:used":
             found.append(f"new key {key!r} ({(await redis.type(key)).decode()})")
     for key in await redis.keys("sb:q:*"):
         if await redis.xlen(key):

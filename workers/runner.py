@@ -28,6 +28,7 @@ from workers.providers._base import Adapter, Answer, Call, UpstreamFailure
 from workers.providers._http import traced
 from workers.publisher import ClientGone, StreamPublisher
 from workers.queue import Delivery, Queue
+from workers.responses import Responses
 from workers.tracing import Spans
 
 BACKOFF_S = 0.25
@@ -75,11 +76,13 @@ class Runner:
     health: ProviderHealth = field(init=False)  # cool-downs: each attempt's outcome counts
     metrics: WorkerMetrics = field(init=False)  # this process's own registry
     prices: Prices = field(init=False)  # route prices of this worker's own config
+    responses: Responses = field(init=False)  # the Responses API over each kind's chat call
 
     def __post_init__(self) -> None:
         self.prices = Prices(self.config)
         self.health = ProviderHealth(self.queue.redis, self.config)
         self.metrics = WorkerMetrics(lambda: len(self.running))
+        self.responses = Responses(self.queue.redis, self.config)
 
     def cancel(self, request_id: str) -> None:
         """The client left: stop its job if it runs here."""
@@ -201,7 +204,7 @@ class Runner:
                                     seq=publisher.seq, provider=route.provider,
                                     prompt_tokens=usage.prompt_tokens,
                                     completion_tokens=usage.completion_tokens), usage
-                    answer = await _plain_call(adapter, call)
+                    answer = await _plain_call(adapter, call, self.responses)
                     self.spans.tokens(span, answer.usage)
             except trio.TooSlowError:
                 failure = UpstreamFailure(504, "upstream_timeout",
@@ -230,6 +233,8 @@ class Runner:
                 nursery.start_soon(publisher.pump)
                 if call.job.endpoint == "chat":
                     usage = await adapter.stream(call, publisher.emit)
+                elif call.job.endpoint == "responses":
+                    usage = await self.responses.stream(adapter, call, publisher.emit)
                 else:
                     usage = await adapter.native_stream(call, publisher.emit)
                 publisher.close()
@@ -322,11 +327,13 @@ class Runner:
         return msgspec.structs.replace(done, body=b"", body_key=key, body_bytes=len(done.body))
 
 
-async def _plain_call(adapter: Adapter, call: Call) -> Answer:
+async def _plain_call(adapter: Adapter, call: Call, responses: Responses) -> Answer:
     """The adapter method that serves a non-streamed job of this endpoint."""
     match call.job.endpoint:
         case "chat":
             return await adapter.complete(call)
+        case "responses":
+            return await responses.complete(adapter, call)
         case "embeddings":
             return await adapter.embed(call)
         case _:  # a native API: the provider's own request, relayed

@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from tests.fakes.openai_responses import answer_responses
 from tests.fakes.server import DropConnection, Received, ScriptedUpstream, send_json, start_sse
 
 
@@ -57,7 +58,9 @@ class FakeOpenAI(ScriptedUpstream[Behavior]):
                                                  "code": None, "param": None}}
             await send_json(send, behavior.status, error)
             return
-        if received.path.endswith("/embeddings"):
+        if received.path.endswith("/responses"):  # the Responses API (a native relay)
+            await answer_responses(request, behavior, send)
+        elif received.path.endswith("/embeddings"):
             await send_json(send, 200, self._embeddings(request))
         elif request.get("stream"):
             await self._stream(request, behavior, receive, send)
