@@ -1,4 +1,5 @@
-"""The admin API under `/v1/admin`: keys, orgs and projects (see `ingress.control`).
+"""The admin API under `/v1/admin`: keys, orgs and projects (see `ingress.control`), and
+agents (see `ingress.agents`).
 
 Authenticated like inference; each handler decodes its body once (`decode_body`), calls
 the one `Control` operation the CLI calls too, and answers its Struct as JSON.
@@ -12,6 +13,7 @@ from quart import Blueprint, Response, request
 from ingress.bodies import decode_body
 from ingress.respond import gateway, identity, json_response
 from schemas.admin import KeyCreate, KeyPatch, OrgUpdate, ProjectCreate
+from schemas.agents import Agent
 
 admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -101,3 +103,39 @@ async def create_project() -> Response:
     body = decode_body(_project_create, await _body())
     gw = gateway()
     return json_response(await gw.redis_call(gw.control.create_project(caller, body)), 201)
+
+
+# ── agents (`model: "agent/<name>"`): the org's own, beside the config's (ingress/agents.py)
+_agent = msgspec.json.Decoder(Agent)
+
+
+@admin.get("/agents")
+async def list_agents() -> Response:
+    caller = await identity()
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.agents.list(caller, request.args.get("org"))))
+
+
+@admin.get("/agents/<name>")
+async def get_agent(name: str) -> Response:
+    caller = await identity()
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.agents.read(caller, name,
+                                                            request.args.get("org"))))
+
+
+@admin.put("/agents/<name>")
+async def put_agent(name: str) -> Response:
+    caller = await identity()
+    body = decode_body(_agent, await _body())
+    gw = gateway()
+    view, created = await gw.redis_call(gw.agents.put(caller, name, body, request.args.get("org")))
+    return json_response(view, 201 if created else 200)
+
+
+@admin.delete("/agents/<name>")
+async def delete_agent(name: str) -> Response:
+    caller = await identity()
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.agents.delete(caller, name,
+                                                              request.args.get("org"))))
