@@ -7,12 +7,14 @@ the one `Control` operation the CLI calls too, and answers its Struct as JSON.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from quart import Blueprint, Response, request
 
 from ingress.bodies import decode_body
 from ingress.respond import gateway, identity, json_response
-from schemas.admin import KeyCreate, KeyPatch, OrgUpdate, ProjectCreate
+from schemas.admin import AgentList, AgentView, KeyCreate, KeyPatch, OrgUpdate, ProjectCreate
 from schemas.agents import Agent
 
 admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
@@ -139,3 +141,43 @@ async def delete_agent(name: str) -> Response:
     gw = gateway()
     return json_response(await gw.redis_call(gw.agents.delete(caller, name,
                                                               request.args.get("org"))))
+
+
+AGENT_TYPES = (Agent, AgentView, AgentList)
+
+
+def agent_paths(ref: str, secured: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """The OpenAPI paths of the agent endpoints (`ref`: the components reference template).
+    `org`: the org an operator key names (an admin's own is implied); 400 when it names none."""
+
+    def json_of(name: str) -> dict[str, Any]:
+        return {"application/json": {"schema": {"$ref": ref.format(name=name)}}}
+
+    def op(summary: str, answer: str, errors: tuple[int, ...], one: bool = True,
+           created: bool = False, body: bool = False) -> dict[str, Any]:
+        responses = {"200": {"description": "ok", "content": json_of(answer)}}
+        if created:
+            responses["201"] = {"description": "created", "content": json_of(answer)}
+        for status in (400, 401, 403, 422, 503, *errors):
+            responses[str(status)] = {"description": "error", "content": json_of("ErrorBody")}
+        parameters = [{"name": "org", "in": "query", "required": False,
+                       "schema": {"type": "string"}}]
+        if one:
+            parameters.append({"name": "name", "in": "path", "required": True,
+                               "schema": {"type": "string"}})
+        operation = {"summary": summary, "security": secured, "parameters": parameters,
+                     "responses": responses}
+        if body:
+            operation["requestBody"] = {"required": True, "content": json_of("Agent")}
+        return operation
+
+    return {
+        "/v1/admin/agents": {"get": op("The org's agents and the config's, marked by source",
+                                       "AgentList", (), one=False)},
+        "/v1/admin/agents/{name}": {
+            "get": op("The agent `agent/<name>` invokes for the org", "AgentView", (404,)),
+            "put": op("Create or replace one of the org's agents (`model`: a catalog slug)",
+                      "AgentView", (404, 408, 413), created=True, body=True),
+            "delete": op("Delete one of the org's agents (config agents: 409)", "AgentView",
+                         (404, 409))},
+    }

@@ -173,3 +173,16 @@ async def test_bad_json_is_a_400(gateway: Gateway, http: Any) -> None:
     answer = await admin.put("/agents/ok", content=b"{not json",
                              headers={"content-type": "application/json"})
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_json"
+
+
+def test_the_openapi_document_describes_the_agent_endpoints() -> None:
+    from ingress.openapi import openapi_document
+
+    document = openapi_document()
+    one = document["paths"]["/v1/admin/agents/{name}"]
+    assert set(one) == {"get", "put", "delete"}
+    assert one["put"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/Agent")
+    assert {"201", "422"} <= set(one["put"]["responses"]) and "409" in one["delete"]["responses"]
+    assert "get" in document["paths"]["/v1/admin/agents"]
+    assert {"Agent", "AgentView", "AgentList"} <= set(document["components"]["schemas"])
