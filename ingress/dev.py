@@ -70,9 +70,21 @@ def start_private_redis(workdir: Path, port: int | None = None) -> tuple[subproc
     return process, port
 
 
-def _banner(port: int, secret: str) -> str:
+def _credentials_note(config: Config) -> str:
+    """Banner lines naming the providers with no credential, and the slugs they leave."""
+    from workers.service import missing_credentials
+
+    lines = []
+    for name, source in missing_credentials(config, list(config.providers)).items():
+        slugs = [m.slug for m in config.models if any(r.provider == name for r in m.routes)]
+        lines.append(f"Note: provider {name!r} has no credential (set {source}); its routes "
+                     f"fail and fail over ({', '.join(slugs) or 'no model'})")
+    return "".join(line + "\n" for line in lines)
+
+
+def _banner(port: int, secret: str, note: str = "") -> str:
     base = f"http://127.0.0.1:{port}"
-    return f"""
+    return note + f"""
 Switchboard is running on {base}  (Ctrl-C stops it)
 Development key (an admin of org "dev": inference, and its org's /v1/admin API):
 {secret}
@@ -160,7 +172,7 @@ async def _serve_all(config: Config, host: str, port: int) -> None:
         await nursery.start(run_workers, config)
         binds = await nursery.start(run_ingress, config, host, port)
         bound_port = int(binds[0].rsplit(":", 1)[1])
-        print(_banner(bound_port, secret), flush=True)
+        print(_banner(bound_port, secret, _credentials_note(config)), flush=True)
 
 
 def run_dev(config_path: str | None, host: str, port: int) -> int:

@@ -19,14 +19,17 @@ from tests.test_cli import SWITCHBOARD
 HI = {"model": "mock-echo", "messages": [{"role": "user", "content": "Hello"}]}
 
 
-def _start(port: int, redis_url: str, cwd: Path) -> tuple[subprocess.Popen[str], str]:
-    """`switchboard dev` in `cwd` (its .switchboard/ goes there), and the key it printed."""
+def _start(port: int, redis_url: str, cwd: Path,
+           printed: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """`switchboard dev` in `cwd` (its .switchboard/ goes there), and the key it printed
+    (the lines before the examples' end go to `printed`). OPENAI_API_KEY is unset."""
     env = {**os.environ, "REDIS_URL": redis_url}
     env.pop("SWITCHBOARD_CONFIG", None)
+    env.pop("OPENAI_API_KEY", None)
     process = subprocess.Popen([SWITCHBOARD, "dev", "--port", str(port)], env=env, cwd=cwd,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert process.stdout is not None
-    lines: list[str] = []
+    lines: list[str] = [] if printed is None else printed
     deadline = time.monotonic() + 30
     while not any(line.startswith("What it used") for line in lines):
         if time.monotonic() > deadline or process.poll() is not None:
@@ -45,9 +48,13 @@ def _stop(process: subprocess.Popen[str]) -> None:
 def test_the_dev_key_serves_inference_and_its_orgs_admin_api(redis_url: str,
                                                               tmp_path: Path) -> None:
     port = free_port()
-    process, key = _start(port, redis_url, tmp_path)
+    printed: list[str] = []
+    process, key = _start(port, redis_url, tmp_path, printed)
     try:
         assert re.fullmatch(r"sb-[\w-]+", key)
+        # No OpenAI key: the banner says so, and what it leaves to the mock.
+        assert "Note: provider 'openai' has no credential (set $OPENAI_API_KEY); its routes " \
+            "fail and fail over (gpt-4o-mini)\n" in printed
         base = f"http://127.0.0.1:{port}"
         headers = {"authorization": f"Bearer {key}"}
         with httpx.Client(base_url=base, headers=headers, trust_env=False) as http:
