@@ -177,7 +177,7 @@ def agent_paths(ref: str, secured: list[dict[str, list[str]]]) -> dict[str, Any]
         "/v1/admin/agents/{name}": {
             "get": op("The agent `agent/<name>` invokes for the org", "AgentView", (404,)),
             "put": op("Create or replace one of the org's agents (`model`: a catalog slug)",
-                      "AgentView", (404, 408, 413), created=True, body=True),
+                      "AgentView", (404, 408, 409, 413), created=True, body=True),
             "delete": op("Delete one of the org's agents (config agents: 409)", "AgentView",
                          (404, 409))},
     }

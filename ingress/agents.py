@@ -51,6 +51,8 @@ def _view(name: str, source: Source, agent: Agent, active: bool) -> AgentView:
 class Agents:
     """The agents a caller may invoke, and their management over the admin API."""
 
+    MAX_PER_ORG = 1000  # an org's own agents: a list answer stays small, Redis bounded
+
     def __init__(self, config: Config, redis: coredis.Redis[bytes]) -> None:
         self.config = config
         self.redis = redis
@@ -102,6 +104,11 @@ class Agents:
                                f"invalid request: model {agent.model!r} is not a slug of the "
                                "catalog (GET /v1/models lists them)", param="model",
                                details={"field": "$.model", "reason": "unknown model"})
+        if (await self.redis.scard(names.agents(org)) >= self.MAX_PER_ORG
+                and not await self.redis.sismember(names.agents(org), name)):
+            raise GatewayError(409, "too_many_agents",
+                               f"org {org!r} has {self.MAX_PER_ORG} agents, the most it may "
+                               "have: delete one first", param="name")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(names.agent(org, name), _encode(agent))
             added = pipe.sadd(names.agents(org), [name])

@@ -186,3 +186,20 @@ def test_the_openapi_document_describes_the_agent_endpoints() -> None:
     assert {"201", "422"} <= set(one["put"]["responses"]) and "409" in one["delete"]["responses"]
     assert "get" in document["paths"]["/v1/admin/agents"]
     assert {"Agent", "AgentView", "AgentList"} <= set(document["components"]["schemas"])
+
+
+async def test_an_org_has_a_bounded_number_of_agents(gateway: Gateway) -> None:
+    from ingress.keys import Identity
+    from schemas.errors import GatewayError
+
+    agents = Agents(gateway.config, gateway.redis)
+    agents.MAX_PER_ORG = 2
+    admin = Identity(key_id="k", org="acme", project="", plan="", role="admin")
+    for name in ("a1", "a2"):
+        await agents.put(admin, name, Agent(model="echo"))
+    with pytest.raises(GatewayError) as refused:
+        await agents.put(admin, "a3", Agent(model="echo"))
+    assert (refused.value.status, refused.value.code) == (409, "too_many_agents")
+    assert (await agents.put(admin, "a2", Agent(model="other")))[1] is False  # replacing is fine
+    await agents.delete(admin, "a1")
+    assert (await agents.put(admin, "a3", Agent(model="echo")))[1] is True
