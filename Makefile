@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# `make run PORT=8081` serves on another port.
+PORT   ?= 8080
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: install run test lint lint-check bench lock redis-server clean
@@ -28,7 +30,7 @@ redis-server:
 
 run: install
 	@command -v redis-server >/dev/null 2>&1 || [ -n "$$REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
-	$(BIN)/switchboard dev
+	$(BIN)/switchboard dev --port $(PORT)
 
 test: install redis-server lint-check
 	$(BIN)/pytest -q

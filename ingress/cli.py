@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -26,12 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     serve = verbs.add_parser("serve", help="run the HTTP ingress")
-    serve.add_argument("--config", required=True)
+    _config_flag(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
 
     worker = verbs.add_parser("worker", help="run worker groups")
-    worker.add_argument("--config", required=True)
+    _config_flag(worker)
     worker.add_argument("--provider", action="append", default=[],
                         help="serve only this provider (repeatable); default: all")
     worker.add_argument("--metrics-port", type=int, default=None,
@@ -42,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     keys = verbs.add_parser("keys", help="manage access keys (as the operator)")
     key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
     create = key_verbs.add_parser("create", help="create a key; prints the secret last")
-    create.add_argument("--config", required=True)
+    _config_flag(create)
     create.add_argument("--org", default="", help="the key's org (not with --operator)")
     create.add_argument("--role", choices=["member", "admin"], default="member")
     create.add_argument("--operator", action="store_true",
@@ -52,20 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="")
     _limit_flags(create)
     listing = key_verbs.add_parser("list", help="list keys (never their secrets)")
-    listing.add_argument("--config", required=True)
+    _config_flag(listing)
     listing.add_argument("--org")
     listing.add_argument("--project")
     for verb, text in (("revoke", "revoke a key by id"),
                        ("rotate", "a new secret for a key (same id and settings); prints it"),
                        ("limits", "change some of a key's limits (the others stay)")):
         one = key_verbs.add_parser(verb, help=text)
-        one.add_argument("--config", required=True)
+        _config_flag(one)
         one.add_argument("key_id")
         if verb == "limits":
             _limit_flags(one, clearable=True)
 
     usage = verbs.add_parser("usage", help="print metered usage per org for a month")
-    usage.add_argument("--config", required=True)
+    _config_flag(usage)
     usage.add_argument("--org", action="append", default=[],
                        help="only this org (repeatable); default: every org with a key")
     usage.add_argument("--month", default=None, help="YYYY-MM (UTC); default: this month")
@@ -77,13 +79,29 @@ def _parser() -> argparse.ArgumentParser:
                        help="comma-separated: day, project, key, model, provider, identity, thread")
 
     models = verbs.add_parser("models", help="print the catalog")
-    models.add_argument("--config", required=True)
+    _config_flag(models)
 
     dev = verbs.add_parser("dev", help="everything in one process, for `make run`")
-    dev.add_argument("--config", default=None)
+    dev.add_argument("--config", default=None,
+                     help="default: $SWITCHBOARD_CONFIG, else the built-in dev catalog")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8080)
     return parser
+
+
+DEFAULT_CONFIG = "switchboard.toml"
+"""The config file every verb but `dev` reads when neither --config nor SWITCHBOARD_CONFIG
+names one (relative to the working directory)."""
+
+
+def _config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None,
+                        help=f"the TOML config; default: $SWITCHBOARD_CONFIG, else ./{DEFAULT_CONFIG}")
+
+
+def config_path(given: str | None) -> str:
+    """The config a verb reads: --config, else $SWITCHBOARD_CONFIG, else ./switchboard.toml."""
+    return given or os.environ.get("SWITCHBOARD_CONFIG") or DEFAULT_CONFIG
 
 
 _LIMIT_FLAGS = (("rpm", int), ("tpm", int), ("max_concurrent", int), ("monthly_budget_usd", float))
@@ -104,8 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.verb == "dev":
             from ingress.dev import run_dev
-            return run_dev(args.config, args.host, args.port)
-        config = load_config(args.config)
+            return run_dev(args.config or os.environ.get("SWITCHBOARD_CONFIG") or None,
+                           args.host, args.port)
+        path = config_path(args.config)
+        if not args.config and not Path(path).exists():
+            print(f"switchboard: no config file {path!r}: pass --config FILE or set "
+                  "SWITCHBOARD_CONFIG (a commented example: examples/switchboard.toml)",
+                  file=sys.stderr)
+            return 2
+        config = load_config(path)
         if args.verb in ("serve", "worker"):
             from workers.tracing import check as check_tracing
             check_tracing(config.tracing)  # the SDK is there if [tracing] asks for it

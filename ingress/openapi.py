@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from ingress.admin import AGENT_TYPES, agent_paths  # the agent endpoints (helper dev)
 from ingress.reports import REPORT_TYPES, report_paths
 from schemas.admin import (
     KeyCreate,
@@ -105,7 +106,8 @@ def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the gateway's endpoints."""
     types = [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, RouterModelList,
              ModelProviderList, ErrorBody, EmbeddingRequest, EmbeddingList,
-             *(api.request for api in NATIVES), *REPORT_TYPES, *ADMIN_TYPES]
+             *(api.request for api in NATIVES), *REPORT_TYPES, *ADMIN_TYPES,
+             *AGENT_TYPES]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     chat = {
@@ -169,6 +171,7 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": health,
             **report_paths(_REF, _errors(400, 401, 403, 422, 503)),
             **_admin_paths(secured),
+            **agent_paths(_REF, secured),
         },
         "components": {
             "schemas": components,

@@ -8,10 +8,11 @@ restricted to `ID_PATTERN`.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from schemas.agents import Variable
 from schemas.limits import NO_LIMITS, LimitSet
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -104,3 +105,29 @@ class ProjectView(Struct, kw_only=True):
 
 class ProjectList(Struct):
     data: list[ProjectView]
+
+
+Source = Literal["config", "org"]
+
+
+class AgentView(Struct, kw_only=True):
+    """An agent as `/v1/admin/agents` shows it (the body of a PUT is a `schemas.agents.Agent`).
+
+    `source`: `config` (read-only, from `[agents.<name>]`) or `org` (the org's own, made
+    over the API). `active`: whether `model: "agent/<name>"` invokes this one (an org's
+    own agent replaces a config agent of the same name for that org). A secret variable's
+    value is never shown back: it reads as "".
+    """
+
+    name: str
+    source: Source
+    active: bool
+    model: str
+    instructions: str
+    tools: list[dict[str, Any]]
+    variables: dict[str, Variable]
+    max_tool_calls: int
+
+
+class AgentList(Struct):
+    data: list[AgentView]

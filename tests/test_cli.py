@@ -140,3 +140,50 @@ def test_keys_create_rejects_unknown_plan(tmp_path: Path, redis_server: RedisSer
     env = {**os.environ, "REDIS_URL": redis_server.url}
     result = run("keys", "create", "--config", str(config), "--org", "o", "--plan", "gold", env=env)
     assert result.returncode == 2 and "gold" in result.stderr
+
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "switchboard.toml"
+
+
+def test_the_example_config_parses_with_every_provider_kind() -> None:
+    from schemas.config import load_config
+
+    config = load_config(EXAMPLE, {})
+    assert {p.kind for p in config.providers.values()} >= {"openai", "anthropic", "gemini", "azure"}
+    assert config.models and config.plans and config.agents
+    assert {m.slug for m in config.models} >= {a.model for a in config.agents.values()}
+    assert all(p.api_key_env or p.api_key_file for p in config.providers.values())
+
+
+def test_every_verb_reads_switchboard_config_else_the_default_file(tmp_path: Path) -> None:
+    env = {**os.environ, "SWITCHBOARD_CONFIG": str(EXAMPLE)}
+    env.pop("REDIS_URL", None)
+    models = subprocess.run([SWITCHBOARD, "models"], env=env, capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert models.returncode == 0, models.stderr
+    assert "claude-sonnet" in models.stdout and "azure:gpt-4o-mini-deployment" in models.stdout
+    # No variable and no ./switchboard.toml: one line saying what to do, for every verb.
+    env.pop("SWITCHBOARD_CONFIG")
+    for verb in (["models"], ["serve"], ["worker"], ["keys", "list"], ["usage"]):
+        result = subprocess.run([SWITCHBOARD, *verb], env=env, capture_output=True, text=True,
+                                timeout=60, cwd=tmp_path)
+        assert result.returncode == 2, verb
+        assert "switchboard.toml" in result.stderr and "SWITCHBOARD_CONFIG" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    # ./switchboard.toml is the default (what the Procfile runs with no variable set).
+    (tmp_path / "switchboard.toml").write_text(EXAMPLE.read_text())
+    found = subprocess.run([SWITCHBOARD, "models"], env=env, capture_output=True, text=True,
+                           timeout=60, cwd=tmp_path)
+    assert found.returncode == 0 and "gemini-flash" in found.stdout
+    # --config still wins over the variable.
+    other = write_config(tmp_path / "other.toml", "", "http://127.0.0.1:9/v1")
+    env["SWITCHBOARD_CONFIG"] = str(EXAMPLE)
+    chosen = subprocess.run([SWITCHBOARD, "models", "--config", str(other)], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "gpt-cli" in chosen.stdout and "claude-sonnet" not in chosen.stdout
+
+
+def test_the_procfile_names_no_config_flag() -> None:
+    procfile = (Path(__file__).parents[1] / "Procfile").read_text()
+    assert "switchboard serve" in procfile and "switchboard worker" in procfile
+    assert "--config" not in procfile  # SWITCHBOARD_CONFIG or ./switchboard.toml

@@ -107,6 +107,7 @@ class Runner:
         outcome: Done | Error | None = None
         usage: Usage | None = None
         forward: Job | None = None
+        failed: GatewayError | None = None  # why this route did not answer (for the log)
         progress = _Progress()
         with trio.CancelScope(deadline=self.drain_at) as scope:
             self.running[job.request_id] = scope
@@ -114,6 +115,7 @@ class Runner:
                 async with self.health.watch(job.route.provider):
                     outcome, usage = await self._attempt(delivery, attempt, progress)
             except UpstreamFailure as failure:
+                failed = failure
                 next_index = job.route_index + 1
                 if failure.failover and next_index < len(job.routes):
                     forward = msgspec.structs.replace(job, route_index=next_index,
@@ -124,6 +126,7 @@ class Runner:
                 else:
                     outcome = self._error(delivery, attempt, failure, progress)
             except GatewayError as failure:
+                failed = failure
                 outcome = self._error(delivery, attempt, failure, progress)
             except Withdrawn:
                 outcome = None
@@ -155,11 +158,15 @@ class Runner:
             usage = progress.cut_usage()  # a stream that ended early is metered all the same
         await self._finish(delivery, outcome, usage, forward)
         kind = "forwarded" if forward else type(outcome).__name__.lower() if outcome else "cancelled"
-        status = outcome.status if isinstance(outcome, Error) else 200
+        # A route that failed over says how it failed: its answer was not the client's 200.
+        status = outcome.status if isinstance(outcome, Error) else \
+            failed.status if failed and forward else 200
         self.metrics.job_finished(job.route.provider, kind, status, time.monotonic() - started,
                                   progress.tries)
+        why = _why(failed) if failed and (forward or isinstance(outcome, Error)) else {}
         log_event("job", request_id=job.request_id, org=job.org, model=job.model,
                   provider=job.route.provider, attempt=attempt, outcome=kind, status=status,
+                  **why,
                   ms=round((time.monotonic() - started) * 1000, 1),
                   prompt_tokens=usage.prompt_tokens if usage else 0,
                   completion_tokens=usage.completion_tokens if usage else 0,
@@ -325,6 +332,12 @@ class Runner:
         ttl = BODY_TTL_S + int(self.config.limits.transfer_s(len(done.body)))
         key = await self.queue.store_body(job.request_id, done.body, ttl)
         return msgspec.structs.replace(done, body=b"", body_key=key, body_bytes=len(done.body))
+
+
+def _why(failure: GatewayError) -> dict[str, object]:
+    """The `job` log line's fields for a failed route: our code, and the upstream's status."""
+    upstream = (failure.details or {}).get("status")
+    return {"code": failure.code, **({"upstream_status": upstream} if upstream else {})}
 
 
 async def _plain_call(adapter: Adapter, call: Call, responses: Responses) -> Answer:

@@ -17,7 +17,7 @@ from workers.connection import connect, subscription
 from workers.consumer import Consumer
 from workers.logs import log_event
 from workers.metrics import serve_metrics
-from workers.providers._base import Adapter
+from workers.providers._base import Adapter, read_credential
 from workers.queue import Queue
 from workers.registry import build_adapter
 from workers.runner import Runner
@@ -43,6 +43,7 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
     if unknown:
         raise ValueError(f"unknown provider(s): {', '.join(unknown)}")
     consumer_id = consumer_id or f"worker-{uuid.uuid4().hex[:12]}"
+    warn_missing_credentials(config, chosen)
     async with AsyncExitStack() as stack:
         spans = Spans(config.tracing, "worker")
         stack.push_async_callback(spans.aclose)  # the last thing to go: after every job
@@ -82,6 +83,38 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
                                        + config.limits.redis_timeout_s)
             await _retire(queue, consumer_id, config.limits.redis_timeout_s)
             nursery.cancel_scope.cancel()  # the cancel listener
+
+
+def missing_credentials(config: Config, providers: Sequence[str]) -> dict[str, str]:
+    """{provider: where its credential should come from} for each of `providers` whose
+    `api_key_env` / `api_key_file` yields nothing. A provider that names no credential at
+    all (mock, a local vLLM) is not listed."""
+    missing = {}
+    for name in providers:
+        provider = config.providers[name]
+        if (provider.api_key_env or provider.api_key_file) and not read_credential(provider):
+            missing[name] = " or ".join(
+                ([f"${provider.api_key_env}"] if provider.api_key_env else [])
+                + ([f"file {provider.api_key_file}"] if provider.api_key_file else []))
+    return missing
+
+
+def warn_missing_credentials(config: Config, providers: Sequence[str]) -> list[str]:
+    """Log one `provider_without_credential` line per provider `missing_credentials`
+    finds, and return their names.
+
+    Such a provider is still served (a local server may take any key), but a real upstream
+    refuses its calls: each job on it fails, or fails over to the model's next route, so a
+    catalog that silently answers from a fallback says why at start-up.
+    """
+    missing = missing_credentials(config, providers)
+    for name, source in missing.items():
+        provider = config.providers[name]
+        log_event("provider_without_credential", provider=name, kind=provider.kind,
+                  api_key_env=provider.api_key_env, api_key_file=provider.api_key_file,
+                  message=f"provider {name!r} has no credential ({source} is empty or "
+                  "missing): its calls will fail, and its routes fail over to the next one")
+    return list(missing)
 
 
 async def run_until_signalled(config: Config, providers: Sequence[str] = (),
