@@ -29,9 +29,11 @@ def sse_event(payload: bytes, event: str = "") -> bytes:
     return data + b"\n\n"
 
 
-def error_event(dialect: Dialect, body: bytes, status: int) -> bytes:
-    """The event that ends a stream with the gateway error `body`, in the API's dialect."""
-    return sse_event(dialect.shape(body, status), dialect.error_event)
+def error_event(dialect: Dialect, body: bytes, status: int, relayed: int = 0) -> bytes:
+    """The event that ends a stream with the gateway error `body`, in the API's dialect,
+    after `relayed` events."""
+    data = dialect.event(body, status, relayed) if dialect.event else dialect.shape(body, status)
+    return sse_event(data, dialect.error_event)
 
 
 def lost_error() -> GatewayError:
@@ -90,6 +92,7 @@ async def stream_events(replies: Replies, deadline: float, outcome: Outcome,
 
     No `yield` happens inside a cancel scope: the scope covers only the wait.
     """
+    relayed = 0  # events sent so far (a numbered dialect numbers its error after them)
     while True:
         frame: Frame | None = None
         error: GatewayError | None = None
@@ -104,12 +107,14 @@ async def stream_events(replies: Replies, deadline: float, outcome: Outcome,
             error = exc
         if error is not None:
             outcome.status = error.status
-            yield error_event(dialect, error.encode(), error.status)
+            yield error_event(dialect, error.encode(), error.status, relayed)
             return
         match frame:
             case Chunk(payloads=payloads, events=[]):
+                relayed += len(payloads)
                 yield b"".join([sse_event(p) for p in payloads])
             case Chunk(payloads=payloads, events=events):
+                relayed += len(payloads)
                 yield b"".join([sse_event(p, e) for p, e in zip(payloads, events, strict=True)])
             case Done():
                 outcome.finished = True
@@ -121,7 +126,7 @@ async def stream_events(replies: Replies, deadline: float, outcome: Outcome,
             case Error(body=body, status=status):
                 outcome.finished = True
                 outcome.status = status
-                yield error_event(dialect, body, status)
+                yield error_event(dialect, body, status, relayed)
                 return
             case Head() | None:
                 raise AssertionError("replies yield one head, first")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from schemas import anthropic, gemini
+from schemas import anthropic, gemini, responses
 from schemas.native import AnthropicMessagesRequest, GeminiGenerateRequest
 
 
@@ -33,12 +33,16 @@ class Dialect:
     done: bytes | None  # the data of the event after the last chunk (None: the stream just ends)
     error_event: str  # the SSE event name of an error ("": unnamed)
     shape: Callable[[bytes, int], bytes] = _as_is  # the gateway's error body, reshaped
+    # The data of a stream's error event, from the error body, its status and the number of
+    # events relayed before it (None: `shape`'s). Responses numbers its events.
+    event: Callable[[bytes, int, int], bytes] | None = None
 
 
 OPENAI = Dialect(b"[DONE]", "")
 # The Responses API's typed events end with `response.completed` (no [DONE]); a failure
-# after the stream began is an `error` event carrying the gateway's error body.
-RESPONSES = Dialect(None, "error")
+# after the stream began is an `error` event in OpenAI's flat shape, numbered after the
+# events relayed (every relayed payload is one event, numbered from 0 by the worker).
+RESPONSES = Dialect(None, "error", event=responses.error_event_data)
 TRANSLATED = frozenset({"responses"})  # served by every kind, through its chat call
 
 

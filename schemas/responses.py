@@ -15,6 +15,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from schemas.agents import Variable
+from schemas.errors import detail_of
 from schemas.tracking import EndUser, Thread
 
 DEFAULT_MAX_TOOL_CALLS = 10  # built-in tool calls one response may make (no agent setting)
@@ -241,3 +242,19 @@ request_decoder = msgspec.json.Decoder(ResponsesRequest)
 resolved_decoder = msgspec.json.Decoder(Resolved)
 response_decoder = msgspec.json.Decoder(Response)
 items_decoder = msgspec.json.Decoder(list[Item])
+
+
+class ErrorEvent(Struct):
+    """The `error` event that ends a broken Responses stream (OpenAI's flat shape)."""
+
+    code: str | None
+    message: str
+    param: str | None
+    sequence_number: int
+    type: str = "error"
+
+
+def error_event_data(body: bytes, status: int, seq: int) -> bytes:
+    """A gateway error body as the `error` event numbered `seq` (after the events relayed)."""
+    detail = detail_of(body)
+    return msgspec.json.encode(ErrorEvent(detail.code, detail.message, detail.param, seq))

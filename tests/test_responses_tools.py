@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 
-import openai
+import httpx
 import pytest
 
 from tests.conftest import KindGateways
@@ -66,17 +66,15 @@ async def test_a_stream_broken_after_output_ends_failed(kind: str,
     gateway = await kind_gateway(kind, failover=True)
     assert gateway.case.cut_stream is not None
     gateway.fake.then(gateway.case.cut_stream(["one", " two", " three"], 2))
-    seen: list[str] = []
-    last: object = None
-    with pytest.raises(openai.APIError):
-        async for event in await gateway.client().responses.create(
-                model=gateway.slug, input="one two three", stream=True):
-            seen.append(event.type)
-            last = event
+    events = [e async for e in await gateway.client().responses.create(
+        model=gateway.slug, input="one two three", stream=True)]
+    seen = [event.type for event in events]
     assert "response.output_text.delta" in seen
     assert "response.completed" not in seen
-    assert seen[-1] == "response.failed"  # then the `error` event, which the SDK raises
-    failed = last.response  # type: ignore[attr-defined]
+    # As OpenAI ends a broken stream: the SDK hands both events to the caller.
+    assert seen[-2:] == ["response.failed", "error"]
+    assert events[-1].code == "upstream_error"  # type: ignore[union-attr]
+    failed = events[-2].response  # type: ignore[union-attr]
     assert failed.status == "failed" and failed.error.code == "upstream_error"
     assert failed.output[0].content[0].text.startswith("one")  # what the client saw
     assert gateway.backup.requests == []  # no failover once output began
@@ -94,3 +92,25 @@ async def test_a_failure_before_output_fails_over_invisibly(kind: str,
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == "still here"  # type: ignore[union-attr]
     assert len(gateway.backup.requests) == 1
+
+
+async def test_the_error_event_is_openais_flat_shape_numbered_after_the_last_event(
+        kind_gateway: KindGateways) -> None:
+    """`{"type": "error", "code", "message", "param", "sequence_number"}`, as OpenAI sends
+    it, numbered right after `response.failed`: clients other than the Python SDK (the AI
+    SDK) parse exactly that."""
+    gateway = await kind_gateway("openai")
+    assert gateway.case.cut_stream is not None
+    gateway.fake.then(gateway.case.cut_stream(["one", " two", " three"], 2))
+    async with httpx.AsyncClient(base_url=gateway.base_url, trust_env=False) as http:
+        answer = await http.post("/v1/responses", json={
+            "model": gateway.slug, "input": "one two three", "stream": True},
+            headers={"authorization": f"Bearer {gateway.secret}"})
+    events = [block.split("\n") for block in answer.text.strip().split("\n\n")]
+    names = [lines[0].removeprefix("event: ") for lines in events]
+    data = [json.loads(lines[1].removeprefix("data: ")) for lines in events]
+    assert names[-2:] == ["response.failed", "error"]
+    assert data[-1] == {"type": "error", "code": "upstream_error",
+                        "message": data[-1]["message"], "param": None,
+                        "sequence_number": data[-2]["sequence_number"] + 1}
+    assert [d["sequence_number"] for d in data] == list(range(len(data)))
