@@ -230,6 +230,8 @@ class Runner:
                 nursery.start_soon(publisher.pump)
                 if call.job.endpoint == "chat":
                     usage = await adapter.stream(call, publisher.emit)
+                elif call.job.endpoint == "completions":
+                    usage = await adapter.completion_stream(call, publisher.emit)
                 else:
                     usage = await adapter.native_stream(call, publisher.emit)
                 publisher.close()
@@ -329,6 +331,10 @@ async def _plain_call(adapter: Adapter, call: Call) -> Answer:
             return await adapter.complete(call)
         case "embeddings":
             return await adapter.embed(call)
+        case "completions":
+            return await adapter.completion(call)
+        case "images" | "transcriptions" | "translations":
+            return await adapter.media(call)
         case _:  # a native API: the provider's own request, relayed
             return await adapter.native(call)
 
