@@ -1,0 +1,94 @@
+"""The OpenAI surface under `/v3/router/` (the official SDK with that base URL), model
+retrieval, and refusals that no retry can fix telling the SDK so (`x-should-retry`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import trio
+
+from ingress.app import served_endpoints
+from tests.conftest import TLS
+from tests.surface_gateways import Surface, surface_gateway
+
+
+@pytest.fixture
+async def surface(nursery: trio.Nursery, redis_url: str,
+                  monkeypatch: pytest.MonkeyPatch) -> Surface:
+    return await surface_gateway(nursery, redis_url, monkeypatch)
+
+
+def router_client(surface: Surface, **kwargs: object) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=surface.gateway.base_url + "/v3/router",
+                              api_key=surface.gateway.secret,
+                              http_client=openai.DefaultAsyncHttpxClient(verify=TLS),
+                              **{"max_retries": 0, **kwargs})  # type: ignore[arg-type]
+
+
+async def test_every_openai_endpoint_under_v3_router(surface: Surface, tmp_path: Path) -> None:
+    client = router_client(surface)
+    chat = await client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "hello router"}])
+    assert chat.choices[0].message.content == "hello router"
+    completion = await client.completions.create(model="gpt-test", prompt="p")
+    assert completion.choices[0].text == "completed: p"
+    embedded = await client.embeddings.create(model="echo", input="x")
+    assert len(embedded.data[0].embedding) == 8
+    assert "echo" in [m.id async for m in client.models.list()]
+    assert (await client.models.retrieve("az-test")).id == "az-test"
+    image = await client.images.generate(model="gpt-test", prompt="fox")
+    assert image.data is not None and image.data[0].b64_json == "aGk="
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF....")
+    heard = await client.audio.transcriptions.create(model="gpt-test", file=audio)
+    assert heard.text == "heard a.wav (8 bytes)"
+    translated = await client.audio.translations.create(model="echo", file=audio)
+    assert translated.text.startswith("Mock translation")
+
+
+async def test_models_retrieve(surface: Surface) -> None:
+    client = surface.gateway.client()
+    model = await client.models.retrieve("gpt-test")
+    assert (model.id, model.object, model.owned_by) == ("gpt-test", "model", "switchboard")
+    assert isinstance(model.created, int)
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.models.retrieve("no-such-model")
+    assert missing.value.code == "model_not_found"
+    async with httpx.AsyncClient() as http:
+        unauthenticated = await http.get(surface.gateway.base_url + "/v1/models/gpt-test")
+    assert unauthenticated.status_code == 401
+
+
+async def test_unknown_path_lists_the_new_endpoints(surface: Surface) -> None:
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(surface.gateway.base_url + "/v1/nothing")
+    message = answer.json()["error"]["message"]
+    assert answer.status_code == 404
+    for endpoint in ("POST /v1/completions", "GET /v1/models/{model_id}",
+                     "POST /v1/images/generations", "POST /v1/audio/transcriptions",
+                     "POST /v3/router/embeddings", "POST /v3/router/audio/translations"):
+        assert endpoint in message
+    assert served_endpoints  # (the message is built from the app's routes)
+
+
+async def test_subscription_limit_is_not_retried(nursery: trio.Nursery, redis_url: str,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 switchboard_logs: pytest.LogCaptureFixture) -> None:
+    # The month rolls over in 5 s: a Retry-After the SDK would honour, were it not told.
+    monkeypatch.setattr("ingress.limits.seconds_to_next_month", lambda now=None: 5)
+    surface = await surface_gateway(nursery, redis_url, monkeypatch, plan="tiny",
+                                    plans={"tiny": {"monthly_tokens": 1}})
+    client = surface.gateway.client(max_retries=3)
+    await client.completions.create(model="echo", prompt="uses the plan up", max_tokens=5)
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.completions.create(model="echo", prompt="more", max_tokens=5)
+    assert refused.value.code == "subscription_limit"
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert refused.value.response.headers["retry-after"] == "5"
+    rejected = [r for r in switchboard_logs.records
+                if '"code":"subscription_limit"' in r.getMessage()]
+    assert len(rejected) == 1  # the SDK asked once
+
