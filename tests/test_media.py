@@ -134,3 +134,28 @@ async def test_bad_uploads_are_4xx(surface: Surface) -> None:
     assert as_json.status_code == 415
     assert (cut.status_code, cut.json()["error"]["code"]) == (400, "invalid_multipart")
     assert (streamed.status_code, streamed.json()["error"]["code"]) == (400, "unsupported_parameter")
+
+
+async def test_a_large_upload_goes_through_the_queue(surface: Surface, tmp_path: Path) -> None:
+    big = tmp_path / "long.flac"
+    payload = bytes(range(256)) * (3 * 1024 * 1024 // 256)  # 3 MiB, under max_body_bytes
+    big.write_bytes(payload)
+    heard = await surface.gateway.client().audio.transcriptions.create(model="echo", file=big)
+    digest = hashlib.sha256(payload).hexdigest()[:12]
+    assert heard.text == f"Mock transcription of long.flac ({len(payload)} bytes, sha256 {digest})."
+    usage = await surface.gateway.usage()
+    assert usage["requests"] == 1
+
+
+async def test_an_upload_is_estimated_by_its_text_not_its_file(
+        nursery: trio.Nursery, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    from tests.test_limits import set_limits
+
+    # 3 MiB would be ~786k tokens counted as a prompt; the key's tpm must fit the estimate.
+    surface = await surface_gateway(nursery, redis_url, monkeypatch)
+    await set_limits(surface.gateway.redis, "key", surface.gateway.key_id, {"tpm": 10_000})
+    big = tmp_path / "long.flac"
+    big.write_bytes(b"\x00" * (3 * 1024 * 1024))
+    heard = await surface.gateway.client().audio.transcriptions.create(model="echo", file=big)
+    assert heard.text.startswith("Mock transcription of long.flac")

@@ -92,3 +92,24 @@ async def test_subscription_limit_is_not_retried(nursery: trio.Nursery, redis_ur
                 if '"code":"subscription_limit"' in r.getMessage()]
     assert len(rejected) == 1  # the SDK asked once
 
+
+
+async def test_budget_exceeded_is_not_retried(nursery: trio.Nursery, redis_url: str,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              switchboard_logs: pytest.LogCaptureFixture) -> None:
+    from tests.conftest import make_config, start_gateway
+    from tests.test_limits import set_limits
+
+    monkeypatch.setattr("ingress.limits.seconds_to_next_month", lambda now=None: 5)
+    config = make_config(redis_url, {"local": {"kind": "mock"}}, [{"slug": "paid", "routes": [
+        {"provider": "local", "model": "echo", "input_per_mtok": 1e6, "output_per_mtok": 1e6}]}])
+    gateway = await start_gateway(nursery, config)
+    await set_limits(gateway.redis, "org", "acme", {"monthly_budget_usd": 0.5})
+    with pytest.raises(openai.RateLimitError) as refused:  # a dollar a token: never fits
+        await gateway.client(max_retries=3).chat.completions.create(
+            model="paid", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert refused.value.code == "budget_exceeded"
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert refused.value.response.headers["retry-after"] == "5"
+    assert sum('"code":"budget_exceeded"' in r.getMessage()
+               for r in switchboard_logs.records) == 1
