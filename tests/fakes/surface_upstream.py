@@ -2,7 +2,8 @@
 (plain and streamed, OpenAI's `text_completion` shape), `images/generations` and
 `audio/transcriptions` / `audio/translations` (multipart uploads, decoded and recorded in
 `forms`). Paths are matched by their end, so it serves OpenAI's `/v1/...` and Azure's
-`/openai/deployments/{deployment}/...?api-version=...` alike (`base_path` per instance).
+`/openai/deployments/{deployment}/...?api-version=...` alike (`base_path` per instance;
+"" is Azure's, whose completions stream opens with the prompt's filter annotations).
 
 Completions answer `"completed: " + prompt` per prompt and choice; images one tiny
 `b64_json` with gpt-image usage; audio `"heard {filename} ({bytes} bytes)"` as JSON with
@@ -75,7 +76,12 @@ class FakeSurface(ScriptedUpstream[dict[str, Any]]):
                 for i, t in enumerate(texts)], "usage": usage})
             return
         await start_sse(send)
-        events = [{**base, "choices": [{"text": t, "index": i, "logprobs": None,
+        events: list[dict[str, Any]] = []
+        if not self.base_path:  # Azure opens with the prompt's annotations (empty choices)
+            events.append({"id": "", "object": "", "created": 0, "model": "", "choices": [],
+                           "prompt_filter_results": [{"prompt_index": 0,
+                                                      "content_filter_results": {}}]})
+        events += [{**base, "choices": [{"text": t, "index": i, "logprobs": None,
                                         "finish_reason": None}]} for i, t in enumerate(texts)]
         events += [{**base, "choices": [{"text": "", "index": i, "logprobs": None,
                                          "finish_reason": "stop"}]} for i in range(len(texts))]
