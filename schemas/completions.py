@@ -34,6 +34,9 @@ class CompletionRequest(Struct):
     stop: str | list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
     identity: EndUser | None = None  # Switchboard's own: recorded, never sent upstream

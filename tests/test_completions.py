@@ -96,12 +96,21 @@ async def test_mock_route_streams_translated_chunks(surface: Surface) -> None:
     assert chunks[-1].usage.completion_tokens == 3
 
 
-@pytest.mark.parametrize("field", [{"suffix": "end"}, {"logprobs": 2}, {"best_of": 3}])
+@pytest.mark.parametrize("field", [{"suffix": "end"}, {"logprobs": 2}, {"best_of": 3},
+                                   {"max_tokens": 0}])
 async def test_mock_route_refuses_what_chat_cannot_do(surface: Surface, field: dict) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         await surface.gateway.client().completions.create(model="echo", prompt="x", **field)
     assert refused.value.code == "unsupported_parameter"
     assert refused.value.param == next(iter(field))
+
+
+async def test_chat_fields_of_the_wrong_shape_are_422_on_translated_routes(surface: Surface) -> None:
+    client = surface.gateway.client()
+    with pytest.raises(openai.UnprocessableEntityError):
+        await client.completions.create(model="echo", prompt="x", extra_body={"tools": "nope"})
+    with pytest.raises(openai.UnprocessableEntityError):
+        await client.completions.create(model="echo", prompt="x", seed="abc")  # type: ignore[arg-type]
 
 
 async def test_mock_route_refuses_token_prompts(surface: Surface) -> None:

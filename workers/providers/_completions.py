@@ -15,8 +15,9 @@ import uuid
 
 import msgspec
 
-from schemas.chat import Usage
+from schemas.chat import Usage, request_decoder
 from schemas.completions import DEFAULT_MAX_TOKENS, TextChoice, TextCompletion
+from schemas.errors import GatewayError
 from workers.providers._base import ABSENT, Adapter, Answer, Call, Emit, unsupported_parameter
 from workers.providers._meter import UsageMeter
 
@@ -67,6 +68,8 @@ class _Plan:
         self.fields = {k: v for k, v in raw.items() if k not in _OWN}
         if bytes(self.fields.get("max_tokens", b"null")) == b"null":
             self.fields["max_tokens"] = msgspec.Raw(str(DEFAULT_MAX_TOKENS).encode())
+        elif bytes(self.fields["max_tokens"]) == b"0":  # (a prompt-only echo: no chat can)
+            raise unsupported_parameter(kind, "max_tokens", "`max_tokens: 0`")
         self.id = "cmpl-" + uuid.uuid4().hex
         self.created = int(time.time())
         self.total = Usage()
@@ -75,6 +78,11 @@ class _Plan:
         """The chat call of prompt `index`, sharing the job's trace; its meter is new."""
         messages = [{"role": "user", "content": self.prompts[index]}]
         body = _encode({**self.fields, "messages": msgspec.Raw(_encode(messages))})
+        try:  # what chat checks at its edge, checked here: a kind may rely on it
+            request_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise GatewayError(422, "validation_error", f"invalid request for a chat call: {exc}",
+                               details={"reason": str(exc)}) from None
         job = msgspec.structs.replace(call.job, body=body, endpoint="chat", include_usage=False)
         inner = Call(job, call.upstream_model)
         inner.trace, inner.span_id = call.trace, call.span_id
