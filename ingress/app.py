@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ingress.admin import admin
+from ingress.completions import completions
+from ingress.cors import Cors
 from ingress.edge import REFUSAL, BodyFirst
 from ingress.gateway import Gateway, new_request_id
+from ingress.media import media
 from ingress.metrics import CONTENT_TYPE
 from ingress.native import native
 from ingress.openapi import openapi_document
@@ -22,6 +26,12 @@ from schemas.kinds import dialect_of_path
 from workers.logs import log_event
 
 _RULE_PART = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
+# Refusals no retry can turn into an answer before the month ends: `x-should-retry: false`.
+NO_RETRY = frozenset({"subscription_limit", "budget_exceeded"})
+
+
+def _lower(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers}
 
 
 def served_endpoints(app: QuartTrio) -> str:
@@ -45,9 +55,14 @@ def create_app(gateway: Gateway) -> QuartTrio:
     app.asgi_app = BodyFirst(app.asgi_app, limits.max_body_bytes, limits.body_timeout_s,  # type: ignore[method-assign,assignment]
                              write_timeout_s=limits.write_timeout_s)
 
+    cors = Cors(gateway.config.cors)
+
     @app.before_request
-    async def assign_request_id() -> None:
+    async def assign_request_id() -> Response | None:
         g.request_id = new_request_id()
+        # A browser's preflight carries no key and may name any path: answered first.
+        if (preflight := cors.preflight(request.method, _lower(request.headers.items()))) is not None:
+            return preflight
         if request.routing_exception is not None:
             raise request.routing_exception  # a wrong path or method says so, whatever the body
         match request.scope.get(REFUSAL):
@@ -59,10 +74,12 @@ def create_app(gateway: Gateway) -> QuartTrio:
             case "too_slow":
                 raise GatewayError(408, "request_timeout",
                                    f"the body did not arrive within {limits.body_timeout_s:g} s")
+        return None
 
     @app.after_request
     async def tag_response(response: Response) -> Response:
         response.headers["x-request-id"] = getattr(g, "request_id", None) or new_request_id()
+        cors.decorate(response, request.headers.get("origin"))
         return response
 
     @app.errorhandler(GatewayError)
@@ -71,6 +88,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         dialect = dialect_of_path(request.path)
         response = json_response(dialect.shape(error.encode(), error.status), error.status)
         response.headers.update(error.headers)
+        if error.code in NO_RETRY:  # the OpenAI SDKs read it: retrying cannot help
+            response.headers["x-should-retry"] = "false"
         if error.retry_after is not None:
             response.headers["retry-after"] = str(error.retry_after)
         elif error.status == 429:  # every 429 says when to try again (SDK back-off reads it)
@@ -109,18 +128,29 @@ def create_app(gateway: Gateway) -> QuartTrio:
         return await relay(gateway.chat)
 
     @app.post("/v1/embeddings")
+    @app.post("/v3/router/embeddings")
     async def embeddings() -> Response:
         return await relay(gateway.embeddings)
 
+    app.register_blueprint(completions)  # /v1/completions
+    app.register_blueprint(media)  # /v1/images/generations, /v1/audio/{transcriptions,translations}
     app.register_blueprint(native)
     app.register_blueprint(responses)  # /v1/responses and /v3/router/responses (+ stored)
     app.register_blueprint(reports)  # /v1/admin/usage, /v1/admin/usage.csv, /v1/admin/requests
     app.register_blueprint(admin)
 
     @app.get("/v1/models")
+    @app.get("/v3/router/models")
     async def list_models() -> Response:
         await identity()
         return json_response(gateway.catalog.model_list())
+
+    @app.get("/v1/models/<path:model_id>")
+    @app.get("/v3/router/models/<path:model_id>")
+    async def retrieve_model(model_id: str) -> Response:
+        await identity()
+        gateway.bounds.model(model_id, "model_id")
+        return json_response(gateway.catalog.model_card(model_id))
 
     @app.get("/v1/router/models")
     async def router_models() -> Response:

@@ -83,6 +83,13 @@ class Catalog:
     def model_list(self) -> ModelList:
         return ModelList([ModelCard(m.slug, self.created, "switchboard") for m in self.models.values()])
 
+    def model_card(self, slug: str) -> ModelCard:
+        """One catalog model in OpenAI's model shape, or 404 `model_not_found`."""
+        if slug not in self.models:
+            raise GatewayError(404, "model_not_found", f"model {slug!r} is not in the catalog; "
+                               "GET /v1/models lists them", param="model")
+        return ModelCard(slug, self.created, "switchboard")
+
     def router_list(self) -> RouterModelList:
         return RouterModelList([RouterModel(m.slug, m.slug, m.name) for m in self.models.values()])
 

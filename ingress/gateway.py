@@ -92,6 +92,8 @@ class Submission:
     choices: int = 1  # answers asked for (OpenAI `n`): each may use max_output_tokens
     identity: str = ""  # the end user's id (`identity.id`, else OpenAI's `user`)
     thread: str = ""  # the conversation's id
+    prompt_bytes: int | None = None  # bytes the prompt estimate counts (None: the body's;
+    # an audio upload counts its text fields only, not the file)
 
 
 class Gateway:
@@ -255,13 +257,14 @@ class Gateway:
         """Reserve the request's estimate and its place in the queue, or refuse (429)."""
         provider = self.config.providers[job.route.provider]
         plan = self._plan(identity)
-        estimate = estimate_tokens(len(job.body), submission.max_output_tokens,
+        body_bytes = len(job.body) if submission.prompt_bytes is None else submission.prompt_bytes
+        estimate = estimate_tokens(body_bytes, submission.max_output_tokens,
                                    self.config.limits.reserve_output_tokens, submission.choices)
         month = names.month()
         holds = holds_for(job, month, estimate=estimate, org_cap=provider.org_queue_cap,
                           token_limit=plan.monthly_tokens if plan else None)
         if identity.limits:
-            prompt = min(prompt_estimate(len(job.body)), estimate)
+            prompt = min(prompt_estimate(body_bytes), estimate)
             cost = estimate_cost(self.prices, job.model, job.routes, prompt, estimate - prompt)
             holds += limit_holds(identity.limits, org=job.org, project=job.project,
                                  month=month, tokens=estimate, cost=cost)

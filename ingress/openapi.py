@@ -28,12 +28,15 @@ from schemas.chat import (
     ChatRequest,
     EmbeddingList,
     EmbeddingRequest,
+    ModelCard,
     ModelList,
     ModelProviderList,
     RouterModelList,
 )
+from schemas.completions import CompletionRequest, TextCompletion
 from schemas.errors import ErrorBody
 from schemas.kinds import NATIVES
+from schemas.media import AUDIO_FORMATS, ImageRequest
 
 _REF = "#/components/schemas/{name}"
 # What an endpoint that takes a body can answer besides 200: 408 when the body is too slow,
@@ -101,13 +104,58 @@ def _admin_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
     }
 
 
+def _surface_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """Legacy completions, model retrieval, images and audio (issue 11)."""
+    completions = {"post": {
+        "summary": "Create a legacy completion (relayed by openai/azure kinds, through the "
+                   "chat call elsewhere)", "security": secured,
+        "requestBody": {"required": True, "content": _json("CompletionRequest")},
+        "responses": {"200": {"description": "A text_completion, or with stream=true an event "
+                              "stream of them ending in `data: [DONE]`",
+                              "content": {**_json("TextCompletion"), "text/event-stream": {
+                                  "schema": {"$ref": _REF.format(name="TextCompletion")}}}},
+                      **_errors(*_BODY_ERRORS)}}}
+    model = {"get": {
+        "summary": "One catalog model in OpenAI's model shape", "security": secured,
+        "parameters": [{"name": "model_id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "ok", "content": _json("ModelCard")},
+                      **_errors(400, 401, 404, 503)}}}
+    images = {"post": {
+        "summary": "Generate images (openai/azure kinds relayed, mock answers)",
+        "security": secured,
+        "requestBody": {"required": True, "content": _json("ImageRequest")},
+        "responses": {"200": {"description": "OpenAI's images response (`created`, `data`)"},
+                      **_errors(*_BODY_ERRORS)}}}
+    form = {"type": "object", "required": ["file", "model"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
+        "language": {"type": "string"}, "prompt": {"type": "string"},
+        "response_format": {"type": "string", "enum": list(AUDIO_FORMATS)},
+        "temperature": {"type": "number"}}}
+
+    def audio(summary: str) -> dict[str, Any]:
+        return {"post": {
+            "summary": summary, "security": secured,
+            "requestBody": {"required": True,
+                            "content": {"multipart/form-data": {"schema": form}}},
+            "responses": {"200": {"description": "The transcript: JSON (`text`, `usage`), or "
+                                  "text/plain for response_format text, srt or vtt"},
+                          **_errors(*_BODY_ERRORS, 415)}}}
+
+    paths = {"/v1/completions": completions, "/v1/models/{model_id}": model,
+             "/v1/images/generations": images,
+             "/v1/audio/transcriptions": audio("Transcribe an audio upload"),
+             "/v1/audio/translations": audio("Translate an audio upload into English")}
+    return paths
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the gateway's endpoints."""
     types = [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, RouterModelList,
-             ModelProviderList, ErrorBody, EmbeddingRequest, EmbeddingList,
-             *(api.request for api in NATIVES), *REPORT_TYPES, *ADMIN_TYPES,
-             *AGENT_TYPES]
+             ModelProviderList, ErrorBody, EmbeddingRequest, EmbeddingList, CompletionRequest,
+             TextCompletion, ImageRequest, ModelCard,
+             *(api.request for api in NATIVES), *REPORT_TYPES, *ADMIN_TYPES, *AGENT_TYPES]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     chat = {
@@ -156,15 +204,18 @@ def openapi_document() -> dict[str, Any]:
     providers["get"]["responses"].update(_errors(400, 404))  # a slug too long; not in the catalog
     providers["get"]["parameters"] = [
         {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    models = listing("ModelList", "The catalog in OpenAI's list shape")
+    surface = {"/v1/chat/completions": chat, "/v1/embeddings": embeddings, "/v1/models": models,
+               **_surface_paths(secured)}
+    # The hosted router we replace serves its whole OpenAI surface under /v3/router too.
+    router = {"/v3/router/" + path.removeprefix("/v1/"): item for path, item in surface.items()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Switchboard", "version": "0.1.0"},
         "paths": {
-            "/v1/chat/completions": chat,
-            "/v3/router/chat/completions": chat,
-            "/v1/embeddings": embeddings,
+            **surface,
+            **router,
             **natives,
-            "/v1/models": listing("ModelList", "The catalog in OpenAI's list shape"),
             "/v1/router/models": listing("RouterModelList", "The catalog with names"),
             "/v1/router/models/{model_id}/providers": providers,
             "/healthz": health,

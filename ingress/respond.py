@@ -60,7 +60,8 @@ async def identity() -> Identity:
     return await gateway().authenticate(access_key())
 
 
-async def relay(make: Callable[[bytes], Submission | Awaitable[Submission]]) -> Response:
+async def relay(make: Callable[[bytes], Submission | Awaitable[Submission]], *,
+                json_body: bool = True) -> Response:
     """Authenticate, validate, submit and answer: the same path for every endpoint.
 
     With tracing on, the request's span is ended by its log line once admitted, or here
@@ -83,7 +84,8 @@ async def relay(make: Callable[[bytes], Submission | Awaitable[Submission]]) -> 
                                "no inference: use a key of an org (member or admin)")
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
-        await gateway().bounds.check_body(body)  # before any decoder recurses into it
+        if json_body:  # (a multipart upload's bytes are no JSON: its decoder never recurses)
+            await gateway().bounds.check_body(body)  # before any decoder recurses into it
         pin = request.headers.get("vendor") or None
         g.caller = caller  # for a `make` that resolves per caller (ingress/responses.py)
         made = make(body)

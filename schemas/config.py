@@ -148,6 +148,15 @@ class Tracing(Struct, forbid_unknown_fields=True):
     timeout_s: Annotated[float, Meta(gt=0, le=60)] = 5.0  # one export; and the flush at exit
 
 
+class Cors(Struct, forbid_unknown_fields=True):
+    """Browser access (CORS), off by default: the origins whose pages may call the gateway
+    (`"*"`: any), and how long a browser may cache a preflight's answer (ingress/cors.py)."""
+
+    allow_origins: list[Annotated[str, Meta(pattern=r"^(\*|https?://[^/\s]+)$")]] = \
+        msgspec.field(default_factory=list)
+    max_age_s: Annotated[int, Meta(ge=0, le=86400)] = 600
+
+
 class Config(Struct, forbid_unknown_fields=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # `provider/model` slugs and well-known model names outside the catalog are served
@@ -161,6 +170,7 @@ class Config(Struct, forbid_unknown_fields=True):
     tracing: Tracing | None = None  # OTLP span export; None (no `[tracing]` table): off
     agents: dict[str, Agent] = msgspec.field(default_factory=dict)  # `model: "agent/<name>"`
     responses: Responses = msgspec.field(default_factory=Responses)  # stored responses
+    cors: Cors = msgspec.field(default_factory=Cors)  # browser access; off by default
 
     def __post_init__(self) -> None:
         # Routes may name providers this deployment does not configure (a shared

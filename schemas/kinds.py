@@ -79,16 +79,22 @@ GEMINI_GENERATE = NativeAPI(
     "Gemini generateContent / streamGenerateContent (`{target}` is `{model}:generateContent` "
     "or `{model}:streamGenerateContent`, streamed with `?alt=sse`)")
 
+# Legacy completions: relayed by the OpenAI-shaped kinds, through the chat call elsewhere.
+# Images and audio: relayed by the OpenAI-shaped kinds, answered locally by the mock.
+_OPENAI_SHAPED = frozenset({"chat", "embeddings", "completions", "images", "transcriptions",
+                            "translations"})
+
 KINDS: dict[str, Kind] = {
     "openai": Kind(families=("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-"),
-                   genai="openai"),
-    "azure": Kind(genai="azure.ai.openai"),
-    "anthropic": Kind(families=("claude-",), endpoints=frozenset({"chat", "anthropic_messages"}),
+                   endpoints=_OPENAI_SHAPED, genai="openai"),
+    "azure": Kind(endpoints=_OPENAI_SHAPED, genai="azure.ai.openai"),
+    "anthropic": Kind(families=("claude-",),
+                      endpoints=frozenset({"chat", "completions", "anthropic_messages"}),
                       natives=(ANTHROPIC_MESSAGES,), genai="anthropic"),
     "gemini": Kind(families=("gemini-", "gemma-"),
-                   endpoints=frozenset({"chat", "embeddings", "gemini_generate"}),
+                   endpoints=frozenset({"chat", "completions", "embeddings", "gemini_generate"}),
                    natives=(GEMINI_GENERATE,), genai="gcp.gemini"),
-    "mock": Kind(),
+    "mock": Kind(endpoints=_OPENAI_SHAPED),
 }
 
 NATIVES: tuple[NativeAPI, ...] = tuple(api for kind in KINDS.values() for api in kind.natives)

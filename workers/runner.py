@@ -242,6 +242,8 @@ class Runner:
                     usage = await adapter.stream(call, publisher.emit)
                 elif call.job.endpoint == "responses":
                     usage = await self.responses.stream(adapter, call, publisher.emit)
+                elif call.job.endpoint == "completions":
+                    usage = await adapter.completion_stream(call, publisher.emit)
                 else:
                     usage = await adapter.native_stream(call, publisher.emit)
                 publisher.close()
@@ -349,6 +351,10 @@ async def _plain_call(adapter: Adapter, call: Call, responses: Responses) -> Ans
             return await responses.complete(adapter, call)
         case "embeddings":
             return await adapter.embed(call)
+        case "completions":
+            return await adapter.completion(call)
+        case "images" | "transcriptions" | "translations":
+            return await adapter.media(call)
         case _:  # a native API: the provider's own request, relayed
             return await adapter.native(call)
 

@@ -107,6 +107,18 @@ class Adapter(Protocol):
         """Relay a native streamed request, emitting the provider's own events."""
         ...
 
+    async def completion(self, call: Call) -> Answer:
+        """A legacy completion (`text_completion`): relayed, or through the chat call."""
+        ...
+
+    async def completion_stream(self, call: Call, emit: Emit) -> Usage:
+        """A streamed legacy completion, emitting `text_completion` chunks."""
+        ...
+
+    async def media(self, call: Call) -> Answer:
+        """Images and audio (`images`, `transcriptions`, `translations`): the answer's body."""
+        ...
+
 
 class AdapterBase:
     """Default answers for what a provider kind does not serve: an explicit 400."""
@@ -131,6 +143,21 @@ class AdapterBase:
 
     async def native_stream(self, call: Call, emit: Emit) -> Usage:
         raise self._unsupported(f"the native endpoint {call.job.endpoint!r}")
+
+    # Legacy completions go through the kind's chat call unless the kind relays them.
+    # (Imported here: the translation builds on this module's Call and Answer.)
+    async def completion(self, call: Call) -> Answer:
+        from workers.providers._completions import complete_via_chat
+
+        return await complete_via_chat(self, call, self.kind)
+
+    async def completion_stream(self, call: Call, emit: Emit) -> Usage:
+        from workers.providers._completions import stream_via_chat
+
+        return await stream_via_chat(self, call, emit, self.kind)
+
+    async def media(self, call: Call) -> Answer:
+        raise self._unsupported(f"the {call.job.endpoint} endpoint")
 
 
 def read_credential(config: ProviderBase) -> str | None:

@@ -117,6 +117,11 @@ class AzureAdapter(OpenAIAdapter):
                    include_usage: bool) -> RawObject | None:
         """The chunk as the client gets it, or None when it is nothing for the client."""
         choices = chunk.get("choices", msgspec.Raw(b"[]"))
+        if bytes(chunk.get("object", b'""')) == b'"text_completion"':
+            # A legacy completions chunk has no `delta`: only the prompt's annotations
+            # (empty `choices`) are dropped, and usage the client did not ask for.
+            return super()._relayable(chunk, stream_id, include_usage) \
+                if bytes(choices) not in _EMPTY or "usage" in chunk else None
         usage_set = bytes(chunk.get("usage", b"null")) != b"null"
         if not include_usage:
             chunk.pop("usage", None)

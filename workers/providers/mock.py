@@ -35,6 +35,7 @@ from schemas.chat import (
 )
 from schemas.providers import MockProvider
 from workers.providers._base import AdapterBase, Answer, Call, Emit
+from workers.providers.mock_media import MockMedia
 
 _encode = msgspec.json.Encoder().encode
 
@@ -64,7 +65,7 @@ def _pieces(text: str, count: int) -> list[str]:
     return out
 
 
-class MockAdapter(AdapterBase):
+class MockAdapter(MockMedia, AdapterBase):  # images and audio: mock_media.py
     """Answers locally; the route's upstream model is ignored."""
 
     kind = "mock"

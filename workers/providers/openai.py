@@ -27,6 +27,7 @@ from workers.providers._base import (
     status_failure,
 )
 from workers.providers._http import Upstream, header_auth
+from workers.providers._media import relay_media
 
 RawObject = dict[str, msgspec.Raw]
 
@@ -74,6 +75,7 @@ class _DeltaText(msgspec.Struct):
 
 class _ChoiceText(msgspec.Struct):
     delta: _DeltaText | None = None
+    text: str | None = None  # a legacy completions chunk's text
 
 
 _decode_choice_text = msgspec.json.Decoder(list[_ChoiceText] | None).decode
@@ -85,7 +87,8 @@ def generated_chars(chunk: RawObject) -> int:
         choices = _decode_choice_text(chunk.get("choices", _NULL)) or []
     except (msgspec.DecodeError, msgspec.ValidationError):
         return 0
-    return sum(choice.delta.chars for choice in choices if choice.delta)
+    return sum((choice.delta.chars if choice.delta else 0) + len(choice.text or "")
+               for choice in choices)
 
 
 class OpenAIAdapter(AdapterBase):
@@ -136,13 +139,29 @@ class OpenAIAdapter(AdapterBase):
             body["stream_options"] = msgspec.Raw(_encode(options)) if len(options) > 1 else _INCLUDE_USAGE
         return _encode(body)
 
+    async def completion(self, call: Call) -> Answer:
+        """A legacy completion, relayed to `{base_url}/completions` (model replaced)."""
+        return await self._relay_json(self._url(call, "completions"), self._body(call),
+                                      call.job.model)
+
+    async def completion_stream(self, call: Call, emit: Emit) -> Usage:
+        """A streamed legacy completion, relayed chunk by chunk like chat's."""
+        return await self._relay_stream(call, emit, "completions")
+
+    async def media(self, call: Call) -> Answer:
+        """Images (JSON) and audio (multipart, rebuilt with the upstream model), relayed."""
+        return await relay_media(self.upstream, lambda operation: self._url(call, operation), call)
+
     async def stream(self, call: Call, emit: Emit) -> Usage:
         """Streamed call: each upstream chunk is re-emitted with the slug as `model`."""
+        return await self._relay_stream(call, emit, "chat/completions")
+
+    async def _relay_stream(self, call: Call, emit: Emit, operation: str) -> Usage:
         usage = Usage()
         model = msgspec.Raw(_encode(call.job.model))
         state: dict[str, msgspec.Raw] = {}  # what `_relayable` keeps across one stream's chunks
         done = False
-        async with self.upstream.events(self._url(call, "chat/completions"), self._body(call)) as events:
+        async with self.upstream.events(self._url(call, operation), self._body(call)) as events:
             async for event in events:
                 # Read to the end of the body after [DONE] so the connection is reused.
                 if done or event.data == b"[DONE]":
