@@ -132,7 +132,8 @@ async def test_openai_sdk_unknown_endpoint_then_chat_is_immediate(gateway: Gatew
     client = gateway.client(timeout=5, max_retries=0)
     for _ in range(5):
         with pytest.raises(openai.NotFoundError) as caught:
-            await client.responses.create(model="echo", input="x" * 20_000)
+            # An endpoint the gateway does not serve (Responses is served now).
+            await client.vector_stores.create(name="x" * 20_000)
         assert caught.value.body["code"] == "not_found"  # type: ignore[index]
         # A stalled connection would raise APITimeoutError after 5 s instead.
         answer = await client.chat.completions.create(
