@@ -184,7 +184,8 @@ async def test_key_query_parameter_is_an_access_key(gateway: KindGateway, fake: 
     # Only on Gemini paths: an OpenAI path does not read `?key=`.
     openai_path = await raw(gateway, "GET", f"/v1/models?key={gateway.secret}")
     assert openai_path.status_code == 401
-    ours = [r.getMessage() for r in switchboard_logs.records if r.name.startswith(("switchboard", "hypercorn"))]
+    ours = [r.getMessage() for r in switchboard_logs.records
+            if r.name.startswith(("switchboard", "hypercorn"))]
     assert ours and not any(gateway.secret in line for line in ours)  # (the test's own httpx logs it)
 
 
