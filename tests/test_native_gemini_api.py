@@ -196,3 +196,12 @@ def test_google_status_labels() -> None:
         "ABORTED", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "INTERNAL",
         "UNAVAILABLE", "UNAVAILABLE", "DEADLINE_EXCEEDED"]
     assert google_status(418) == "FAILED_PRECONDITION" and google_status(507) == "INTERNAL"
+
+
+def test_the_estimate_counts_text_not_names_or_inline_data() -> None:
+    from ingress.native_local import estimate_tokens
+
+    body = {"model": "m" * 400, "contents": [{"role": "user", "parts": [
+        {"text": "12345678"}, {"inlineData": {"mimeType": "image/png", "data": "A" * 4000}}]}]}
+    assert estimate_tokens(json.dumps(body).encode()) == 2  # eight characters of text
+    assert estimate_tokens(b'{"contents": []}') == 1  # never 0
