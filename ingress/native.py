@@ -82,8 +82,13 @@ async def anthropic_count_tokens() -> Response:
         return Submission("anthropic_count_tokens", count.model, body, headers=headers,
                           max_output_tokens=0)
 
+    # Which answer depends on the body's model: read it only for a known caller, and only
+    # once its bounds are checked (a relay checks both again: a cached key, one scan).
+    await identity()
     peeked = await request.get_data(cache=True)  # (the edge has read it: no wait; kept for relay)
-    model = _peek_model(peeked) if isinstance(peeked, bytes) else ""
+    assert isinstance(peeked, bytes)
+    await gateway().bounds.check_body(peeked)
+    model = _peek_model(peeked)
     if model and estimated(model, "anthropic_count_tokens"):
         return await answer_here(lambda body: AnthropicTokenCount(
             estimate_tokens(submission(body).body)))
