@@ -96,6 +96,10 @@ async def test_405_and_401_in_anthropics_shape(gateway: KindGateway) -> None:
     assert "x-api-key" in missing.json()["error"]["message"]
     with pytest.raises(anthropic.AuthenticationError):
         await client(gateway, api_key="sk-wrong").models.list()
+    async with httpx.AsyncClient(verify=TLS, timeout=10) as http:
+        count = await http.post(gateway.base_url + "/anthropic/v1/messages/count_tokens",
+                                json={"model": "echo", "messages": MESSAGES})
+    assert count.status_code == 401 and "x-api-key" in count.json()["error"]["message"]
 
 
 def test_error_types_per_status() -> None:

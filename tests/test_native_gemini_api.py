@@ -68,6 +68,16 @@ async def test_generate_content_on_the_default_version(gateway: KindGateway,
     assert seen.headers["x-goog-api-key"] == KEY
 
 
+async def test_stream_generate_content_on_the_default_version(gateway: KindGateway,
+                                                              fake: FakeGemini) -> None:
+    client = sdk(gateway)
+    pieces = await run(lambda: [c.text for c in client.models.generate_content_stream(
+        model="gem-test", contents="two words")])
+    assert "".join(p or "" for p in pieces) == "two words"
+    assert fake.requests[0].path == f"/v1beta/models/{UPSTREAM}:streamGenerateContent"
+    assert fake.requests[0].query == {"alt": ["sse"]}
+
+
 async def test_count_tokens_is_relayed_on_gemini_routes(gateway: KindGateway,
                                                         fake: FakeGemini) -> None:
     client = sdk(gateway)
