@@ -19,11 +19,13 @@ from ingress.gateway import Gateway, Submission
 from ingress.keys import Identity
 from ingress.requestlog import refusal_record
 from schemas.errors import GatewayError
+from schemas.kinds import GEMINI_GENERATE, dialect_of_path
 from schemas.trace import incoming
 
 _encode = msgspec.json.Encoder().encode
 _RULE_PART = re.compile(r"<(?:[^:>]+:)?([^>]+)>")  # as app.served_endpoints has it
 JSON = "application/json"
+GEMINI_PREFIX = GEMINI_GENERATE.prefix  # where `?key=` is an access key
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -47,17 +49,27 @@ def gateway() -> Gateway:
 def access_key() -> str | None:
     """The access key, from whichever header the caller's SDK uses.
 
-    `Authorization: Bearer` (OpenAI), `x-api-key` (Anthropic), `x-goog-api-key` (Gemini).
+    `Authorization: Bearer` (OpenAI), `x-api-key` (Anthropic), `x-goog-api-key` (Gemini),
+    and on /gemini/ paths Gemini's `?key=` query parameter too (REST examples and some
+    clients send it). Never logged: log lines carry the path without its query.
     """
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or None
+    header = request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
+    if not header and request.path.startswith(GEMINI_PREFIX):
+        header = request.args.get("key")
+    return header or None
 
 
 async def identity() -> Identity:
-    """The caller, authenticated (401 / 503 otherwise)."""
-    return await gateway().authenticate(access_key())
+    """The caller, authenticated (401 / 503 otherwise); a missing key's 401 names the
+    header the path's API sends it in."""
+    secret = access_key()
+    if not secret:
+        raise GatewayError(401, "unauthorized", "missing access key: send "
+                           + dialect_of_path(request.path).key_hint)
+    return await gateway().authenticate(secret)
 
 
 async def relay(make: Callable[[bytes], Submission | Awaitable[Submission]], *,

@@ -203,10 +203,19 @@ class GatewayErrorBody(Struct):
     type: str = "error"
 
 
-_GATEWAY_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                  403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
-                  413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error",
-                  503: "overloaded_error"}
+# Anthropic's error type by HTTP status (https://docs.anthropic.com/en/api/errors): any
+# 4xx not listed there is an invalid_request_error; 5xx an api_error, but for the ones
+# that say "try again later" (503 from the gateway, 529 from Anthropic): overloaded_error.
+GATEWAY_TYPES = {401: "authentication_error", 402: "billing_error", 403: "permission_error",
+                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                 503: "overloaded_error", 529: "overloaded_error"}
+
+
+def error_type(status: int) -> str:
+    """Anthropic's error `type` for an HTTP status."""
+    return GATEWAY_TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "api_error")
+
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -214,6 +223,6 @@ def error_dialect(body: bytes, status: int) -> bytes:
     """A gateway error body in Anthropic's shape: {"type": "error", "error": {...}}; the
     gateway's code travels along, so the Anthropic SDK reads the error and users see why."""
     detail = detail_of(body)
-    kind = _GATEWAY_TYPES.get(status, "api_error")
+    kind = error_type(status)
     return _encode(GatewayErrorBody(GatewayErrorDetail(
         kind, detail.message, detail.code, detail.param, detail.details)))

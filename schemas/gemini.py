@@ -233,10 +233,25 @@ class GatewayErrorBody(Struct):
     error: GatewayErrorDetail
 
 
-_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-                  404: "NOT_FOUND", 405: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT",
-                  422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE",
-                  503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+# google.rpc.Code by HTTP status, as the canonical codes map them
+# (https://cloud.google.com/apis/design/errors#handling_errors, google/rpc/code.proto).
+# 405 has no canonical code: UNIMPLEMENTED ("not implemented or not supported") is the
+# one grpc-gateway gives a wrong method. 413 and 422 are argument problems to Google
+# (a payload over the limit is a 400 INVALID_ARGUMENT there).
+GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                 404: "NOT_FOUND", 405: "UNIMPLEMENTED", 408: "DEADLINE_EXCEEDED",
+                 409: "ABORTED", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
+                 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
+                 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
+                 504: "DEADLINE_EXCEEDED"}
+
+
+def google_status(status: int) -> str:
+    """The google.rpc.Code name for an HTTP status (other 4xx: FAILED_PRECONDITION, the
+    client must change something; other 5xx: INTERNAL)."""
+    return GOOGLE_STATUS.get(status, "FAILED_PRECONDITION" if 400 <= status < 500 else "INTERNAL")
+
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -244,10 +259,9 @@ def error_dialect(body: bytes, status: int) -> bytes:
     """A gateway error body in Google's shape: {"error": {"code", "message", "status",
     "details": [ErrorInfo]}}, the gateway's code as the ErrorInfo's reason."""
     detail = detail_of(body)
-    google_status = _GOOGLE_STATUS.get(status, "INTERNAL")
-    # ErrorInfo metadata is a string map: the param and details travel as strings.
+        # ErrorInfo metadata is a string map: the param and details travel as strings.
     metadata = {key: str(value) for key, value in (detail.details or {}).items()}
     if detail.param:
         metadata["param"] = detail.param
     return _encode(GatewayErrorBody(GatewayErrorDetail(
-        status, detail.message, google_status, [GoogleErrorInfo(detail.code, metadata)])))
+        status, detail.message, google_status(status), [GoogleErrorInfo(detail.code, metadata)])))

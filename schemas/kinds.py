@@ -8,8 +8,9 @@ instead of naming kinds.
     genai      the kind's `gen_ai.provider.name` in OpenTelemetry's GenAI conventions, for
                the spans of upstream calls ("": the kind's own name)
 
-A dialect says how a good stream of that API ends and how the gateway's error body is
-reshaped for that API's SDKs (in an answer and in a stream's error event). Adding a kind
+A dialect says how a good stream of that API ends, how the gateway's error body is
+reshaped for that API's SDKs (in an answer and in a stream's error event) and which
+header a 401 tells the caller to send the key in. Adding a kind
 adds one row here.
 """
 
@@ -19,7 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas import anthropic, gemini, responses
-from schemas.native import AnthropicMessagesRequest, GeminiGenerateRequest
+from schemas.native import (
+    AnthropicCountTokensRequest,
+    AnthropicMessagesRequest,
+    GeminiCountTokensRequest,
+    GeminiEmbedRequest,
+    GeminiGenerateRequest,
+)
 
 
 def _as_is(body: bytes, status: int) -> bytes:
@@ -33,6 +40,7 @@ class Dialect:
     done: bytes | None  # the data of the event after the last chunk (None: the stream just ends)
     error_event: str  # the SSE event name of an error ("": unnamed)
     shape: Callable[[bytes, int], bytes] = _as_is  # the gateway's error body, reshaped
+    key_hint: str = "'Authorization: Bearer <key>'"  # where this API's SDKs send the key
     # The data of a stream's error event, from the error body, its status and the number of
     # events relayed before it (None: `shape`'s). Responses numbers its events.
     event: Callable[[bytes, int, int], bytes] | None = None
@@ -70,14 +78,28 @@ class Kind:
         object.__setattr__(self, "endpoints", self.endpoints | TRANSLATED)
 
 
+ANTHROPIC = Dialect(None, "error", anthropic.error_dialect, "'x-api-key: <key>'")
+GEMINI = Dialect(None, "", gemini.error_dialect, "'x-goog-api-key: <key>' (or ?key=<key>)")
 ANTHROPIC_MESSAGES = NativeAPI(
-    "anthropic_messages", "/anthropic/", Dialect(None, "error", anthropic.error_dialect),
+    "anthropic_messages", "/anthropic/", ANTHROPIC,
     "/anthropic/v1/messages", AnthropicMessagesRequest, "Anthropic Messages API, relayed untranslated")
+ANTHROPIC_COUNT_TOKENS = NativeAPI(
+    "anthropic_count_tokens", "/anthropic/", ANTHROPIC,
+    "/anthropic/v1/messages/count_tokens", AnthropicCountTokensRequest,
+    "Anthropic token counting, relayed (an estimate on models no anthropic route serves)")
 GEMINI_GENERATE = NativeAPI(
-    "gemini_generate", "/gemini/", Dialect(None, "", gemini.error_dialect),
+    "gemini_generate", "/gemini/", GEMINI,
     "/gemini/v1beta/models/{target}", GeminiGenerateRequest,
     "Gemini generateContent / streamGenerateContent (`{target}` is `{model}:generateContent` "
-    "or `{model}:streamGenerateContent`, streamed with `?alt=sse`)")
+    "or `{model}:streamGenerateContent`, streamed with `?alt=sse`; also under /gemini/v1/)")
+GEMINI_COUNT_TOKENS = NativeAPI(
+    "gemini_count_tokens", "/gemini/", GEMINI,
+    "/gemini/v1beta/models/{model}:countTokens", GeminiCountTokensRequest,
+    "Gemini countTokens, relayed (an estimate on models no gemini route serves)")
+GEMINI_EMBED = NativeAPI(
+    "gemini_embed", "/gemini/", GEMINI,
+    "/gemini/v1beta/models/{model}:embedContent", GeminiEmbedRequest,
+    "Gemini embedContent (and `:batchEmbedContents` with a GeminiBatchEmbedRequest), relayed")
 
 # Legacy completions: relayed by the OpenAI-shaped kinds, through the chat call elsewhere.
 # Images and audio: relayed by the OpenAI-shaped kinds, answered locally by the mock.
@@ -89,15 +111,20 @@ KINDS: dict[str, Kind] = {
                    endpoints=_OPENAI_SHAPED, genai="openai"),
     "azure": Kind(endpoints=_OPENAI_SHAPED, genai="azure.ai.openai"),
     "anthropic": Kind(families=("claude-",),
-                      endpoints=frozenset({"chat", "completions", "anthropic_messages"}),
-                      natives=(ANTHROPIC_MESSAGES,), genai="anthropic"),
+                      endpoints=frozenset({"chat", "completions", "anthropic_messages",
+                                           "anthropic_count_tokens"}),
+                      natives=(ANTHROPIC_MESSAGES, ANTHROPIC_COUNT_TOKENS), genai="anthropic"),
     "gemini": Kind(families=("gemini-", "gemma-"),
-                   endpoints=frozenset({"chat", "completions", "embeddings", "gemini_generate"}),
-                   natives=(GEMINI_GENERATE,), genai="gcp.gemini"),
+                   endpoints=frozenset({"chat", "completions", "embeddings", "gemini_generate",
+                                        "gemini_count_tokens", "gemini_embed"}),
+                   natives=(GEMINI_GENERATE, GEMINI_COUNT_TOKENS, GEMINI_EMBED),
+                   genai="gcp.gemini"),
     "mock": Kind(endpoints=_OPENAI_SHAPED),
 }
 
-NATIVES: tuple[NativeAPI, ...] = tuple(api for kind in KINDS.values() for api in kind.natives)
+# One row per API (several kinds may serve one: the mock kind answers them too).
+NATIVES: tuple[NativeAPI, ...] = tuple(dict.fromkeys(
+    api for kind in KINDS.values() for api in kind.natives))
 
 
 def dialect(endpoint: str) -> Dialect:

@@ -229,7 +229,6 @@ async def test_stream_cut_before_message_stop_is_an_error(gateway: Gateway, fake
 @pytest.mark.parametrize(("params", "param"), [
     ({"n": 2}, "n"), ({"seed": 7}, "seed"), ({"logprobs": True}, "logprobs"),
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"extra_body": {"verbosity": "high"}}, "verbosity"),  # unknown: might change the answer
 ])
 async def test_unsupported_parameter(gateway: Gateway, fake: FakeAnthropic, params: dict[str, Any],

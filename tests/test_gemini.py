@@ -121,7 +121,6 @@ def test_media_parts_translate() -> None:
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"logprobs": True}, "logprobs"),
-    ({"parallel_tool_calls": False}, "parallel_tool_calls"),
     ({"reasoning_effort": "high"}, "reasoning_effort"),
     ({"audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"]}, "audio"),
     ({"functions": [{"name": "f"}]}, "functions"),

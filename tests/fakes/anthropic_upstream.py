@@ -1,4 +1,5 @@
-"""A fake Anthropic upstream: `POST /v1/messages`, plain and streamed, in Anthropic's wire format.
+"""A fake Anthropic upstream: `POST /v1/messages`, plain and streamed, in Anthropic's wire format,
+and `POST /v1/messages/count_tokens` (`{"input_tokens"}`, counted as a message's usage).
 
 By default it answers with the text of the last user message, as a `Message` body or
 as the event stream (message_start, ping, content_block_start/delta/stop,
@@ -48,10 +49,20 @@ class FakeAnthropic(ScriptedUpstream[Behavior]):
 
     async def answer(self, received: Received, receive: Any, send: Any) -> None:
         request = received.body
-        if received.method != "POST" or received.path != "/v1/messages":
+        if received.method != "POST" or received.path not in ("/v1/messages",
+                                                               "/v1/messages/count_tokens"):
             await _send_json(send, 404, _error("not_found_error", "Not found"))
             return
         behavior = self.next_behavior()
+        if received.path.endswith("/count_tokens") and behavior.status == 200:
+            if "max_tokens" in request or "stream" in request:  # not count_tokens fields
+                await _send_json(send, 400, _error("invalid_request_error",
+                                                   "max_tokens: Extra inputs are not permitted"))
+                return
+            answer = json.dumps({"input_tokens": self._usage(request, "")["input_tokens"]}).encode()
+            self.answers.append(answer)
+            await _send_json(send, 200, answer)
+            return
         await trio.sleep(behavior.delay_s)
         if behavior.status != 200:
             await _send_json(send, behavior.status,

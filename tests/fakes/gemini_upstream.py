@@ -1,5 +1,6 @@
 """A fake Gemini API: `POST /v1beta/models/{model}:generateContent`,
-`:streamGenerateContent?alt=sse`, `:embedContent` and `:batchEmbedContents`, in Gemini's
+`:streamGenerateContent?alt=sse`, `:countTokens` (tokens counted in words),
+`:embedContent` and `:batchEmbedContents`, in Gemini's
 real wire format (https://ai.google.dev/api/generate-content, https://ai.google.dev/api/embeddings).
 
 Like the real service it wants the key in `x-goog-api-key` (403 PERMISSION_DENIED
@@ -83,11 +84,13 @@ class FakeGemini(ScriptedUpstream[Behavior]):
             return
         if received.method != "POST" or not path.startswith("/v1beta/models/") or \
                 method not in ("generateContent", "streamGenerateContent", "embedContent",
-                               "batchEmbedContents"):
+                               "batchEmbedContents", "countTokens"):
             await send_json(send, 404, error_body(404, "NOT_FOUND", "not found"))
             return
         if method in ("embedContent", "batchEmbedContents"):
             problem = _validate_embed(request, method, resource)
+        elif method == "countTokens":
+            problem = _validate_count(request, resource)
         else:
             problem = _validate(request)
         if method == "streamGenerateContent" and query.get("alt") != ["sse"]:
@@ -102,6 +105,12 @@ class FakeGemini(ScriptedUpstream[Behavior]):
                 behavior.status, behavior.error_status, behavior.message, behavior.error_reason))
         elif method == "streamGenerateContent":
             await self._stream(request, behavior, send)
+        elif method == "countTokens":
+            counted = request.get("generateContentRequest") or request
+            total = _usage(counted, "")["promptTokenCount"]
+            self.answers.append(await send_json(send, 200, {
+                "totalTokens": total,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]}))
         elif method == "embedContent":
             self.answers.append(await send_json(send, 200, {"embedding": _embedding(request)}))
         elif method == "batchEmbedContents":
@@ -193,6 +202,19 @@ def _validate(request: dict[str, Any]) -> str | None:
             if part.keys() - PART_FIELDS or not part.keys() & (PART_FIELDS - {"thoughtSignature"}):
                 return f"Invalid part {sorted(part)}"
     return None
+
+
+def _validate_count(request: dict[str, Any], resource: str) -> str | None:
+    """What real Gemini would refuse in a countTokens body, or None: `contents` or a whole
+    `generateContentRequest` naming the model of the URL."""
+    for key in request.keys() - {"contents", "generateContentRequest"}:
+        return f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.'
+    inner = request.get("generateContentRequest")
+    if inner is None:
+        return _validate({"contents": request.get("contents")})
+    if inner.get("model") != resource:
+        return f"generateContentRequest.model must be {resource!r}, got {inner.get('model')!r}"
+    return _validate({k: v for k, v in inner.items() if k != "model"})
 
 
 def _validate_embed(request: dict[str, Any], method: str, resource: str) -> str | None:

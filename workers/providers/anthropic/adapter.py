@@ -4,6 +4,8 @@
                   <--workers.providers.anthropic.response--  Message body, or its SSE events
     native        --workers.providers.anthropic.native--->   POST {base_url}/v1/messages, the client's body
                   <--workers.providers.anthropic.native----  the body or each event, only the model set
+    count_tokens  --the client's body, the model set------>  POST {base_url}/v1/messages/count_tokens
+                  <--as received---------------------------  {"input_tokens": n}
 
 Chat completions are translated field by field; native relays (`call.job.endpoint ==
 "anthropic_messages"`) send the client's own request with only the model replaced and
@@ -57,6 +59,7 @@ class AnthropicAdapter(AdapterBase):
         self.name = name
         self.config = config
         self.url = (config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"
+        self.count_url = self.url + "/count_tokens"
         self._secret = read_credential(config)
         auth = header_auth({"x-api-key": self._secret}) if self._secret else None
         self.upstream = Upstream(name, http, self._failure, auth=auth,
@@ -92,8 +95,15 @@ class AnthropicAdapter(AdapterBase):
 
     # ── native Messages relays ───────────────────────────────────────────────────
     async def native(self, call: Call) -> Answer:
-        """The client's request with the route's model; Anthropic's Message with the slug."""
+        """The client's request with the route's model; Anthropic's Message with the slug.
+        A count_tokens request is relayed the same way; its answer ({"input_tokens"}) as
+        is, and nothing but the request is metered (counting is free at Anthropic)."""
         # The client's anthropic-version/-beta headers override the configured ones.
+        if call.job.endpoint == "anthropic_count_tokens":
+            content = await self.upstream.post(
+                self.count_url, native_request(call.job.body, call.upstream_model),
+                call.job.headers)
+            return Answer(content, Usage())
         content = await self.upstream.post(
             self.url, native_request(call.job.body, call.upstream_model), call.job.headers)
         body, usage = native_answer(content, call.job.model, self.name)

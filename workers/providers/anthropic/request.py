@@ -3,7 +3,8 @@
 A parameter that would change the answer and that Anthropic cannot honour is a 400
 `unsupported_parameter` before any upstream call; only harmless ones (`store`,
 `metadata`, `image_url.detail`, ...) are dropped, and reported for the adapter to log.
-System and developer messages become `system`; tool results become user turns of
+System and developer messages become `system` (with `response_format: json_object`, an
+instruction to answer in JSON joins them); tool results become user turns of
 `tool_result` blocks; consecutive turns of one role merge (Anthropic wants them
 alternating). The request is read through the view shared with other translating kinds
 (`workers.providers._chat_view`): one shape check, one data-URL parser.
@@ -172,8 +173,16 @@ def _tools(request: ChatView) -> tuple[list[ToolParam] | None, ToolChoiceParam |
     return specs, choice
 
 
+# `response_format: json_object` has no Anthropic switch (structured outputs need a schema
+# and `{"type": "object"}` alone would allow only `{}` there): Anthropic's documented way
+# to get JSON is to ask for it in the system prompt, which the answer then is (the client
+# parses it, as it must with OpenAI's JSON mode too). No prefill: newer models refuse it.
+JSON_OBJECT_INSTRUCTION = ("Respond with one valid JSON object and nothing else: no prose "
+                           "before or after it, no Markdown code fences.")
+
+
 def _output_config(response_format: ResponseFormat | None) -> dict[str, Any] | None:
-    if response_format is None or response_format.type == "text":
+    if response_format is None or response_format.type in ("text", "json_object"):
         return None
     schema = (response_format.json_schema or {}).get("schema")
     if response_format.type != "json_schema" or not isinstance(schema, dict):
@@ -189,6 +198,8 @@ def translate_request(body: bytes, model: str, config: AnthropicProvider, *,
     request, ignored = decode_chat(body, KIND, translated=_TRANSLATED, harmless=HARMLESS)
     _reject(request)
     system, turns = _turns(request.messages)
+    if request.response_format is not None and request.response_format.type == "json_object":
+        system.append(TextBlock(JSON_OBJECT_INSTRUCTION))
     tools, tool_choice = _tools(request)
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
     out = MessagesRequest(

@@ -6,6 +6,8 @@
     OpenAI embeddings ──workers.providers.gemini.embed──>   models/{m}:embedContent | :batchEmbedContents
     native Gemini    ──as received──>             models/{m}:generateContent | :stream...?alt=sse
                      <──as received──             the upstream body, or each SSE event's data
+    native others    ──workers.providers.gemini.native──> models/{m}:countTokens |
+                                                  :embedContent | :batchEmbedContents
 
 Native relays (`call.job.endpoint == "gemini_generate"`) send the client's own
 GenerateContentRequest untouched; only the model (in the URL) is the route's. They read
@@ -52,13 +54,16 @@ from workers.providers._chat_view import log_not_forwarded
 from workers.providers._http import Upstream, header_auth
 from workers.providers._sse import Event
 from workers.providers.gemini.embed import embedding_answer, plan_embeddings
-from workers.providers.gemini.request import translate_request
+from workers.providers.gemini.native import count_tokens_call, embed_call
+from workers.providers.gemini.request import first_call_only, translate_request
 from workers.providers.gemini.response import StreamTranslator, translate_response, usage_of
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 
 _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
+# The native endpoints relayed as one POST of the client's body (besides generateContent).
+_NATIVE_CALLS = {"gemini_count_tokens": count_tokens_call, "gemini_embed": embed_call}
 
 
 # ── failures ─────────────────────────────────────────────────────────────────────
@@ -122,12 +127,14 @@ class GeminiAdapter(AdapterBase):
         content = await self.upstream.post(self._url(call.upstream_model, "generateContent"),
                                    self._chat_body(call))
         answer = self._decode(content, response_decoder, retryable=True)
-        completion = translate_response(answer, call.job.model, self.name)
+        completion = translate_response(answer, call.job.model, self.name,
+                                        first_call_only=first_call_only(call.job.body))
         return Answer(_encode(completion), completion.usage or Usage())
 
     async def stream(self, call: Call, emit: Emit) -> Usage:
         """Streamed call over SSE; each event becomes zero or more chunks."""
-        translator = StreamTranslator(call.job.model, call.meter)
+        translator = StreamTranslator(call.job.model, call.meter,
+                                      first_call_only=first_call_only(call.job.body))
         async with self._events(call.upstream_model, self._chat_body(call)) as events:
             async for event in events:
                 answer: GenerateContentResponse = self._decode(event.data, response_decoder)
@@ -152,7 +159,15 @@ class GeminiAdapter(AdapterBase):
 
     # ── native Gemini relays ─────────────────────────────────────────────────────
     async def native(self, call: Call) -> Answer:
-        """`generateContent` with the client's body; its answer relayed byte for byte."""
+        """`generateContent` (or countTokens, embedContent, batchEmbedContents: see
+        `workers.providers.gemini.native`) with the client's body; the answer relayed
+        byte for byte."""
+        plan = _NATIVE_CALLS.get(call.job.endpoint)
+        if plan is not None:
+            relayed = plan(call.job.body, call.upstream_model)
+            content = await self.upstream.post(self._url(call.upstream_model, relayed.method),
+                                               relayed.body)
+            return Answer(content, relayed.usage)
         content = await self.upstream.post(self._url(call.upstream_model, "generateContent"),
                                    call.job.body)
         summary: ResponseSummary = self._decode(content, summary_decoder, retryable=True)

@@ -81,8 +81,6 @@ def translate_request(body: bytes) -> Translation[GenerateContentRequest]:
     ignored += dropped_details(request)
     if request.logprobs:
         raise unsupported("logprobs")
-    if request.parallel_tool_calls is False:
-        raise unsupported("parallel_tool_calls", "parallel_tool_calls=false")
     if request.modalities not in (None, [], ["text"]):
         raise unsupported("modalities", "output modalities other than text")
     system, contents = _contents(request.messages)
@@ -91,6 +89,23 @@ def translate_request(body: bytes) -> Translation[GenerateContentRequest]:
     tools, tool_config = _tools(request, ignored)
     return Translation(GenerateContentRequest(contents, system, tools, tool_config,
                                               _generation_config(request)), ignored)
+
+
+class _Parallel(msgspec.Struct):
+    parallel_tool_calls: bool | None = None
+
+
+_parallel_decoder = msgspec.json.Decoder(_Parallel)
+
+
+def first_call_only(body: bytes) -> bool:
+    """`parallel_tool_calls: false`: Gemini has no such switch, so the answer keeps only its
+    first function call (`workers.providers.gemini.response`). With one function forced
+    (`tool_choice` naming it) Gemini answers one call anyway."""
+    try:
+        return _parallel_decoder.decode(body).parallel_tool_calls is False
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False  # translate_request has refused it already
 
 
 def _contents(messages: list[Message]) -> tuple[Content | None, list[Content]]:

@@ -1,6 +1,7 @@
 """Gemini GenerateContentResponse -> OpenAI chat.completion and chat.completion.chunk.
 
 Pure translation, no I/O. Candidates become choices (by `index`), thoughts are skipped,
+with `parallel_tool_calls: false` only a choice's first function call is kept,
 functionCall parts become tool calls that carry Gemini's thought signature as
 `extra_content.google.thought_signature` (the convention of Google's own OpenAI-compatible
 endpoint), and thinking tokens count as completion tokens. Wire format:
@@ -94,11 +95,15 @@ def _blocked(response: GenerateContentResponse) -> bool:
     return response.prompt_feedback is not None and response.prompt_feedback.block_reason is not None
 
 
-def translate_response(response: GenerateContentResponse, model: str, provider: str) -> ChatCompletion:
-    """The chat.completion for a whole GenerateContentResponse; `model` is the client's slug."""
+def translate_response(response: GenerateContentResponse, model: str, provider: str, *,
+                       first_call_only: bool = False) -> ChatCompletion:
+    """The chat.completion for a whole GenerateContentResponse; `model` is the client's slug.
+    `first_call_only` (parallel_tool_calls false) keeps each choice's first function call."""
     choices = []
     for candidate in sorted(response.candidates, key=lambda c: c.index):
         text, calls = _split(candidate.content)
+        if first_call_only:
+            calls = calls[:1]
         tool_calls: list[ToolCall] = [_tool_call(part) for part in calls]
         message = AssistantMessage(text, tool_calls=tool_calls or UNSET)
         choices.append(Choice(candidate.index, message,
@@ -123,8 +128,10 @@ class _ChoiceState:
 class StreamTranslator:
     """Turns the stream's GenerateContentResponse events into chat.completion.chunk bytes."""
 
-    def __init__(self, model: str, meter: UsageMeter | None = None) -> None:
+    def __init__(self, model: str, meter: UsageMeter | None = None, *,
+                 first_call_only: bool = False) -> None:
         self.model = model
+        self.first_call_only = first_call_only  # parallel_tool_calls false: later calls dropped
         self.meter = meter or UsageMeter()  # the running count, should the stream be cut
         self.id = "chatcmpl-" + uuid.uuid4().hex
         self.created = int(time.time())
@@ -151,6 +158,8 @@ class StreamTranslator:
             if state.finished:
                 continue
             text, calls = _split(candidate.content)
+            if self.first_call_only:
+                calls = calls[:max(0, 1 - state.tool_calls)]
             self.meter.add_text(len(text or "") + sum(len(_encode(p.function_call.args or {}))
                                                      for p in calls if p.function_call))
             if text or calls:
