@@ -77,7 +77,10 @@ KINDS: dict[str, Kind] = {
     "gemini": Kind(families=("gemini-", "gemma-"),
                    endpoints=frozenset({"chat", "embeddings", "gemini_generate"}),
                    natives=(GEMINI_GENERATE,), genai="gcp.gemini"),
-    "mock": Kind(),
+    # The mock answers the native APIs too, in their own shapes (no `natives` of its own:
+    # the paths and dialects are the real kinds').
+    "mock": Kind(endpoints=frozenset({"chat", "embeddings", "anthropic_messages",
+                                      "gemini_generate"})),
 }
 
 NATIVES: tuple[NativeAPI, ...] = tuple(api for kind in KINDS.values() for api in kind.natives)
