@@ -185,6 +185,12 @@ class _Declaration(Struct, rename="camel"):
     name: str
     parameters: dict[str, Any] | None = None
     parameters_json_schema: dict[str, Any] | None = None
+    # google-genai sends this one field in snake case (the API reads both spellings).
+    snake_schema: dict[str, Any] | None = msgspec.field(name="parameters_json_schema", default=None)
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return self.parameters_json_schema or self.snake_schema or self.parameters or {}
 
 
 class _GeminiTool(Struct, rename="camel"):
@@ -234,7 +240,7 @@ def gemini_prompt(request: _GenerateRequest) -> Prompt:
                     max_words=config.max_output_tokens, stop=list(config.stop_sequences or ()))
     prompt.words = max(sum(len(_parts_text(c).split()) for c in request.contents)
                        + len(_parts_text(request.system_instruction).split()), 1)
-    prompt.tools = [ToolSpec(d.name, d.parameters_json_schema or d.parameters or {})
+    prompt.tools = [ToolSpec(d.name, d.schema)
                     for t in request.tools or () for d in t.function_declarations or ()]
     calling = request.tool_config.function_calling_config if request.tool_config else None
     if calling is not None:
