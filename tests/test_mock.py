@@ -235,6 +235,19 @@ def test_odd_schemas_never_crash(schema: Any) -> None:
     instance(schema)
 
 
+def test_nested_min_items_stay_bounded() -> None:
+    schema: Any = {"type": "string"}
+    for _ in range(6):
+        schema = {"type": "array", "minItems": 1000, "items": schema}
+    assert len(json.dumps(instance(schema))) < 200_000
+
+
+async def test_too_many_choices_is_400(gateway: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gateway.client().chat.completions.create(model="echo", messages=user("x"), n=129)
+    assert caught.value.code == "invalid_value" and caught.value.param == "n"
+
+
 async def test_a_bad_stop_list_is_refused_before_the_mock(gateway: Gateway) -> None:
     with pytest.raises(openai.UnprocessableEntityError):
         await gateway.client().chat.completions.create(  # type: ignore[call-overload]

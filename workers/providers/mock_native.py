@@ -30,7 +30,7 @@ from msgspec import Struct
 
 from schemas.chat import Usage
 from schemas.errors import GatewayError
-from workers.providers.mock_reply import Prompt, Reply, ToolSpec, pieces, reply, slices
+from workers.providers.mock_reply import Prompt, Reply, ToolSpec, choices, pieces, reply, slices
 
 _encode = msgspec.json.Encoder().encode
 Event = tuple[str, bytes, int]  # SSE event name ("" = unnamed), its data, characters of output
@@ -236,7 +236,8 @@ def gemini_prompt(request: _GenerateRequest) -> Prompt:
     users = [c for c in request.contents if c.role == "user" and _parts_text(c)]
     config = request.generation_config or _Config()
     prompt = Prompt(text=_parts_text(last if results else users[-1] if users else None),
-                    asks=last.role == "user" and not results, n=config.candidate_count or 1,
+                    asks=last.role == "user" and not results,
+                    n=choices(config.candidate_count, "candidateCount"),
                     max_words=config.max_output_tokens, stop=list(config.stop_sequences or ()))
     prompt.words = max(sum(len(_parts_text(c).split()) for c in request.contents)
                        + len(_parts_text(request.system_instruction).split()), 1)

@@ -28,9 +28,11 @@ from typing import Any, Literal
 import msgspec
 from msgspec import Struct
 
+from schemas.errors import GatewayError
 from workers.providers.mock_schema import instance
 
 DEFAULT_TEXT = "Hello from the Switchboard mock provider."
+MAX_CHOICES = 128  # OpenAI's own bound on `n`: the mock's answer must stay bounded
 Finish = Literal["stop", "length", "tool_calls"]
 _WORD = re.compile(r"\S+")
 
@@ -80,6 +82,14 @@ class Reply:
         return value if isinstance(value, dict) else {}
 
 
+def choices(n: int | None, param: str) -> int:
+    """How many choices to answer (a 400 naming `param` past MAX_CHOICES)."""
+    if n is not None and not 1 <= n <= MAX_CHOICES:
+        raise GatewayError(400, "invalid_value", f"`{param}` must be between 1 and {MAX_CHOICES}",
+                           param=param)
+    return n or 1
+
+
 def reply(prompt: Prompt) -> Reply:
     """The answer to `prompt` (see the module docstring for the rules)."""
     tool = _chosen_tool(prompt)
@@ -117,7 +127,7 @@ def _cut(text: str, prompt: Prompt) -> Reply:
     if prompt.max_words is not None:
         ends = [m.end() for m in _WORD.finditer(text)]
         if len(ends) > prompt.max_words:
-            return Reply(text[:ends[prompt.max_words - 1]], "length")
+            return Reply(text[:ends[prompt.max_words - 1]] if prompt.max_words > 0 else "", "length")
     return Reply(text, "stop", sequence)
 
 
@@ -200,7 +210,7 @@ def text_of(content: str | list[_Part] | None) -> str:
 def chat_prompt(body: bytes) -> Prompt:
     """An OpenAI chat completion request, read as a Prompt."""
     request = _chat_decoder.decode(body)
-    prompt = Prompt(n=request.n or 1, max_words=request.max_completion_tokens or request.max_tokens)
+    prompt = Prompt(n=choices(request.n, "n"), max_words=request.max_completion_tokens or request.max_tokens)
     words, echo = 0, ""
     for message in request.messages:
         text = text_of(message.content)

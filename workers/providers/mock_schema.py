@@ -7,7 +7,8 @@ with `minItems` items, the first `enum` / `const` value, a string of the declare
 (date-time, date, email, uri, uuid) padded to `minLength`, a number inside its bounds.
 `$ref` (to `#/...` of the same document), `anyOf` / `oneOf` (the first branch that is not
 null) and `allOf` (merged) are followed. Not honoured: `pattern`, `uniqueItems` with more
-than one item, `not`, `if`/`then`; recursion deeper than MAX_DEPTH gives `null`.
+than one item, `not`, `if`/`then`; recursion deeper than MAX_DEPTH,
+or more than MAX_NODES values, gives `null`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from typing import Any
 
 MAX_DEPTH = 32
+MAX_NODES = 10_000
 _FORMATS = {
     "date-time": "2026-01-01T00:00:00Z", "date": "2026-01-01", "time": "00:00:00Z",
     "email": "mock@example.com", "idn-email": "mock@example.com", "uri": "https://example.com/",
@@ -26,13 +28,23 @@ _FORMATS = {
 _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 
 
+class _Root(dict[str, Any]):
+    """The schema document, and how many more values the walk may build (MAX_NODES in all:
+    nested `minItems` must not make a request's answer unbounded)."""
+
+    remaining: int = 0
+
+
 def instance(schema: Any) -> Any:
     """A minimal value valid for `schema` (a JSON schema as decoded JSON)."""
-    return _value(schema, schema if isinstance(schema, dict) else {}, 0)
+    root = _Root(schema if isinstance(schema, dict) else {})
+    root.remaining = MAX_NODES
+    return _value(schema, root, 0)
 
 
-def _value(schema: Any, root: dict[str, Any], depth: int) -> Any:
-    if not isinstance(schema, dict) or depth > MAX_DEPTH:
+def _value(schema: Any, root: _Root, depth: int) -> Any:
+    root.remaining -= 1
+    if not isinstance(schema, dict) or depth > MAX_DEPTH or root.remaining < 0:
         return None  # `true` / `{}` accept anything, null included
     if isinstance(ref := schema.get("$ref"), str):
         return _value(_resolve(ref, root), root, depth + 1)
@@ -64,7 +76,7 @@ def _value(schema: Any, root: dict[str, Any], depth: int) -> Any:
             return None
 
 
-def _type_of(schema: Any, root: dict[str, Any]) -> str:
+def _type_of(schema: Any, root: _Root) -> str:
     """The schema's type in lower case (Gemini writes OBJECT), inferred when absent."""
     if not isinstance(schema, dict):
         return ""
@@ -82,7 +94,7 @@ def _type_of(schema: Any, root: dict[str, Any]) -> str:
     return ""
 
 
-def _resolve(ref: str, root: dict[str, Any]) -> Any:
+def _resolve(ref: str, root: _Root) -> Any:
     """A `#/a/b` pointer into the same document (anything else: no constraint)."""
     if not ref.startswith("#"):
         return {}
@@ -93,7 +105,7 @@ def _resolve(ref: str, root: dict[str, Any]) -> Any:
     return node if isinstance(node, dict) else {}
 
 
-def _deref(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
+def _deref(schema: Any, root: _Root) -> dict[str, Any]:
     if isinstance(schema, dict) and isinstance(ref := schema.get("$ref"), str):
         return _resolve(ref, root)
     return schema if isinstance(schema, dict) else {}
@@ -113,7 +125,7 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _object(schema: dict[str, Any], root: dict[str, Any], depth: int) -> dict[str, Any]:
+def _object(schema: dict[str, Any], root: _Root, depth: int) -> dict[str, Any]:
     properties = schema.get("properties")
     properties = properties if isinstance(properties, dict) else {}
     required = [name for name in schema.get("required") or () if isinstance(name, str)]
@@ -123,12 +135,12 @@ def _object(schema: dict[str, Any], root: dict[str, Any], depth: int) -> dict[st
     return {name: _value(properties.get(name, {}), root, depth + 1) for name in required}
 
 
-def _array(schema: dict[str, Any], root: dict[str, Any], depth: int) -> list[Any]:
+def _array(schema: dict[str, Any], root: _Root, depth: int) -> list[Any]:
     prefix = schema.get("prefixItems")
     out = [_value(item, root, depth + 1) for item in prefix] if isinstance(prefix, list) else []
     wanted = schema.get("minItems")
     items = schema.get("items")
-    while isinstance(wanted, int) and len(out) < min(wanted, 1000):
+    while isinstance(wanted, int) and len(out) < wanted and root.remaining > 0:
         out.append(_value(items if isinstance(items, dict) else {}, root, depth + 1))
     return out
 
