@@ -80,7 +80,7 @@ KINDS: dict[str, Kind] = {
     # The mock answers the native APIs too, in their own shapes (no `natives` of its own:
     # the paths and dialects are the real kinds').
     "mock": Kind(endpoints=frozenset({"chat", "embeddings", "anthropic_messages",
-                                      "gemini_generate"})),
+                                      "gemini_generate", "gemini_embed"})),
 }
 
 NATIVES: tuple[NativeAPI, ...] = tuple(api for kind in KINDS.values() for api in kind.natives)

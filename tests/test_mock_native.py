@@ -7,6 +7,7 @@ serves) routes the README's native examples to it: with the anthropic SDK
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from typing import Any
 
@@ -19,8 +20,13 @@ from google import genai
 from google.genai import types
 
 from ingress.dev import BUILT_IN
-from schemas.config import parse_config
+from schemas.config import Route, parse_config
+from schemas.envelopes import Job
+from schemas.errors import GatewayError
+from schemas.providers import MockProvider
 from tests.conftest import FAST_LIMITS, TLS, Gateway, start_gateway
+from workers.providers._base import Call
+from workers.providers.mock import MockAdapter
 
 WEATHER: Any = {"name": "get_weather", "description": "Weather for a city", "input_schema": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer",
@@ -234,3 +240,29 @@ async def test_an_unreadable_native_body_is_400(gateway: Gateway, messages: Any)
                                  json={"model": "claude-sonnet", "max_tokens": 9, "messages": messages})
     assert answer.status_code == 400
     assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+# ── Gemini embeddings (the adapter alone: the route is the native helper's) ──────
+def embed_job(body: Any) -> Call:
+    job = Job(request_id="r", org="o", project="p", key_id="k", model="gemini-flash",
+              routes=[Route(provider="mock", model="m")], body=json.dumps(body).encode(),
+              stream=False, reply_to="x", deadline=0, endpoint="gemini_embed")
+    return Call(job, "m")
+
+
+async def test_gemini_embed_content_and_batch() -> None:
+    async with httpx.AsyncClient() as http:
+        adapter = MockAdapter("mock", MockProvider(), http)
+        one = await adapter.native(embed_job({"content": {"parts": [{"text": "hello world"}]},
+                                              "outputDimensionality": 4}))
+        many = await adapter.native(embed_job({"requests": [
+            {"model": "models/m", "content": {"parts": [{"text": "hello world"}]}},
+            {"model": "models/m", "content": {"parts": [{"text": "requests"}]}}]}))
+        with pytest.raises(GatewayError) as caught:
+            await adapter.native(embed_job({"content": 5}))
+    vector = json.loads(one.body)["embedding"]["values"]
+    assert len(vector) == 4 and math.isclose(sum(x * x for x in vector), 1, rel_tol=1e-6)
+    batch = json.loads(many.body)["embeddings"]
+    assert [len(e["values"]) for e in batch] == [8, 8] and batch[0] != batch[1]
+    assert (one.usage.prompt_tokens, many.usage.prompt_tokens) == (2, 3)
+    assert caught.value.status == 400

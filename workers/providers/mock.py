@@ -37,6 +37,15 @@ from schemas.chat import (
     ToolCall,
     Usage,
     embedding_decoder,
+    raw_object_decoder,
+)
+from schemas.errors import GatewayError
+from schemas.gemini import (
+    BatchEmbedContentsRequest,
+    BatchEmbedContentsResponse,
+    ContentEmbedding,
+    EmbedContentRequest,
+    EmbedContentResponse,
 )
 from schemas.providers import MockProvider
 from workers.providers._base import AdapterBase, Answer, Call, Emit
@@ -44,6 +53,8 @@ from workers.providers.mock_native import native_answer
 from workers.providers.mock_reply import Prompt, Reply, chat_prompt, pieces, reply, slices
 
 _encode = msgspec.json.Encoder().encode
+_embed_decoder = msgspec.json.Decoder(EmbedContentRequest)
+_batch_decoder = msgspec.json.Decoder(BatchEmbedContentsRequest)
 
 
 def _usage(prompt: Prompt, answer: Reply) -> Usage:
@@ -126,7 +137,11 @@ class MockAdapter(AdapterBase):
                   for part in slices(answer.arguments, self.config.chunks))]
 
     async def native(self, call: Call) -> Answer:
-        """An Anthropic Message or a Gemini GenerateContentResponse, after `latency_ms`."""
+        """An Anthropic Message, a Gemini GenerateContentResponse or Gemini embeddings,
+        after `latency_ms`."""
+        if call.job.endpoint == "gemini_embed":
+            await trio.sleep(self.config.latency_ms / 1000)
+            return _gemini_embeddings(call.job.body)
         native = native_answer(call.job.endpoint, call.job.body, call.job.model)
         if native is None:
             raise self._unsupported(f"the native endpoint {call.job.endpoint!r}")
@@ -168,6 +183,26 @@ class MockAdapter(AdapterBase):
         await trio.sleep(self.config.latency_ms / 1000)
         body = EmbeddingList(data, call.job.model, EmbeddingUsage(tokens, tokens))
         return Answer(_encode(body), Usage(tokens, 0, tokens))
+
+
+def _gemini_embeddings(body: bytes) -> Answer:
+    """embedContent's answer, or batchEmbedContents' when the body holds `requests` (as the
+    Gemini relay tells them apart): the same vectors as OpenAI embeddings, 8 long unless
+    `outputDimensionality` says otherwise."""
+    try:
+        batch = _batch_decoder.decode(body) if "requests" in raw_object_decoder.decode(body) \
+            else None
+        requests = batch.requests if batch else [_embed_decoder.decode(body)]
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise GatewayError(400, "invalid_request", f"the mock cannot read this request: {exc}") from None
+    out, tokens = [], 0
+    for request in requests:
+        text = " ".join(part.text or "" for part in request.content.parts)
+        tokens += max(len(text.split()), 1)
+        size = min(max(request.output_dimensionality or 8, 1), 8192)
+        out.append(ContentEmbedding(_vector(text, size)))
+    answer = BatchEmbedContentsResponse(out) if batch else EmbedContentResponse(out[0])
+    return Answer(_encode(answer), Usage(tokens, 0, tokens))
 
 
 def _vector(text: str, size: int) -> list[float]:
