@@ -6,7 +6,8 @@ words. `make run` serves it and the benchmarks measure the gateway against it.
 
 It honours what shapes an answer (`n`, `stop`, `max_tokens`, tools, structured output:
 the rules are in `mock_reply`), in OpenAI chat completions and in the native Anthropic
-Messages and Gemini generateContent APIs (`mock_native`), streamed and not.
+Messages and Gemini generateContent APIs (`mock_anthropic`, `mock_gemini`), streamed and
+not, and Gemini's embedContent / batchEmbedContents.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from schemas.gemini import (
 )
 from schemas.providers import MockProvider
 from workers.providers._base import AdapterBase, Answer, Call, Emit
-from workers.providers.mock_native import native_answer
+from workers.providers.mock_anthropic import AnthropicAnswer, anthropic_answer
+from workers.providers.mock_gemini import GeminiAnswer, gemini_answer
 from workers.providers.mock_reply import Prompt, Reply, chat_prompt, pieces, reply, slices
 
 _encode = msgspec.json.Encoder().encode
@@ -67,6 +69,20 @@ def _message(answer: Reply) -> AssistantMessage:
         return AssistantMessage(answer.text)
     call = ToolCall("call_" + uuid.uuid4().hex[:24], FunctionCall(answer.tool, answer.arguments))
     return AssistantMessage(None, tool_calls=[call])
+
+
+def native_answer(endpoint: str, body: bytes, model: str) -> AnthropicAnswer | GeminiAnswer | None:
+    """The mock's answer to a native request (None: an endpoint the mock does not speak)."""
+    try:
+        match endpoint:
+            case "anthropic_messages":
+                return anthropic_answer(body, model)
+            case "gemini_generate":
+                return gemini_answer(body, model)
+            case _:
+                return None
+    except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
+        raise GatewayError(400, "invalid_request", f"the mock cannot read this request: {exc}") from None
 
 
 def _chars(delta: Delta) -> int:

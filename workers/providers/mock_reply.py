@@ -1,7 +1,7 @@
 """What the mock answers, whatever the dialect asked: a `Prompt` in, one `Reply` out.
 
 Each dialect (OpenAI chat here; Anthropic Messages and Gemini generateContent in
-`mock_native`) reads its request into a Prompt; `reply` decides the answer once, the same
+`mock_anthropic` / `mock_gemini`) reads its request into a Prompt; `reply` decides the answer once, the same
 for every one of the `n` choices:
 
 - a tool call, when tools are offered, not refused (`tool_choice: none`), and either one is
