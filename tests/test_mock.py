@@ -252,3 +252,10 @@ async def test_a_bad_stop_list_is_refused_before_the_mock(gateway: Gateway) -> N
     with pytest.raises(openai.UnprocessableEntityError):
         await gateway.client().chat.completions.create(  # type: ignore[call-overload]
             model="echo", messages=user("x"), stop=5)
+
+
+async def test_a_part_the_edge_lets_through_but_the_mock_cannot_read_is_400(gateway: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gateway.client().chat.completions.create(
+            model="echo", messages=user([{"type": "text", "text": 5}]))
+    assert caught.value.code == "invalid_request"

@@ -209,7 +209,10 @@ def text_of(content: str | list[_Part] | None) -> str:
 
 def chat_prompt(body: bytes) -> Prompt:
     """An OpenAI chat completion request, read as a Prompt."""
-    request = _chat_decoder.decode(body)
+    try:
+        request = _chat_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # what the edge does not check
+        raise GatewayError(400, "invalid_request", f"the mock cannot read this request: {exc}") from None
     prompt = Prompt(n=choices(request.n, "n"), max_words=request.max_completion_tokens or request.max_tokens)
     words, echo = 0, ""
     for message in request.messages:
