@@ -119,7 +119,10 @@ KINDS: dict[str, Kind] = {
                                         "gemini_count_tokens", "gemini_embed"}),
                    natives=(GEMINI_GENERATE, GEMINI_COUNT_TOKENS, GEMINI_EMBED),
                    genai="gcp.gemini"),
-    "mock": Kind(endpoints=_OPENAI_SHAPED),
+    # The mock answers the native APIs too, in their own shapes (no `natives` of its own:
+    # the paths and dialects are the real kinds'); token counts are the ingress's estimate.
+    "mock": Kind(endpoints=_OPENAI_SHAPED | {"anthropic_messages", "gemini_generate",
+                                             "gemini_embed"}),
 }
 
 # One row per API (several kinds may serve one: the mock kind answers them too).

@@ -15,12 +15,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import trio
 
 from schemas.config import Route
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
 from schemas.providers import GeminiProvider
-from tests.conftest import TLS, Gateway, KindGateway, KindGateways
+from tests.conftest import TLS, Gateway, KindGateway, KindGateways, make_config, start_gateway
 from tests.fakes.gemini_upstream import Behavior, FakeGemini, embedding_of
 from tests.kinds import CASES
 from workers.providers._base import Call, UpstreamFailure
@@ -124,9 +125,13 @@ async def test_native_rate_limit_is_502_with_details(gateway: Gateway, fake: Fak
     assert await gateway.usage() == {}
 
 
-async def test_native_request_for_a_slug_without_gemini_route_is_400(gateway: Gateway,
-                                                                     fake: FakeGemini) -> None:
-    response = await native(gateway, "echo", json.dumps(NATIVE).encode())
+async def test_native_request_for_a_slug_without_gemini_route_is_400(
+        gateway: Gateway, fake: FakeGemini, nursery: trio.Nursery, redis_url: str) -> None:
+    # Only an openai-kind route (the mock answers the native API, so it cannot stand in here).
+    other = await start_gateway(nursery, make_config(
+        redis_url, {"oa": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        [{"slug": "gpt-only", "routes": [{"provider": "oa", "model": "m"}]}]))
+    response = await native(other, "gpt-only", json.dumps(NATIVE).encode())
     assert response.status_code == 400
     assert response.json()["error"]["details"][0]["reason"] == "no_provider"
     assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
