@@ -70,15 +70,16 @@ async def test_count_tokens_refuses_bad_input_in_anthropics_shape(gateway: KindG
 
 async def test_models_list_and_retrieve(gateway: KindGateway, fake: FakeAnthropic) -> None:
     page = await client(gateway).models.list()
-    assert [m.id for m in page.data] == ["claude-test", "claude-two"]  # not `echo`
-    assert [m.display_name for m in page.data] == ["claude-test", "Claude Two"]
+    # `echo` is on the mock, which answers the Messages API too.
+    assert [m.id for m in page.data] == ["claude-test", "claude-two", "echo"]
+    assert [m.display_name for m in page.data][:2] == ["claude-test", "Claude Two"]
     assert all(m.type == "model" and m.created_at.year >= 2024 for m in page.data)
     paged = [m.id async for m in await client(gateway).models.list(limit=1)]  # auto-paging
-    assert paged == ["claude-test", "claude-two"]
+    assert paged == ["claude-test", "claude-two", "echo"]
     two = await client(gateway).models.retrieve("claude-two")
     assert two.id == "claude-two"
     with pytest.raises(anthropic.NotFoundError) as caught:
-        await client(gateway).models.retrieve("echo")
+        await client(gateway).models.retrieve("nope")
     assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
     assert fake.requests == []
 

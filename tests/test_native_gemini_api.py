@@ -141,13 +141,14 @@ async def test_embed_content_rest(gateway: KindGateway, fake: FakeGemini) -> Non
 async def test_models_list_and_get(gateway: KindGateway, fake: FakeGemini) -> None:
     client = sdk(gateway)
     models = await run(lambda: list(client.models.list()))
-    assert [m.name for m in models] == ["models/gem-test", "models/gem-embed"]  # not `echo`
+    # `echo` is on the mock, which answers generateContent too.
+    assert [m.name for m in models] == ["models/gem-test", "models/gem-embed", "models/echo"]
     embed = await run(lambda: client.models.get(model="gem-embed"))
     assert embed.name == "models/gem-embed" and embed.display_name == "Embedder"
     assert embed.supported_actions is not None and "countTokens" in embed.supported_actions
     assert {"generateContent", "embedContent", "batchEmbedContents"} <= set(embed.supported_actions)
     with pytest.raises(genai_errors.ClientError) as caught:
-        await run(lambda: client.models.get(model="echo"))
+        await run(lambda: client.models.get(model="nope"))
     assert caught.value.code == 404 and caught.value.status == "NOT_FOUND"
     assert fake.requests == []
 
@@ -160,7 +161,11 @@ async def test_models_list_pages(gateway: KindGateway) -> None:
     second = (await raw(gateway, "GET", f"/gemini/v1beta/models?pageSize=1&pageToken={token}",
                         headers=key)).json()
     assert [m["name"] for m in second["models"]] == ["models/gem-embed"]
-    assert "nextPageToken" not in second
+    token = second["nextPageToken"]
+    third = (await raw(gateway, "GET", f"/gemini/v1beta/models?pageSize=1&pageToken={token}",
+                       headers=key)).json()
+    assert [m["name"] for m in third["models"]] == ["models/echo"]  # (the mock's)
+    assert "nextPageToken" not in third
     bad = await raw(gateway, "GET", "/gemini/v1/models?pageToken=zz", headers=key)
     assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
 
