@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import trio
 
+from ingress.keys import KeyStore
 from schemas import names
 from tests.conftest import SLUG, FakeUpstreams, make_config, start_gateway
 
@@ -133,3 +135,27 @@ async def test_identity_and_thread_are_recorded_not_sent(
     assert "user-9" not in json.dumps(fake.requests[-1].body)
     log = await request_log_text(gateway.redis)
     assert "user-9" in log and "thread-3" in log
+
+
+async def test_an_agent_made_over_the_admin_api_runs_for_its_org_only(
+        nursery: trio.Nursery, redis_url: str, fake_upstream: FakeUpstreams,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway, fake = await openai_gateway(nursery, redis_url, fake_upstream, monkeypatch)
+    _, admin = await KeyStore(gateway.redis).create("acme", "", name="admin", role="admin")
+    async with httpx.AsyncClient(base_url=gateway.base_url, trust_env=False) as http:
+        made = await http.put("/v1/admin/agents/reviewer", json={
+            "model": SLUG, "instructions": "Review as {{style}}.",
+            "variables": {"style": {"value": "a strict editor"}}},
+            headers={"authorization": f"Bearer {admin}"})
+    assert made.status_code == 201, made.text
+    response = await gateway.client().responses.create(model="agent/reviewer", input="my draft")
+    assert response.model == "agent/reviewer"
+    assert fake.requests[-1].body["messages"][0] == {"role": "system",
+                                                     "content": "Review as a strict editor."}
+    _, other = await KeyStore(gateway.redis).create("globex", "", name="other")
+    outsider = openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=other,
+                                  max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await outsider.responses.create(model="agent/reviewer", input="hi")
+    assert caught.value.code == "model_not_found"  # another org's agent does not exist for it
+    assert len(fake.requests) == 1
