@@ -105,6 +105,7 @@ def _add_day(sums: dict[tuple[str, ...], Sums], groups: list[Group], day: str,
         counts[metric] = counts.get(metric, 0) + int(raw_amount)
     for encoded, counts in per_tuple.items():
         values = dict(zip(DIMENSIONS, decode_dimensions(encoded), strict=True), day=day)
+        values["traffic"] = values["traffic"] or "interactive"  # batch lines say "batch"
         total = sums.setdefault(tuple(values[name] for name in groups), Sums())
         for metric, amount in counts.items():
             total.add(metric.decode(), amount)

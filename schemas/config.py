@@ -134,6 +134,28 @@ class Responses(Struct, forbid_unknown_fields=True):
     retention_days: Annotated[int, Meta(ge=1, le=3660)] = 30
 
 
+class Batches(Struct, forbid_unknown_fields=True):
+    """The Files and Batch APIs (`[batch]`; docs/architecture.md, "Batches").
+
+    `max_file_bytes`: an upload above it is a 413. `max_lines`: lines one batch input file
+    may hold. `retention_days`: files (inputs and outputs) and batch records are kept this
+    long after they were created. `interactive_share`: the part of each provider's
+    concurrency (per worker) and of its `rpm`/`tpm` that batch lines never use, kept for
+    interactive traffic. `feed_ahead`: lines of one provider waiting in its batch stream at
+    most (the rest wait in the batch's own list, so cancelling stops them at once).
+    `retry_base_s`/`retry_max_s`: the back-off of a line that failed with a retryable
+    error (doubling from the base, capped), within the batch's completion window.
+    """
+
+    max_file_bytes: Annotated[int, Meta(ge=1024)] = 200 * 1024 * 1024
+    max_lines: Annotated[int, Meta(ge=1)] = 50_000
+    retention_days: Annotated[int, Meta(ge=1, le=3660)] = 30
+    interactive_share: Annotated[float, Meta(ge=0, lt=1)] = 0.25
+    feed_ahead: Annotated[int, Meta(ge=1)] = 64
+    retry_base_s: Annotated[float, Meta(gt=0)] = 1.0
+    retry_max_s: Annotated[float, Meta(gt=0)] = 300.0
+
+
 class Tracing(Struct, forbid_unknown_fields=True):
     """OTLP/HTTP span export: off unless the `[tracing]` table is there (workers/tracing.py).
 
@@ -171,6 +193,7 @@ class Config(Struct, forbid_unknown_fields=True):
     agents: dict[str, Agent] = msgspec.field(default_factory=dict)  # `model: "agent/<name>"`
     responses: Responses = msgspec.field(default_factory=Responses)  # stored responses
     cors: Cors = msgspec.field(default_factory=Cors)  # browser access; off by default
+    batch: Batches = msgspec.field(default_factory=Batches)  # the Files and Batch APIs
 
     def __post_init__(self) -> None:
         # Routes may name providers this deployment does not configure (a shared

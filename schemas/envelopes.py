@@ -48,6 +48,12 @@ class Job(Struct, kw_only=True):
     # child of it. "" from an older ingress: no trace header upstream.
     traceparent: str = ""
     tracestate: str = ""
+    # A line of a batch (the Batch API): its batch id ("" = interactive traffic), its
+    # index in the input file (from 0) and the client's `custom_id`. Such a job has no
+    # `reply_to`: its outcome becomes a line of the batch's output or error file.
+    batch: str = ""
+    batch_line: int = -1
+    custom_id: str = ""
 
     @property
     def route(self) -> Route:

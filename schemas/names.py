@@ -194,6 +194,83 @@ def agents(org_id: str) -> str:
     return f"{PREFIX}agents:{org_id}"
 
 
+# ── the Files and Batch APIs (docs/architecture.md, "Batches") ─────────────────────
+# Every batch that is not finished (validating, in_progress, cancelling, finalizing):
+# the worker side's list of batches to feed and finalize.
+BATCHES_ACTIVE = PREFIX + "batches:active"
+BATCHES_ALL = PREFIX + "batches"  # sorted set of every org's batch ids, by created_at
+
+
+def file(file_id: str) -> str:
+    """Hash of an uploaded or produced file: `org`, `meta` (JSON `schemas.batch.FileObject`);
+    expires with the file."""
+    return f"{PREFIX}file:{file_id}"
+
+
+def file_data(file_id: str) -> str:
+    """String: a file's bytes."""
+    return f"{PREFIX}file:{file_id}:data"
+
+
+def files(org_id: str) -> str:
+    """Sorted set of an org's file ids by created_at (members of expired files are dropped
+    when the list is read)."""
+    return f"{PREFIX}files:{org_id}"
+
+
+def batch(batch_id: str) -> str:
+    """Hash of one batch (`schemas.batch.BatchState` lists its fields)."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batches(org_id: str) -> str:
+    """Sorted set of an org's batch ids by created_at."""
+    return f"{PREFIX}batches:{org_id}"
+
+
+def batch_lines(batch_id: str, provider: str) -> str:
+    """List of a batch's line jobs (msgpack `Job`) whose first route is `provider`, not yet
+    fed to the provider's batch stream, in file order."""
+    return f"{PREFIX}batch:{batch_id}:lines:{provider}"
+
+
+def batch_providers(batch_id: str) -> str:
+    """Set of the providers a batch has line lists for."""
+    return f"{PREFIX}batch:{batch_id}:providers"
+
+
+def batch_output(batch_id: str) -> str:
+    """Hash {line index: output file line (JSON, no newline)}: each line written once."""
+    return f"{PREFIX}batch:{batch_id}:out"
+
+
+def batch_errors(batch_id: str) -> str:
+    """Hash {line index: error file line (JSON, no newline)}: each line written once."""
+    return f"{PREFIX}batch:{batch_id}:err"
+
+
+def batch_queue(provider: str) -> str:
+    """The stream of a provider's batch line jobs (consumer group `GROUP`), read only with
+    capacity interactive traffic leaves."""
+    return f"{PREFIX}bq:{provider}"
+
+
+def batch_retry(provider: str) -> str:
+    """Sorted set of batch line jobs (msgpack) waiting to be retried, by due unix time (s)."""
+    return f"{PREFIX}bretry:{provider}"
+
+
+def pace_window(limit: str, provider: str) -> str:
+    """A provider's own rolling 60 s window for `limit` ("rpm" or "tpm"), shared by every
+    worker process (workers/pace.py)."""
+    return f"{PREFIX}pace:{limit}:{provider}"
+
+
+def pace_pause(provider: str) -> str:
+    """Present (with a TTL) while a provider's batch traffic is paused after its 429."""
+    return f"{PREFIX}pace:pause:{provider}"
+
+
 def day(now: float | None = None) -> str:
     """The calendar day (UTC) usage is broken down by, as `YYYY-MM-DD`."""
     return time.strftime("%Y-%m-%d", time.gmtime(now))

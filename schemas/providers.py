@@ -33,6 +33,13 @@ class ProviderBase(Struct, forbid_unknown_fields=True, tag_field="kind", kw_only
     # a cool-down of `cooldown_s`, shared by every worker and ingress; 0 never does.
     cooldown_failures: Annotated[int, Meta(ge=0)] = 5
     cooldown_s: Annotated[float, Meta(gt=0)] = 30.0
+    # What the provider's account allows, shared by every worker process through Redis
+    # (workers/pace.py): at most `rpm` calls and `tpm` tokens in any rolling 60 s, for all
+    # traffic; a job waits in the queue rather than being sent into a 429. None: no limit.
+    rpm: Annotated[int, Meta(ge=1)] | None = None
+    tpm: Annotated[int, Meta(ge=1)] | None = None
+    # Batch lines are priced at this share of the route's price (OpenAI's Batch API: 0.5).
+    batch_price_factor: Annotated[float, Meta(ge=0, le=1)] = 1.0
 
     @property
     def org_queue_cap(self) -> int:

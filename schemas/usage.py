@@ -17,7 +17,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from schemas.pricing import MICRO_USD
 
-DIMENSIONS = ("project", "key", "model", "provider", "identity", "thread")
+DIMENSIONS = ("project", "key", "model", "provider", "identity", "thread", "traffic")
 """What a request is metered by besides its org and day (the hash's key)."""
 GROUPS = ("day", *DIMENSIONS)
 """What a report may group by."""
@@ -31,9 +31,13 @@ _dims_decoder = msgspec.json.Decoder(list[str])
 
 
 def encode_dimensions(project: str, key: str, model: str, provider: str, identity: str,
-                      thread: str) -> str:
-    """The dimension part of a breakdown field (the same bytes for the same request)."""
-    return _encode([project, key, model, provider, identity, thread]).decode()
+                      thread: str, traffic: str = "") -> str:
+    """The dimension part of a breakdown field (the same bytes for the same request).
+
+    `traffic`: "batch" for a batch line; "" (interactive) is left out, so interactive
+    fields keep the bytes they had before batches existed."""
+    values = [project, key, model, provider, identity, thread]
+    return _encode([*values, traffic] if traffic else values).decode()
 
 
 def decode_dimensions(encoded: bytes | str) -> tuple[str, ...]:
@@ -57,7 +61,7 @@ class UsageQuery(Struct, forbid_unknown_fields=True):
     org: Annotated[str, Meta(max_length=256)] | None = None
 
 
-Group = Literal["day", "project", "key", "model", "provider", "identity", "thread"]
+Group = Literal["day", "project", "key", "model", "provider", "identity", "thread", "traffic"]
 
 
 class UsageRow(Struct, kw_only=True):
@@ -75,6 +79,7 @@ class UsageRow(Struct, kw_only=True):
     provider: str | UnsetType = UNSET
     identity: str | UnsetType = UNSET
     thread: str | UnsetType = UNSET
+    traffic: str | UnsetType = UNSET  # "interactive" or "batch"
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
