@@ -224,8 +224,9 @@ def batch(batch_id: str) -> str:
 
 
 def batches(org_id: str) -> str:
-    """Sorted set of an org's batch ids by created_at."""
-    return f"{PREFIX}batches:{org_id}"
+    """Sorted set of an org's batch ids by created_at (`:org:` keeps any org id apart
+    from `BATCHES_ACTIVE`)."""
+    return f"{PREFIX}batches:org:{org_id}"
 
 
 def batch_lines(batch_id: str, provider: str) -> str:
