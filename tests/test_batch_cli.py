@@ -90,6 +90,17 @@ async def test_show_once_and_cancel_print_the_figures_and_the_status_after(
     assert finished.stdout.splitlines()[-1].startswith(
         "batch_a cancelled: 5 done, 1 failed, 4 not run, of 10 in ")
 
+    await make_batch(redis, "batch_bad", "globex", 0, status="failed", created_at=1_764_000_000)
+    await advance(redis, "batch_bad", failed_at="1764000002",
+                  errors='[{"code": "model_not_found", "line": 3, '
+                  '"message": "no model \'gpt-9\'", "param": "body.model"}, '
+                  '{"code": "invalid_url", "line": 4, "message": "wrong url", "param": "url"}]')
+    failed = run("batches", "show", "batch_bad", env=env)  # finished: returns at once
+    assert failed.returncode == 3, failed.stderr
+    assert failed.stdout.splitlines()[-1] == (
+        "batch_bad failed: 0 done, 0 failed, of 0 in 2s; 2 validation errors, first: "
+        "line 3: no model 'gpt-9'")
+
     for verb in (["show", "batch_nope"], ["show", "batch_nope", "--once"], ["cancel", "batch_nope"]):
         unknown = run("batches", *verb, env=env)
         assert unknown.returncode == 1, verb
