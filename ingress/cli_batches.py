@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
+import coredis
 import trio
 
 from ingress.batchstore import BatchStore
@@ -55,18 +56,34 @@ async def run(config: Config, args: argparse.Namespace) -> int:
     """Run one `batches` verb; 1 (one line on stderr) for a batch id that is not there."""
     from workers.connection import connect
 
-    async with connect(config.redis_url) as redis:
-        store = BatchStore(redis)
-        if args.batches_verb == "list":
-            return await _list(store, args.org, args.limit)
-        if args.batches_verb == "cancel":
-            state = await store.cancel(args.batch_id, None)
-            if state is None:
-                return _unknown(args.batch_id)
-            print(f"{state.record.id} {state.status}")
-            return 0
-        return await _show(store, args.batch_id, args.once, max(args.interval, 0.01),
-                           sys.stdout)
+    try:
+        async with connect(config.redis_url) as redis:
+            store = BatchStore(redis)
+            if args.batches_verb == "list":
+                return await _list(store, args.org, args.limit)
+            if args.batches_verb == "cancel":
+                state = await store.cancel(args.batch_id, None)
+                if state is None:
+                    return _unknown(args.batch_id)
+                print(f"{state.record.id} {state.status}")
+                return 0
+            return await _show(store, args.batch_id, args.once, max(args.interval, 0.01),
+                               sys.stdout)
+    except Exception as exc:
+        failure = _redis_failure(exc)
+        if failure is None:
+            raise
+        print(f"switchboard: Redis at {config.redis_url.rsplit('@', 1)[-1]} failed: "
+              f"{failure}", file=sys.stderr)
+        return 2
+
+
+def _redis_failure(exc: BaseException) -> BaseException | None:
+    """The Redis error behind `exc` (the client's task group wraps it), else None."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_redis_failure(inner) for inner in exc.exceptions]
+        return leaves[0] if leaves and all(leaves) else None
+    return exc if isinstance(exc, coredis.exceptions.RedisError | OSError) else None
 
 
 def _unknown(batch_id: str) -> int:

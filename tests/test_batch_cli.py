@@ -114,6 +114,14 @@ def test_every_batches_verb_needs_a_config(tmp_path: Path) -> None:
                                 text=True, timeout=60, cwd=tmp_path)
         assert result.returncode == 2, verb
         assert "switchboard.toml" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    # Redis away: one line naming it (without a password in the URL), exit status 2.
+    away = tmp_path / "away.toml"
+    away.write_text('redis_url = "redis://user:hush@127.0.0.1:1/0"\n')
+    for verb in (["list"], ["show", "batch_x"], ["cancel", "batch_x"]):
+        result = run("batches", *verb, "--config", str(away), env=env)
+        assert result.returncode == 2, verb
+        assert result.stderr.startswith("switchboard: Redis at 127.0.0.1:1/0 failed")
+        assert len(result.stderr.strip().splitlines()) == 1 and "hush" not in result.stderr
 
 
 class Output:
