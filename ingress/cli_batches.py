@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shutil
 import sys
 import time
 from collections import deque
@@ -101,10 +102,11 @@ async def _list(store: BatchStore, org: str | None, limit: int) -> int:
         return 2
     states, more = await store.list(org, limit=limit)
     width = max([len(s.record.id) for s in states] + [8])
-    print(f"{'BATCH ID':{width}} {'ORG':16} {'STATUS':11} {'DONE/FAILED/TOTAL':>19} CREATED")
+    orgs = max([len(s.org) for s in states] + [3])
+    print(f"{'BATCH ID':{width}} {'ORG':{orgs}} {'STATUS':11} {'DONE/FAILED/TOTAL':>19} CREATED")
     for s in states:
         counts = f"{s.completed}/{s.failed}/{s.total}"
-        print(f"{s.record.id:{width}} {s.org:16} {s.status:11} {counts:>19} "
+        print(f"{s.record.id:{width}} {s.org:{orgs}} {s.status:11} {counts:>19} "
               f"{_time(s.record.created_at)}")
     if more:
         print(f"(more batches: raise --limit above {limit})")
@@ -165,13 +167,15 @@ def figures(state: BatchState, rate: float | None) -> str:
             f"  rate {rate_text}  ETA {eta}")
 
 
-def bar(state: BatchState, rate: float | None) -> str:
-    """The progress bar line (without the carriage return)."""
+def bar(state: BatchState, rate: float | None, columns: int = 200) -> str:
+    """The progress bar line (without the carriage return), narrower than `columns`: a
+    line that wrapped could not be redrawn in place."""
     ended = state.completed + state.failed
     share = ended / state.total if state.total else 0.0
-    filled = int(share * BAR_WIDTH)
-    return (f"{state.status:11} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-            f"{share * 100:5.1f}%  {figures(state, rate)}")
+    head, tail = f"{state.status:11} ", f" {share * 100:5.1f}%  {figures(state, rate)}"
+    width = max(min(BAR_WIDTH, columns - 3 - len(head) - len(tail)), 10)
+    filled = int(share * width)
+    return f"{head}[{'#' * filled}{'.' * (width - filled)}]{tail}"[:max(columns - 1, 1)]
 
 
 def header(state: BatchState) -> str:
@@ -219,7 +223,8 @@ async def _show(store: BatchStore, batch_id: str, once: bool, interval: float,
             now = trio.current_time()
             current = rate.add(now, state)
             if tty:
-                out.write("\r" + bar(state, current) + "\x1b[K")
+                columns = shutil.get_terminal_size().columns  # read again: resizes
+                out.write("\r" + bar(state, current, columns) + "\x1b[K")
                 out.flush()
                 drawn = True
             else:

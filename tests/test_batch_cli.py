@@ -157,10 +157,12 @@ class Output:
 
 
 @asynccontextmanager
-async def following(batch_id: str, env: dict[str, str], terminal: bool
+async def following(batch_id: str, env: dict[str, str], terminal: bool, columns: int = 200
                     ) -> AsyncIterator[tuple[trio.Process, Output]]:
-    """`switchboard batches show ID` running, its stdout a pipe or a pseudo-terminal."""
+    """`switchboard batches show ID` running, its stdout a pipe or a pseudo-terminal
+    `columns` wide."""
     args = [SWITCHBOARD, "batches", "show", batch_id, "--interval", "0.05"]
+    env = {**env, "COLUMNS": str(columns)}  # what the terminal's size is read as first
     if terminal:
         master, slave = pty.openpty()
         process = await trio.lowlevel.open_process(args, env=env, stdout=slave,
@@ -223,6 +225,21 @@ async def test_show_on_a_terminal_redraws_a_bar_in_place(redis: Any, env: dict[s
     assert drawn.startswith("\rin_progress [") and drawn.count("\r") >= 3
     assert drawn.rsplit("\r", 1)[-1].startswith("cancelled   [" + "#" * 15)
     assert last.startswith("batch_t cancelled: 2 done, 0 failed, 2 not run, of 4 in ")
+
+
+async def test_the_bar_fits_a_narrow_terminal(redis: Any, env: dict[str, str]) -> None:
+    await make_batch(redis, "batch_n", "acme", 4)
+    await advance(redis, "batch_n", completed=2, status="in_progress")
+    async with following("batch_n", env, terminal=True, columns=60) as (process, out):
+        await out.until("\rin_progress [")
+        await advance(redis, "batch_n", completed=2, status="completed")
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+        text = (await out.rest()).replace("\r\n", "\n")
+    drawn = text.split("\n")[1]
+    redraws = [part.removesuffix("\x1b[K") for part in drawn.split("\r")[1:]]
+    assert redraws and all(len(part) == 59 for part in redraws)  # never wraps
+    assert redraws[0].startswith("in_progress [#####.....]  50.0%  done 2")
 
 
 def test_rate_is_the_last_minutes_lines_and_the_eta_what_remains_at_it() -> None:
