@@ -1,4 +1,4 @@
-"""The `switchboard` command: serve, worker, keys, models, dev."""
+"""The `switchboard` command: serve, worker, keys, usage, batches, models, dev."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import trio
 
+from ingress import cli_batches
 from schemas.config import Config, ConfigError, load_config
 from workers.logs import setup as setup_logs
 
@@ -76,7 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--to", dest="end", type=_day, default=None,
                        help="last UTC day YYYY-MM-DD (default: today)")
     usage.add_argument("--group-by", default=None,
-                       help="comma-separated: day, project, key, model, provider, identity, thread")
+                       help="comma-separated: day, project, key, model, provider, identity, "
+                       "thread, traffic (interactive or batch)")
+
+    cli_batches.add_parser(verbs, _config_flag)
 
     models = verbs.add_parser("models", help="print the catalog")
     _config_flag(models)
@@ -149,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_keys, config, args)
         elif args.verb == "usage":
             return trio.run(_usage, config, args)
+        elif args.verb == "batches":
+            return trio.run(cli_batches.run, config, args)
         elif args.verb == "models":
             _print_models(config)
     except KeyboardInterrupt:

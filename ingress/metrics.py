@@ -16,6 +16,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ingress.batchmetrics import BatchGauges
 from schemas import names
 from schemas.config import Config
 from schemas.metrics import LATENCY_BUCKETS, QUEUE_SCRIPT, QueueGauges
@@ -57,6 +58,7 @@ class IngressMetrics:
                              registry=r)
         self.queues = QueueGauges(r, list(config.providers))
         self._read_queues = redis.register_script(QUEUE_SCRIPT)
+        self.batches = BatchGauges(r, redis, list(config.providers))
         self._timeout_s = config.limits.redis_timeout_s
 
     def stream_began(self) -> float:
@@ -84,7 +86,8 @@ class IngressMetrics:
         self.requests.labels(endpoint, model, provider, "429").inc()
 
     async def render(self) -> bytes:
-        """The text format, with the queue gauges read from Redis now (bounded)."""
+        """The text format, with the queue and batch gauges read from Redis now (each
+        read bounded by `redis_timeout_s`)."""
         try:
             with trio.fail_after(self._timeout_s):
                 rows = await self._read_queues.execute(keys=self.queues.keys(), args=[names.GROUP])
@@ -93,4 +96,5 @@ class IngressMetrics:
             self.queues.failed()
         else:
             self.queues.record(rows)
+        await self.batches.read(self._timeout_s)
         return generate_latest(self.registry)

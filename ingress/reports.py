@@ -125,7 +125,8 @@ def report_paths(ref: str, errors: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "/v1/admin/usage": get("An org's usage over UTC days, grouped by any of day, project, "
-                               "key, model, provider, identity, thread, with totals",
+                               "key, model, provider, identity, thread, traffic (interactive "
+                               "or batch), with totals",
                                UsageQuery, json_of("UsageReport")),
         "/v1/admin/usage.csv": get("The rows of /v1/admin/usage as CSV (a header line first)",
                                    UsageQuery, {"text/csv": {"schema": {"type": "string"}}}),

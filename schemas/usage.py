@@ -57,7 +57,9 @@ class UsageQuery(Struct, forbid_unknown_fields=True):
 
     from_: datetime.date | None = msgspec.field(default=None, name="from")
     to: datetime.date | None = None
-    group_by: Annotated[str, Meta(max_length=200)] = ""
+    group_by: Annotated[str, Meta(
+        max_length=200, description="comma-separated, any of: " + ", ".join(GROUPS) +
+        " (traffic: interactive or batch)")] = ""
     org: Annotated[str, Meta(max_length=256)] | None = None
 
 

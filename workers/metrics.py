@@ -58,6 +58,9 @@ class WorkerMetrics:
         self.cost = Counter("switchboard_cost_usd", "Cost in USD of the requests this worker "
                             "metered, by model slug and provider (0 for unpriced routes).",
                             ["model", "provider"], registry=r)
+        self.batch_lines = Counter("switchboard_batch_lines", "Batch lines this worker ended "
+                                   "or put back, by provider and outcome (completed, failed, "
+                                   "retried, dropped).", ["provider", "outcome"], registry=r)
         running_gauge = Gauge("switchboard_jobs_running", "Jobs this worker runs now.",
                               registry=r)
         running_gauge.set_function(running)
@@ -74,6 +77,13 @@ class WorkerMetrics:
             self.failovers.labels(provider).inc()
         elif outcome == "error":
             self.errors.labels(provider, str(status)).inc()
+
+    def batch_line(self, provider: str, outcome: str) -> None:
+        """Count one batch line's outcome, once, where the finish script wrote it:
+        `completed` (a 2xx, in the output file), `failed` (in the error file), `retried`
+        (a retryable failure, back in the provider's retry set) or `dropped` (its batch was
+        cancelling or expired when it was picked up: no upstream call)."""
+        self.batch_lines.labels(provider, outcome).inc()
 
 
 async def serve_metrics(registry: CollectorRegistry, redis: coredis.Redis[bytes],
