@@ -228,3 +228,18 @@ async def test_create_does_not_hold_the_event_loop(gateway: Gateway) -> None:
     assert answered_during > 3
     assert await gateway.redis.llen(names.batch_lines(
         (await client.batches.list(limit=1)).data[0].id, "local")) == 3000
+
+
+def test_the_openapi_document_describes_files_and_batches() -> None:
+    from ingress.openapi import openapi_document
+
+    paths = openapi_document()["paths"]
+    assert set(paths["/v1/files"]) == {"post", "get"}
+    assert "multipart/form-data" in paths["/v1/files"]["post"]["requestBody"]["content"]
+    assert set(paths["/v1/files/{file_id}"]) == {"get", "delete"}
+    assert "application/octet-stream" in \
+        paths["/v1/files/{file_id}/content"]["get"]["responses"]["200"]["content"]
+    assert set(paths["/v1/batches"]) == {"post", "get"}
+    assert "409" in paths["/v1/batches/{batch_id}/cancel"]["post"]["responses"]
+    schemas = openapi_document()["components"]["schemas"]
+    assert {"FileObject", "FileList", "Batch", "BatchList", "CreateBatch"} <= set(schemas)
