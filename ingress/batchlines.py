@@ -5,8 +5,9 @@ characters, unique in the file), `method` "POST", `url` one of the served batch 
 the same for every line, and a `body` the live endpoint would accept: the very decoder and
 bounds of `POST /v1/chat/completions`, `/v1/embeddings`, `/v1/completions` and
 `/v1/responses` (a body that would be a 4xx there is a bad line here), not streamed.
-Blank lines are skipped (a trailing newline, CRLF endings); `line` numbers count every
-line of the file from 1.
+A line's body is bounded like a live body (`limits.max_body_bytes`: `request_too_large`).
+Blank lines are skipped (a trailing newline, CRLF endings), but a file may hold at most
+twice `batch.max_lines` lines in all; `line` numbers count every line of the file from 1.
 
 Used twice: at upload (`POST /v1/files`, a bad file is a 400 listing the problems) and at
 batch create (the same lines become jobs). The check is CPU work for each of up to
@@ -36,6 +37,7 @@ from schemas.errors import GatewayError
 MAX_PROBLEMS = 100  # problems one answer (or a failed batch's `errors`) lists at most
 MAX_CUSTOM_ID = 512
 CHUNK_LINES = 256  # lines checked between two yields to the event loop
+LINE_SLACK = 4096  # what a line may add to its body (custom_id, method, url)
 URLS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
 _line = msgspec.json.Decoder(BatchRequestLine)
 
@@ -100,22 +102,17 @@ async def check_file(data: bytes, caller: Identity, *, max_lines: int,
     # A line nests its body one level deeper than the live endpoint sees it.
     line_bounds = Bounds(msgspec.structs.replace(limits, max_json_depth=limits.max_json_depth + 1))
     checked = Checked()
+    if data.count(b"\n") > 2 * max_lines:  # (blank lines included: bounds the split)
+        return _too_many(max_lines)
     rows = data.split(b"\n")
     seen: set[str] = set()
     first_url: list[str] = []
-    count = 0
     for start in range(0, len(rows), CHUNK_LINES):
         async with trio.open_nursery() as nursery:  # a task (and a Redis budget) per chunk
             nursery.start_soon(_check_chunk, _Context(gateway, line_bounds, caller, line_ids),
                                rows, start, checked, seen, first_url)
-        count = len(checked.lines)
-        if count > max_lines:
-            checked.lines = []
-            checked.problems = [BatchError(
-                code="too_many_tasks", message=f"the file holds more than {max_lines} requests "
-                f"(batch.max_lines = {max_lines})", param=None, line=None)]
-            checked.truncated = False
-            return checked
+        if len(checked.lines) > max_lines:
+            return _too_many(max_lines)
         if checked.full:
             break
     if not checked.lines and not checked.problems:
@@ -130,6 +127,12 @@ class _Context:
     line_bounds: Bounds
     caller: Identity
     line_ids: bool
+
+
+def _too_many(max_lines: int) -> Checked:
+    return Checked(problems=[BatchError(
+        code="too_many_tasks", message=f"the file holds more than {max_lines} requests "
+        f"(batch.max_lines = {max_lines})", param=None, line=None)])
 
 
 async def _check_chunk(context: _Context, rows: list[bytes], start: int, checked: Checked,
@@ -149,6 +152,10 @@ async def _check_line(context: _Context, row: bytes, number: int, checked: Check
                       seen: set[str], first_url: list[str]) -> BatchError | None:
     """One line: None when it is valid (then it is in `checked.lines`), else its problem."""
     gateway = context.gateway
+    most = gateway.config.limits.max_body_bytes
+    if len(row) > most + LINE_SLACK:  # the live endpoint's 413
+        return BatchError(code="request_too_large", message=f"the line's body exceeds {most} "
+                          f"bytes (limits.max_body_bytes = {most})", param="body", line=number)
     try:
         context.line_bounds.body(row)  # before any decoder recurses into it
         row.decode("utf-8")
@@ -187,6 +194,9 @@ async def _check_line(context: _Context, row: bytes, number: int, checked: Check
                           f"same endpoint: this one calls {request.url}, the first "
                           f"{first_url[0]}", param="url", line=number)
     body = bytes(request.body)
+    if len(body) > most:
+        return BatchError(code="request_too_large", message=f"the line's body exceeds {most} "
+                          f"bytes (limits.max_body_bytes = {most})", param="body", line=number)
     request_id = LINE_PREFIX + uuid.uuid4().hex if context.line_ids else "batch_req_check"
     try:
         made = _submitter(gateway, context.caller, request.url)(body, request_id)

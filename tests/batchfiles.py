@@ -15,13 +15,13 @@ CHAT = "/v1/chat/completions"
 
 
 async def batch_gateway(nursery: trio.Nursery, redis_url: str, *, workers: bool = False,
-                        **batch: Any) -> Gateway:
+                        limits: dict[str, Any] | None = None, **batch: Any) -> Gateway:
     """Ingress (no workers unless asked: a batch stays as the API left it) serving `echo`
-    (mock) and `embed` (mock), with `batch` as its `[batch]` table."""
+    (mock), with `batch` as its `[batch]` table and `limits` on the tests' own."""
     config = make_config(
         redis_url, {"local": {"kind": "mock"}},
         [{"slug": "echo", "routes": [{"provider": "local", "model": "echo"}]}],
-        batch=batch)
+        batch=batch, limits=limits or {})
     return await start_gateway(nursery, config, workers=workers)
 
 

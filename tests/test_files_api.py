@@ -123,15 +123,25 @@ async def test_every_served_endpoint_checks_its_own_bodies(gateway: Gateway) -> 
 
 async def test_too_many_lines_and_only_batch_purpose(nursery: trio.Nursery,
                                                      redis_url: str) -> None:
-    gateway = await batch_gateway(nursery, redis_url, max_lines=3)
+    gateway = await batch_gateway(nursery, redis_url, max_lines=3,
+                                  limits={"max_body_bytes": 2048})
     client = gateway.client()
     await client.files.create(file=("ok.jsonl", jsonl([line(n) for n in range(3)])),
                               purpose="batch")
+    for many in (jsonl([line(n) for n in range(4)]), b"\n" * 7 + jsonl([line(1)])):
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.files.create(file=("big.jsonl", many), purpose="batch")
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["details"]["errors"] == [{
+            "line": None, "code": "too_many_tasks", "param": None,
+            "message": "the file holds more than 3 requests (batch.max_lines = 3)"}]
+    huge = line(2) | {"body": {"model": "echo", "messages": [
+        {"role": "user", "content": "x" * 3000}]}}
     with pytest.raises(openai.BadRequestError) as caught:
-        await client.files.create(file=("big.jsonl", jsonl([line(n) for n in range(4)])),
-                                  purpose="batch")
+        await client.files.create(file=("huge.jsonl", jsonl([line(1), huge])), purpose="batch")
     assert isinstance(caught.value.body, dict)
-    assert caught.value.body["details"]["errors"][0]["code"] == "too_many_tasks"
+    assert [(e["line"], e["code"], e["param"]) for e in caught.value.body["details"]["errors"]
+            ] == [(2, "request_too_large", "body")]
     with pytest.raises(openai.BadRequestError) as caught:
         await client.files.create(file=("x.jsonl", jsonl([line(1)])), purpose="fine-tune")
     assert caught.value.param == "purpose"  # type: ignore[attr-defined]
@@ -209,3 +219,31 @@ async def test_an_operator_key_is_refused(gateway: Gateway) -> None:
         await gateway.client(api_key=secret).files.list()
     with pytest.raises(openai.AuthenticationError):
         await gateway.client(api_key="sk-nope").files.list()
+
+
+async def test_files_the_workers_write_are_served(gateway: Gateway) -> None:
+    """An output file in the layout the workers write (names.file, file_data, files(org);
+    purpose batch_output) is listed, read, downloaded and deleted like an upload."""
+    import msgspec
+
+    from ingress.filestore import new_file_id
+    from schemas.batch import FileObject
+
+    data = b'{"id": "batch_req_1", "custom_id": "a", "response": null, "error": null}\n'
+    created = int(time.time())
+    meta = FileObject(id=new_file_id(), bytes=len(data), created_at=created,
+                      filename="batch_x_output.jsonl", purpose="batch_output",
+                      expires_at=created + 3600)
+    await gateway.redis.set(names.file_data(meta.id), data)
+    await gateway.redis.hset(names.file(meta.id), {"org": "acme",
+                                                   "meta": msgspec.json.encode(meta)})
+    await gateway.redis.zadd(names.files("acme"), {meta.id: created})
+    client = gateway.client()
+    assert [f.id for f in (await client.files.list(purpose="batch_output")).data] == [meta.id]
+    assert (await client.files.retrieve(meta.id)).purpose == "batch_output"
+    assert (await client.files.content(meta.id)).content == data
+    rival = gateway.client(api_key=await other_org_secret(gateway))
+    with pytest.raises(openai.NotFoundError):
+        await rival.files.content(meta.id)
+    assert (await client.files.delete(meta.id)).deleted
+    assert await keys(gateway, "sb:file:*") == []
