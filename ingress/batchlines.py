@@ -54,12 +54,16 @@ class Line:
     submission: Submission
 
 
+# What becomes of a valid line (a batch's job); a problem when it cannot run after all.
+OnLine = Callable[[Line], BatchError | None]
+
+
 @dataclass(slots=True)
 class Checked:
-    """What a file holds: its valid lines, its problems (the first MAX_PROBLEMS), and
-    whether more problems were left out."""
+    """What a file holds: how many valid lines, its problems (the first MAX_PROBLEMS),
+    and whether more problems were left out."""
 
-    lines: list[Line] = field(default_factory=list)
+    count: int = 0
     problems: list[BatchError] = field(default_factory=list)
     truncated: bool = False
 
@@ -94,9 +98,10 @@ def _line_error(number: int, error: GatewayError, prefix: str = "") -> BatchErro
 
 
 async def check_file(data: bytes, caller: Identity, *, max_lines: int,
-                     line_ids: bool = False) -> Checked:
-    """Every line of `data` checked; `line_ids` gives each valid line a fresh request id
-    (a batch's jobs), else a placeholder (an upload's check)."""
+                     on_line: OnLine | None = None) -> Checked:
+    """Every line of `data` checked, each valid one handed to `on_line` with a fresh
+    request id (a batch's jobs; nothing is kept of them here). Without `on_line` (an
+    upload's check) the lines are only counted."""
     gateway: Gateway = current_app.config["GATEWAY"]
     limits = gateway.config.limits
     # A line nests its body one level deeper than the live endpoint sees it.
@@ -109,13 +114,13 @@ async def check_file(data: bytes, caller: Identity, *, max_lines: int,
     first_url: list[str] = []
     for start in range(0, len(rows), CHUNK_LINES):
         async with trio.open_nursery() as nursery:  # a task (and a Redis budget) per chunk
-            nursery.start_soon(_check_chunk, _Context(gateway, line_bounds, caller, line_ids),
+            nursery.start_soon(_check_chunk, _Context(gateway, line_bounds, caller, on_line),
                                rows, start, checked, seen, first_url)
-        if len(checked.lines) > max_lines:
+        if checked.count > max_lines:
             return _too_many(max_lines)
         if checked.full:
             break
-    if not checked.lines and not checked.problems:
+    if not checked.count and not checked.problems:
         checked.problem(BatchError(code="empty_file", message="the file holds no request",
                                    param=None, line=None))
     return checked
@@ -126,7 +131,7 @@ class _Context:
     gateway: Gateway
     line_bounds: Bounds
     caller: Identity
-    line_ids: bool
+    on_line: OnLine | None
 
 
 def _too_many(max_lines: int) -> Checked:
@@ -197,7 +202,7 @@ async def _check_line(context: _Context, row: bytes, number: int, checked: Check
     if len(body) > most:
         return BatchError(code="request_too_large", message=f"the line's body exceeds {most} "
                           f"bytes (limits.max_body_bytes = {most})", param="body", line=number)
-    request_id = LINE_PREFIX + uuid.uuid4().hex if context.line_ids else "batch_req_check"
+    request_id = LINE_PREFIX + uuid.uuid4().hex if context.on_line else "batch_req_check"
     try:
         made = _submitter(gateway, context.caller, request.url)(body, request_id)
         submission = made if isinstance(made, Submission) else await made
@@ -207,6 +212,6 @@ async def _check_line(context: _Context, row: bytes, number: int, checked: Check
     if submission.stream:
         return BatchError(code="invalid_request", message="batch requests are not streamed; "
                           "leave `stream` unset", param="body.stream", line=number)
-    checked.lines.append(Line(number, len(checked.lines), request_id, request.custom_id,
-                              request.url, submission))
-    return None
+    line = Line(number, checked.count, request_id, request.custom_id, request.url, submission)
+    checked.count += 1
+    return context.on_line(line) if context.on_line else None
