@@ -85,6 +85,14 @@ async def test_lines_that_cannot_run_fail_the_batch_at_once(gateway: Gateway) ->
         (n, "url_mismatch") for n in (1, 2, 3, 4)]
 
 
+async def test_a_failed_batch_lists_the_first_hundred_lines(gateway: Gateway) -> None:
+    file_id = await _upload(gateway, [line(n, model="unknown") for n in range(150)])
+    batch = await gateway.client().batches.create(input_file_id=file_id, endpoint=CHAT,
+                                                  completion_window="24h")
+    assert batch.status == "failed" and batch.errors is not None
+    assert [e.line for e in batch.errors.data or []] == list(range(1, 101))
+
+
 async def test_list_pages_newest_first(gateway: Gateway) -> None:
     client = gateway.client()
     file_id = await _upload(gateway, [line(1)])

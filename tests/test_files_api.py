@@ -179,6 +179,13 @@ async def test_the_upload_limit_is_its_own(nursery: trio.Nursery, redis_url: str
                                  files={"file": ("over.jsonl", over)})
         assert answer.status_code == 413
         assert (await http.get("/v1/files", headers=auth)).status_code == 200  # still usable
+        # Far above: the edge refuses the body itself (the form's slack passed), same answer.
+        far = jsonl([line(n) | {"pad": pad} for n in range(300)])
+        answer = await http.post("/v1/files", headers=auth, data={"purpose": "batch"},
+                                 files={"file": ("far.jsonl", far)})
+        assert answer.status_code == 413 and answer.headers["connection"] == "close"
+        assert answer.json()["error"]["code"] == "file_too_large"
+        assert (await http.get("/v1/files", headers=auth)).status_code == 200
     assert [f.id for f in (await client.files.list()).data] == [made.id]
 
 
