@@ -192,7 +192,6 @@ async def file_content(file_id: str) -> Response:
             yield chunk
 
     response = Response(body(), 200, content_type="application/octet-stream")
-    response.headers["content-length"] = str(meta.bytes)
     response.headers["content-disposition"] = f'attachment; filename="{_quoted(meta.filename)}"'
     return response
 

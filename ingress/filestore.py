@@ -108,11 +108,14 @@ class FileStore:
         return b"".join([chunk async for chunk in self.chunks(meta)])
 
     async def chunks(self, meta: FileObject) -> AsyncIterator[bytes]:
-        """A file's bytes, a few MB at a time."""
+        """A file's bytes, a few MB at a time (its stored length: what `meta.bytes` says)."""
         key = names.file_data(meta.id)
-        for start in range(0, max(meta.bytes, 1), CHUNK):
+        size = int(await self._call(self.redis.strlen(key)))
+        if size == 0 and meta.bytes:
+            raise not_found(meta.id)  # its bytes expired or were deleted
+        for start in range(0, max(size, 1), CHUNK):
             chunk = await self._call(self.redis.getrange(key, start, start + CHUNK - 1))
-            if len(chunk) < min(CHUNK, meta.bytes - start):
+            if len(chunk) < min(CHUNK, size - start):
                 raise not_found(meta.id)  # expired or deleted while being read
             yield chunk
 
