@@ -251,3 +251,32 @@ def test_the_openapi_document_describes_files_and_batches() -> None:
     assert "409" in paths["/v1/batches/{batch_id}/cancel"]["post"]["responses"]
     schemas = openapi_document()["components"]["schemas"]
     assert {"FileObject", "FileList", "Batch", "BatchList", "CreateBatch"} <= set(schemas)
+
+
+async def test_a_responses_line_resolves_its_agent_as_a_live_call(nursery: trio.Nursery,
+                                                                   redis_url: str) -> None:
+    from tests.conftest import make_config, start_gateway
+
+    config = make_config(
+        redis_url, {"local": {"kind": "mock"}},
+        [{"slug": "echo", "routes": [{"provider": "local", "model": "echo"}]}],
+        agents={"helper": {"model": "echo", "instructions": "Be brief, {{name}}."}})
+    gateway = await start_gateway(nursery, config, workers=False)
+    url = "/v1/responses"
+    lines = [line(n, url=url) | {"body": {"model": "agent/helper", "input": f"hi {n}",
+                                          "variables": {"name": {"value": "Ada"}}}}
+             for n in range(600)]  # several chunks, each resolving agents from Redis
+    file_id = await _upload(gateway, lines)
+    batch = await gateway.client().batches.create(input_file_id=file_id, endpoint=url,
+                                                  completion_window="24h")
+    assert batch.status == "validating", batch.errors
+    job = job_decoder.decode((await gateway.redis.lrange(
+        names.batch_lines(batch.id, "local"), 599, 599))[0])
+    assert (job.endpoint, job.model, job.custom_id) == ("responses", "echo", "req-599")
+    assert b"Be brief, Ada." in job.body and b"hi 599" in job.body
+    with pytest.raises(openai.BadRequestError) as caught:  # as the live call, at upload
+        await _upload(gateway, [line(1, url=url) | {"body": {"model": "agent/nobody",
+                                                             "input": "x"}}])
+    assert isinstance(caught.value.body, dict)
+    assert [(e["line"], e["code"], e["param"]) for e in caught.value.body["details"]["errors"]
+            ] == [(1, "model_not_found", "body.model")]
