@@ -10,9 +10,11 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ingress.admin import admin
+from ingress.batches import batches
 from ingress.completions import completions
 from ingress.cors import Cors
 from ingress.edge import REFUSAL, BodyFirst
+from ingress.files import FORM_SLACK, UPLOAD_PATH, file_too_large, files
 from ingress.gateway import Gateway, new_request_id
 from ingress.media import media
 from ingress.metrics import CONTENT_TYPE
@@ -52,8 +54,11 @@ def create_app(gateway: Gateway) -> QuartTrio:
         RESPONSE_TIMEOUT=None,  # streams last as long as the upstream does
     )
     # Every request passes the edge: its body is read before any handler may answer.
+    # ... up to `batch.max_file_bytes` for a file upload (POST /v1/files) only.
+    upload_limit = gateway.config.batch.max_file_bytes + FORM_SLACK
     app.asgi_app = BodyFirst(app.asgi_app, limits.max_body_bytes, limits.body_timeout_s,  # type: ignore[method-assign,assignment]
-                             write_timeout_s=limits.write_timeout_s)
+                             write_timeout_s=limits.write_timeout_s,
+                             uploads={UPLOAD_PATH: upload_limit})
 
     cors = Cors(gateway.config.cors)
 
@@ -66,6 +71,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
         if request.routing_exception is not None:
             raise request.routing_exception  # a wrong path or method says so, whatever the body
         match request.scope.get(REFUSAL):
+            case "too_large" if request.path == UPLOAD_PATH and request.method == "POST":
+                raise file_too_large(gateway.config.batch.max_file_bytes)
             case "too_large":
                 raise GatewayError(413, "request_too_large",
                                    f"the body exceeds {limits.max_body_bytes} bytes "
@@ -138,6 +145,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
     app.register_blueprint(responses)  # /v1/responses and /v3/router/responses (+ stored)
     app.register_blueprint(reports)  # /v1/admin/usage, /v1/admin/usage.csv, /v1/admin/requests
     app.register_blueprint(admin)
+    app.register_blueprint(files)  # /v1/files (the Files API, for batches)
+    app.register_blueprint(batches)  # /v1/batches
 
     @app.get("/v1/models")
     @app.get("/v3/router/models")

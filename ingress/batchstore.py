@@ -83,7 +83,7 @@ class BatchStore:
             start = int(rank) + 1  # type: ignore[arg-type]
         out: list[BatchState] = []
         while len(out) <= limit:
-            ids: Any = await self.redis.zrevrange(index, start, start + limit)
+            ids: Any = await self.redis.zrange(index, start, start + limit, rev=True)
             if not ids:
                 break
             start += len(ids)

@@ -10,9 +10,9 @@ reusable nor closed, and the client's next request on it waits until its timeout
 
 So, around the whole application, in one place that no route can bypass:
 
-- The body is read whole (up to `max_body_bytes`, within `body_timeout_s`) before the
-  application sees the request; by the time any answer ends, the client has finished
-  sending and the connection can serve the next request.
+- The body is read whole (up to `max_body_bytes`, or an upload path's own limit, within
+  `body_timeout_s`) before the application sees the request; by the time any answer
+  ends, the client has finished sending and the connection can serve the next request.
 - A body over the limit is not kept: the application is told to answer 413 (rendered
   like every other error), with `Connection: close`, and the rest of the body is read
   and discarded (bounded) before the answer ends, so closing never resets a connection
@@ -27,7 +27,7 @@ So, around the whole application, in one place that no route can bypass:
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, cast
 
 import trio
@@ -51,20 +51,27 @@ class BodyFirst:
     """ASGI middleware: read the body first, refuse oversized ones, finish shielded."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, *,
-                 write_timeout_s: float = 30.0) -> None:
+                 write_timeout_s: float = 30.0, uploads: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.write_timeout_s = write_timeout_s
-        self.discard_bytes = max(DISCARD_FACTOR * max_body_bytes, 64 * 1024 * 1024)
+        # POST paths whose bodies may be larger (file uploads): {path: their own limit}
+        self.uploads = dict(uploads or {})
+
+    def limit(self, scope: Scope) -> int:
+        """The body limit of this request: its upload path's, else max_body_bytes."""
+        if scope.get("method") == "POST":
+            return self.uploads.get(scope.get("path", ""), self.max_body_bytes)
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = _Request(receive, self.discard_bytes)
-        refusal = await request.read(self.max_body_bytes, self.body_timeout_s,
-                                     _declared_length(scope))
+        limit = self.limit(scope)
+        request = _Request(receive, max(DISCARD_FACTOR * limit, 64 * 1024 * 1024))
+        refusal = await request.read(limit, self.body_timeout_s, _declared_length(scope))
         if refusal == "gone":
             return  # the client left before it finished sending
         if refusal:

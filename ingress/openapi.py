@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from ingress.admin import AGENT_TYPES, agent_paths  # the agent endpoints (helper dev)
+from ingress.files import PURPOSES
 from ingress.reports import REPORT_TYPES, report_paths
 from schemas.admin import (
     KeyCreate,
@@ -22,6 +23,7 @@ from schemas.admin import (
     ProjectList,
     ProjectView,
 )
+from schemas.batch import Batch, BatchList, CreateBatch, FileDeleted, FileList, FileObject
 from schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -149,13 +151,75 @@ def _surface_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
     return paths
 
 
+BATCH_TYPES = (FileObject, FileList, FileDeleted, CreateBatch, Batch, BatchList)
+
+
+def _batch_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """The Files API (for batches) and the Batch API (ingress/files.py, ingress/batches.py).
+    401 without a key, 403 for an operator key, 404 for another org's file or batch."""
+
+    def op(summary: str, answer: dict[str, Any], *errors: int, body: dict[str, Any] | None = None,
+           path: tuple[str, ...] = (), query: dict[str, dict[str, Any]] | None = None
+           ) -> dict[str, Any]:
+        operation: dict[str, Any] = {
+            "summary": summary, "security": secured,
+            "responses": {"200": {"description": "ok", "content": answer},
+                          **_errors(401, 403, 429, 503, *errors)}}
+        if body is not None:
+            operation["requestBody"] = {"required": True, "content": body}
+        parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for n in path]
+        parameters += [{"name": n, "in": "query", "required": False, "schema": schema}
+                       for n, schema in (query or {}).items()]
+        if parameters:
+            operation["parameters"] = parameters
+        return operation
+
+    upload = {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["purpose", "file"], "properties": {
+            "purpose": {"type": "string", "enum": list(PURPOSES)},
+            "file": {"type": "string", "format": "binary"},
+            "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+            "expires_after[seconds]": {"type": "integer", "minimum": 3600,
+                                       "maximum": 2592000}}}}}
+    page = {"after": {"type": "string"}}
+    file_id, batch_id = ("file_id",), ("batch_id",)
+    octets = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "/v1/files": {
+            "post": op("Upload a batch input file (JSONL, checked line by line)",
+                       _json("FileObject"), 400, 408, 413, 415, body=upload),
+            "get": op("The org's files", _json("FileList"), 400, query={
+                **page, "purpose": {"type": "string"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
+                "order": {"type": "string", "enum": ["asc", "desc"]}})},
+        "/v1/files/{file_id}": {
+            "get": op("A file", _json("FileObject"), 404, path=file_id),
+            "delete": op("Delete a file", _json("FileDeleted"), 404, path=file_id)},
+        "/v1/files/{file_id}/content": {
+            "get": op("A file's bytes", octets, 404, path=file_id)},
+        "/v1/batches": {
+            "post": op("Create a batch from an uploaded file (`validating`, or `failed` with "
+                       "the lines that cannot run)", _json("Batch"), 400, 404, 408, 413, 422,
+                       body=_json("CreateBatch")),
+            "get": op("The org's batches, newest first", _json("BatchList"), 400, query={
+                **page, "limit": {"type": "integer", "minimum": 1, "maximum": 100}})},
+        "/v1/batches/{batch_id}": {
+            "get": op("A batch", _json("Batch"), 404, path=batch_id)},
+        "/v1/batches/{batch_id}/cancel": {
+            "post": op("Cancel a batch (`cancelling`; 409 once it ended)", _json("Batch"),
+                       400, 404, 408, 409, 413, 422, path=batch_id)},
+    }
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the gateway's endpoints."""
     types = [ChatRequest, ChatCompletion, ChatCompletionChunk, ModelList, RouterModelList,
              ModelProviderList, ErrorBody, EmbeddingRequest, EmbeddingList, CompletionRequest,
              TextCompletion, ImageRequest, ModelCard,
-             *(api.request for api in NATIVES), *REPORT_TYPES, *ADMIN_TYPES, *AGENT_TYPES]
+             *(api.request for api in NATIVES), *REPORT_TYPES, *ADMIN_TYPES, *AGENT_TYPES,
+             *BATCH_TYPES]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     chat = {
@@ -223,6 +287,7 @@ def openapi_document() -> dict[str, Any]:
             **report_paths(_REF, _errors(400, 401, 403, 422, 503)),
             **_admin_paths(secured),
             **agent_paths(_REF, secured),
+            **_batch_paths(secured),
         },
         "components": {
             "schemas": components,

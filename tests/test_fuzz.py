@@ -255,7 +255,10 @@ def _alias(path: str) -> bool:
 
 PATHS = ["/v1/chat/completions", "/v3/router/chat/completions", "/v1/embeddings",
          "/v1/completions", "/v1/images/generations", "/v1/audio/transcriptions",
-         "/anthropic/v1/messages", "/gemini/v1beta/models/gem:generateContent", "/v1/responses"]
+         "/anthropic/v1/messages", "/gemini/v1beta/models/gem:generateContent", "/v1/responses",
+         # The Batch API's JSON endpoints (no file of the fuzzer's org exists: a valid body is a
+         # 404). POST /v1/files is multipart: schemathesis fuzzes it from the document only.
+         "/v1/batches", "/v1/batches/batch_fuzz/cancel"]
 CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded",
                  "multipart/form-data; boundary=x", "application/json; charset=latin-1", ""]
 
@@ -266,6 +269,9 @@ def _deep(levels: int) -> bytes:
 
 
 def _valid(path: str) -> bytes:
+    if "batches" in path:
+        return json.dumps({"input_file_id": "file-" + CONTENT, "completion_window": "24h",
+                           "endpoint": "/v1/chat/completions"}).encode()
     if "embeddings" in path:
         return json.dumps({"model": "echo", "input": CONTENT}).encode()
     if "responses" in path:
