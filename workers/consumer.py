@@ -17,6 +17,7 @@ and pruned alike.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import trio
 
@@ -28,9 +29,11 @@ from workers.runner import Runner
 
 READ_BLOCK_MS = 1000
 MAX_BATCH = 64
-# While batch lines run or wait, the blocking read of the interactive stream is short, so
-# a batch slot that frees up is filled soon; idle, the read blocks for READ_BLOCK_MS.
-BATCH_POLL_MS = 50
+# While batch lines run or were seen lately, the blocking read of the interactive stream is
+# short, so a batch slot that frees up is filled soon (the read cannot be woken by it); with
+# no batch work about, the read blocks for READ_BLOCK_MS.
+BATCH_POLL_MS = 20
+BATCH_RECENT_S = 2.0
 
 
 class Consumer:
@@ -48,7 +51,7 @@ class Consumer:
         self.batch_cap = max(1, int((1 - config.batch.interactive_share) * slots))
         self.running: dict[bytes, str] = {}  # entry id -> request id of the jobs run here
         self.batch_running: dict[bytes, str] = {}  # the same for batch lines (their stream)
-        self._batch_seen = False  # the last read of the batch stream found lines
+        self._batch_seen = -math.inf  # trio time a read of the batch stream last found lines
         self._read_lost = False  # a read failed: its reply (and jobs) may be lost in flight
         self._intake_scope = trio.CancelScope()
         self._jobs = trio.CancelScope()
@@ -148,10 +151,12 @@ class Consumer:
         if not deliveries and room:
             found = await self.queue.read(self.provider, self.consumer_id, room, None,
                                           batch=True)
-            self._batch_seen = bool(found)
+            if found:
+                self._batch_seen = trio.current_time()
             deliveries.extend(found)
         if not deliveries:  # nothing waits anywhere: wait for an interactive job
-            busy = self._batch_seen or self.batch_running
+            busy = self.batch_running or \
+                trio.current_time() - self._batch_seen < BATCH_RECENT_S
             deliveries.extend(await self.queue.read(
                 self.provider, self.consumer_id, count,
                 BATCH_POLL_MS if busy else READ_BLOCK_MS))

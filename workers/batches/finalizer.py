@@ -43,10 +43,12 @@ STAGING_S = 3600  # bytes a writer that died left behind expire
 _encode = msgspec.json.Encoder().encode
 
 # KEYS[1] the batch, KEYS[2..] its line lists. in_progress → finalizing, once every line
-# ended (nothing queued, nothing left to feed).
+# ended with an answer (nothing queued, nothing left to feed, none expired: an expired line
+# counts as neither completed nor failed).
 _BEGIN = """
-local h = redis.call('HMGET', KEYS[1], 'status', 'queued')
+local h = redis.call('HMGET', KEYS[1], 'status', 'queued', 'completed', 'failed', 'total')
 if h[1] ~= 'in_progress' or tonumber(h[2]) ~= 0 then return 0 end
+if tonumber(h[3]) + tonumber(h[4]) < tonumber(h[5]) then return 0 end
 for i = 2, #KEYS do
   if redis.call('LLEN', KEYS[i]) > 0 then return 0 end
 end
