@@ -77,7 +77,8 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
                 if stop is not None:
                     await stop.wait()
                     log_event("worker_draining", consumer=consumer_id,
-                              running=sum(len(c.running) for c in consumers))
+                              running=sum(len(c.running) + len(c.batch_running)
+                                          for c in consumers))
                     # Streams still running at the deadline end with an error frame; the
                     # consumers' own deadline leaves the time to publish it.
                     runner.drain(config.limits.shutdown_grace_s)

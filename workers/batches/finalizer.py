@@ -129,7 +129,8 @@ class Finalizer:
         batch_id = state.record.id
         lease = names.batch_lease(batch_id)
         token = f"{self.writer}:{uuid.uuid4().hex[:8]}"
-        if not await self.redis.set(lease, token, condition=PureToken.NX, px=LEASE_S * 1000):
+        if not await self.redis.set(lease, token, condition=PureToken.NX,
+                                    px=int(self.lease_s * 1000)):
             return  # another worker is at it
         try:
             if target == "expired":
