@@ -206,10 +206,10 @@ async def test_an_expired_batch_puts_its_unrun_lines_in_the_error_file(
 
 async def test_interactive_requests_wait_at_most_for_one_batch_line(
         nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
-    fake_openai.slow(0.2)
+    fake_openai.slow(0.5)
     # One slot: a running batch line holds it, but the next one read is interactive.
     gateway = await gateway_for(nursery, redis_url, fake_openai, max_concurrency=1)
-    batch_id = await create_batch(gateway, [f"line {i}" for i in range(100)])
+    batch_id = await create_batch(gateway, [f"line {i}" for i in range(40)])
     store = BatchStore(gateway.redis)
     with trio.fail_after(30):
         while (await store.get(batch_id, None)).completed < 2:  # type: ignore[union-attr]
@@ -226,7 +226,7 @@ async def test_interactive_requests_wait_at_most_for_one_batch_line(
         position = asked.index(f"interactive {turn}")
         assert position <= 1, asked  # at most the line that held the slot went first
     state = await wait_batch(gateway, batch_id, statuses=("in_progress",))
-    assert state.completed < 100  # the batch was still draining all along
+    assert state.completed < 40  # the batch was still draining all along
 
 
 async def test_batch_lines_are_metered_as_batch_traffic_at_the_price_factor(
@@ -253,3 +253,24 @@ async def test_batch_lines_are_metered_as_batch_traffic_at_the_price_factor(
     month = await gateway.usage()
     assert month["requests"] == 5
     assert month["cost_micro_usd"] == interactive["cost_micro_usd"] + batch["cost_micro_usd"]
+
+
+async def test_a_batch_line_fails_over_to_the_next_routes_batch_stream(
+        nursery: trio.Nursery, redis_url: str, fake_upstream: Any) -> None:
+    primary: FakeOpenAI = await fake_upstream("openai")
+    backup: FakeOpenAI = await fake_upstream("openai")
+    primary.when("line 1", Behavior(status=401))  # our credential: the next route may answer
+    config = make_config(
+        redis_url,
+        {name: {"kind": "openai", "base_url": fake.base_url, "max_retries": 0}
+         for name, fake in (("up", primary), ("backup", backup))},
+        [{"slug": SLUG, "routes": [{"provider": "up", "model": "u"},
+                                   {"provider": "backup", "model": "b"}]}])
+    gateway = await start_gateway(nursery, config)
+    batch_id = await create_batch(gateway, ["line 0", "line 1", "line 2"])
+    state = await wait_batch(gateway, batch_id)
+    assert (state.status, state.completed, state.failed) == ("completed", 3, 0)
+    output = await file_lines(gateway, state.output_file_id)
+    assert [line["custom_id"] for line in output] == ["c-0", "c-1", "c-2"]
+    assert [r.body["model"] for r in backup.requests] == ["b"]
+    assert backup.requests[0].body["messages"][0]["content"] == "line 1"
