@@ -274,3 +274,17 @@ async def test_a_batch_line_fails_over_to_the_next_routes_batch_stream(
     assert [line["custom_id"] for line in output] == ["c-0", "c-1", "c-2"]
     assert [r.body["model"] for r in backup.requests] == ["b"]
     assert backup.requests[0].body["messages"][0]["content"] == "line 1"
+
+
+async def test_batches_of_one_provider_are_fed_in_turn(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    fake_openai.slow(0.05)
+    gateway = await gateway_for(nursery, redis_url, fake_openai, max_concurrency=1,
+                                batch={"feed_ahead": 2})
+    first = await create_batch(gateway, [f"a {i}" for i in range(12)])
+    second = await create_batch(gateway, [f"b {i}" for i in range(12)])
+    for batch_id in (first, second):
+        assert (await wait_batch(gateway, batch_id)).status == "completed"
+    asked = [r.body["messages"][0]["content"][0] for r in fake_openai.requests]
+    # Neither waits for the other to finish: both are served from the start.
+    assert asked[:12].count("a") >= 4 and asked[:12].count("b") >= 4, asked

@@ -140,7 +140,13 @@ class Feeder:
                         and s.status == "in_progress" and now < s.record.expires_at]
             await self._feed_provider(provider, feedable)
         for state, provs in batches:
-            await self.finalizer.step(state, provs)
+            try:  # one batch that cannot end (a bad line, ...) must not hold the others up
+                await self.finalizer.step(state, provs)
+            except (coredis.exceptions.RedisError, OSError):
+                raise  # Redis trouble: the whole tick is retried
+            except Exception as exc:
+                log_event("batch_finalize_error", batch=state.record.id,
+                          error=type(exc).__name__, detail=str(exc)[:200])
 
     async def _feed_provider(self, provider: str, batches: list[BatchState]) -> int:
         if batches:
