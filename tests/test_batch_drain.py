@@ -25,6 +25,7 @@ from schemas.envelopes import Job, job_encoder
 from schemas.usage import decode_dimensions
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
+from workers.batches.lines import retry_delay
 
 SLUG = "gpt-test"
 IN, OUT = 2.0, 8.0  # USD per million tokens on the priced route
@@ -288,3 +289,43 @@ async def test_batches_of_one_provider_are_fed_in_turn(
     asked = [r.body["messages"][0]["content"][0] for r in fake_openai.requests]
     # Neither waits for the other to finish: both are served from the start.
     assert asked[:12].count("a") >= 4 and asked[:12].count("b") >= 4, asked
+
+
+def test_the_retry_back_off_doubles_to_its_cap_and_honours_retry_after() -> None:
+    config = config_for("redis://127.0.0.1:1/0", FakeOpenAI(),
+                        batch={"retry_base_s": 1, "retry_max_s": 5})
+    assert [retry_delay(config, n, None) for n in range(5)] == [1, 2, 4, 5, 5]
+    assert retry_delay(config, 0, 30.0) == 30.0  # a 429's Retry-After comes first
+    assert retry_delay(config, 2, 0.5) == 4
+
+
+async def test_a_retry_that_would_come_after_the_window_fails_with_its_last_error(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    fake_openai.when("line 0", Behavior(status=503))
+    gateway = await gateway_for(nursery, redis_url, fake_openai,
+                                batch={"retry_base_s": 600, "retry_max_s": 600})
+    batch_id = await create_batch(gateway, ["line 0", "line 1"], window_s=300)
+    state = await wait_batch(gateway, batch_id)
+    assert (state.status, state.completed, state.failed) == ("completed", 1, 1)
+    [error] = await file_lines(gateway, state.error_file_id)
+    assert error["custom_id"] == "c-0" and error["error"] is None
+    assert error["response"]["status_code"] == 502
+    assert error["response"]["body"]["error"]["code"] == "upstream_error"
+
+
+async def test_cancel_ends_lines_waiting_for_a_retry_at_once(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    fake_openai.when("line 0", Behavior(status=500))
+    gateway = await gateway_for(nursery, redis_url, fake_openai,
+                                batch={"retry_base_s": 120, "retry_max_s": 120})
+    batch_id = await create_batch(gateway, ["line 0", "line 1"])
+    with trio.fail_after(30):  # line 0 waits two minutes for its retry
+        while not await gateway.redis.zcard(names.batch_retry("up")):
+            await trio.sleep(0.05)
+    await BatchStore(gateway.redis).cancel(batch_id, None)
+    state = await wait_batch(gateway, batch_id, timeout_s=10)
+    assert (state.status, state.completed, state.failed, state.queued) == ("cancelled", 1, 0, 0)
+    assert not await gateway.redis.zcard(names.batch_retry("up"))
+    output = await file_lines(gateway, state.output_file_id)
+    assert [line["custom_id"] for line in output] == ["c-1"]
+    assert state.error_file_id == ""
