@@ -8,6 +8,7 @@ OpenAI upstream in this process.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -55,31 +56,39 @@ def consumers(fleet: Fleet) -> dict[str, str]:
     return out
 
 
+async def ingress_view(nursery: trio.Nursery, redis_url: str, fake: FakeOpenAI) -> Gateway:
+    """Only an ingress-side view in this process: every line runs in the worker processes."""
+    return await start_gateway(nursery, make_config(redis_url, {
+        "up": {"kind": "openai", "base_url": fake.base_url}},
+        [{"slug": SLUG, "routes": [{"provider": "up", "model": "u"}]}]), workers=False)
+
+
+async def wait_owning(gateway: Gateway, fleet: Fleet, batch_id: str, name: str) -> int:
+    """Wait until some lines are done and worker `name` runs some; returns how many."""
+    by_consumer = consumers(fleet)
+    with trio.fail_after(30):
+        while True:
+            rows: Any = await gateway.redis.xpending(names.batch_queue("up"), names.GROUP,
+                                                     "-", "+", 100)
+            owners = [by_consumer.get(row.consumer.decode()) for row in rows]
+            state = await BatchStore(gateway.redis).get(batch_id, None)
+            assert state is not None
+            if state.completed >= 5 and name in owners:
+                return owners.count(name)
+            await trio.sleep(0.02)
+
+
 async def test_a_batch_completes_with_each_line_once_after_a_worker_is_sigkilled(
         nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     fake_openai.slow(0.3)
-    # Only an ingress-side view in this process: every line runs in the worker processes.
-    gateway = await start_gateway(nursery, make_config(redis_url, {
-        "up": {"kind": "openai", "base_url": fake_openai.base_url}},
-        [{"slug": SLUG, "routes": [{"provider": "up", "model": "u"}]}]), workers=False)
+    gateway = await ingress_view(nursery, redis_url, fake_openai)
     fleet = Fleet(tmp_path, fleet_config(fake_openai), redis_url)
     try:
         await fleet.worker("w1")
         await fleet.worker("w2")
         batch_id = await create_batch(gateway, [f"line {i}" for i in range(60)])
-        by_consumer = consumers(fleet)
-        with trio.fail_after(30):  # the kill lands while the victim runs batch lines
-            while True:
-                rows: Any = await gateway.redis.xpending(names.batch_queue("up"), names.GROUP,
-                                                         "-", "+", 100)
-                owners = [by_consumer.get(row.consumer.decode()) for row in rows]
-                done = (await BatchStore(gateway.redis).get(batch_id, None)).completed  # type: ignore[union-attr]
-                if done >= 5 and "w1" in owners:
-                    break
-                await trio.sleep(0.02)
-        fleet.kill("w1")
-        in_flight = owners.count("w1")
-        assert in_flight > 0
+        assert await wait_owning(gateway, fleet, batch_id, "w1") > 0
+        fleet.kill("w1")  # while it runs batch lines
         state = await wait_batch(gateway, batch_id)
         assert (state.status, state.completed, state.failed, state.queued) == \
             ("completed", 60, 0, 0)
@@ -91,6 +100,29 @@ async def test_a_batch_completes_with_each_line_once_after_a_worker_is_sigkilled
         # are once in the output.
         assert len(fake_openai.requests) >= 60
         assert any('"event":"job"' in log.read_text() for log in fleet.logs[1:])
+    finally:
+        fleet.stop_all()
+
+
+async def test_a_frozen_workers_late_lines_are_void_once_another_took_them_over(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_openai.slow(0.3)
+    gateway = await ingress_view(nursery, redis_url, fake_openai)
+    fleet = Fleet(tmp_path, fleet_config(fake_openai), redis_url)
+    try:
+        await fleet.worker("w1")
+        await fleet.worker("w2")
+        batch_id = await create_batch(gateway, [f"line {i}" for i in range(40)])
+        assert await wait_owning(gateway, fleet, batch_id, "w1") > 0
+        fleet.kill("w1", signal.SIGSTOP)  # presumed dead after reclaim_after_s: taken over
+        await trio.sleep(3)
+        fleet.kill("w1", signal.SIGCONT)  # its answers arrive late: the finish guard voids them
+        state = await wait_batch(gateway, batch_id)
+        assert (state.status, state.completed, state.failed, state.queued) == \
+            ("completed", 40, 0, 0)
+        lines = await file_lines(gateway, state.output_file_id)
+        assert [line["custom_id"] for line in lines] == [f"c-{i}" for i in range(40)]
+        assert '"event":"job_not_owned"' in fleet.logs[0].read_text()
     finally:
         fleet.stop_all()
 
