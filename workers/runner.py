@@ -21,7 +21,7 @@ from schemas.envelopes import Done, Error, Job
 from schemas.errors import GatewayError
 from schemas.pricing import MICRO_USD, Prices
 from schemas.tracking import log_ids
-from workers.batches.gate import line_gate
+from workers.batches.gate import batch_open
 from workers.batches.lines import LineOutcome, batch_cost, batch_line
 from workers.health import ProviderHealth
 from workers.logs import log_event
@@ -104,7 +104,7 @@ class Runner:
     async def run(self, delivery: Delivery) -> None:
         """Run one job to an outcome, then acknowledge it. Never raises for job failures."""
         job = delivery.job
-        if job.batch and not await self._batch_open(delivery):
+        if job.batch and not await batch_open(self.queue, self.config, delivery):
             return  # its batch ended or expired: acknowledged without an upstream call
         attempt = job.attempt + delivery.earlier_deliveries
         started = time.monotonic()
@@ -289,22 +289,6 @@ class Runner:
         # and ignores frames of attempts older than the one it follows).
         return Error(request_id=job.request_id, attempt=attempt, seq=progress.seq,
                      status=failure.status, body=failure.encode(), provider=job.route.provider)
-
-    async def _batch_open(self, delivery: Delivery) -> bool:
-        """Whether a batch line may start. One that may not (its batch is cancelling, or
-        expired) is ended here; one whose batch Redis cannot tell stays pending."""
-        try:
-            with trio.fail_after(self.config.limits.redis_timeout_s):
-                skip = await line_gate(self.queue.redis, self.config, delivery.job)
-                if skip is not None:
-                    await self.queue.finish(delivery, None, line=skip)
-                    log_event("batch_line_skipped", request_id=delivery.job.request_id,
-                              batch=delivery.job.batch, mode=skip.mode)
-                return skip is None
-        except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
-            log_event("batch_gate_failed", request_id=delivery.job.request_id,
-                      error=type(exc).__name__)
-            return False
 
     async def _finish(self, delivery: Delivery, outcome: Done | Error | None,
                       usage: Usage | None, forward: Job | None,
