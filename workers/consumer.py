@@ -53,6 +53,7 @@ class Consumer:
         self.batch_running: dict[bytes, str] = {}  # the same for batch lines (their stream)
         self._batch_seen = -math.inf  # trio time a read of the batch stream last found lines
         self._read_lost = False  # a read failed: its reply (and jobs) may be lost in flight
+        self._batch_reclaim_owed = False  # a reclaim round found no batch slot free
         self._intake_scope = trio.CancelScope()
         self._jobs = trio.CancelScope()
 
@@ -121,22 +122,27 @@ class Consumer:
                     prune: bool) -> None:
         """Add up to `count` jobs: first those of dead workers and our own that were read
         but never run (when due), then new ones."""
+        beat_ms = int(self.limits.heartbeat_s * 1000)
+        # Our running entries are heartbeated; one idle for three heartbeats was read but
+        # never run. After a failed read, take back every one at once.
+        own_idle_ms = 0 if self._read_lost else 3 * beat_ms
         if reclaim:
-            beat_ms = int(self.limits.heartbeat_s * 1000)
-            # Our running entries are heartbeated; one idle for three heartbeats was read
-            # but never run. After a failed read, take back every one at once.
-            own_idle_ms = 0 if self._read_lost else 3 * beat_ms
             reclaimed = await self.queue.reclaim(
                 self.provider, self.consumer_id, floor_ms=beat_ms, own_idle_ms=own_idle_ms,
                 count=count)
             # Our own entries come back too: never run one twice here.
             deliveries.extend(d for d in reclaimed if d.entry_id not in self.running)
-            room = self._batch_room(deliveries, count)
-            if room:
-                reclaimed = await self.queue.reclaim(
-                    self.provider, self.consumer_id, floor_ms=beat_ms,
-                    own_idle_ms=own_idle_ms, count=room, batch=True)
-                deliveries.extend(d for d in reclaimed if d.entry_id not in self.batch_running)
+            self._batch_reclaim_owed = True
+        # Batch lines of dead workers go before new ones: a round due while every batch
+        # slot is busy leaves the reclaim owed to the next round with room.
+        room = self._batch_room(deliveries, count)
+        if room and self._batch_reclaim_owed:
+            reclaimed = await self.queue.reclaim(
+                self.provider, self.consumer_id, floor_ms=beat_ms, own_idle_ms=own_idle_ms,
+                count=room, batch=True)
+            deliveries.extend(d for d in reclaimed if d.entry_id not in self.batch_running)
+            self._batch_reclaim_owed = False
+        if reclaim:
             self._read_lost = False
             if prune:
                 for batch in (False, True):
