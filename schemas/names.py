@@ -212,6 +212,12 @@ def file_data(file_id: str) -> str:
     return f"{PREFIX}file:{file_id}:data"
 
 
+def file_staging(file_id: str, writer: str) -> str:
+    """String: a produced file's bytes while one writer (`writer`) still appends them;
+    renamed to `file_data` when complete (workers/batches/finalizer.py)."""
+    return f"{PREFIX}file:{file_id}:staging:{writer}"
+
+
 def files(org_id: str) -> str:
     """Sorted set of an org's file ids by created_at (members of expired files are dropped
     when the list is read)."""
@@ -248,6 +254,11 @@ def batch_output(batch_id: str) -> str:
 def batch_errors(batch_id: str) -> str:
     """Hash {line index: error file line (JSON, no newline)}: each line written once."""
     return f"{PREFIX}batch:{batch_id}:err"
+
+
+def batch_lease(batch_id: str) -> str:
+    """Present (with a TTL) while one worker finalizes the batch (workers/batches)."""
+    return f"{PREFIX}batch:{batch_id}:lease"
 
 
 def batch_queue(provider: str) -> str:

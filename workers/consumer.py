@@ -6,21 +6,34 @@ a slot is free for it. Every `heartbeat_s` the worker refreshes its liveness key
 entries it still owns; the entries of a worker whose key expired are taken over and
 re-run (invariant 3). Entries another worker took over from us (we were presumed dead:
 frozen, or cut off from Redis) are stopped here, never taken back.
+
+Batch lines (`sb:bq:{provider}`, fed by `workers.batches`) share the slots but always
+yield: they are read only when the interactive stream has nothing waiting, and at most
+`batch_cap` of them run at once ((1 - `batch.interactive_share`) of the slots, at least
+one), so interactive jobs always find a slot. Both streams are heartbeated, reclaimed
+and pruned alike.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import trio
 
 from schemas.config import Config
+from schemas.envelopes import Job
 from workers.logs import log_event
 from workers.queue import Delivery, Queue
 from workers.runner import Runner
 
 READ_BLOCK_MS = 1000
 MAX_BATCH = 64
+# While batch lines run or were seen lately, the blocking read of the interactive stream is
+# short, so a batch slot that frees up is filled soon (the read cannot be woken by it); with
+# no batch work about, the read blocks for READ_BLOCK_MS.
+BATCH_POLL_MS = 20
+BATCH_RECENT_S = 2.0
 
 
 class Consumer:
@@ -33,9 +46,14 @@ class Consumer:
         self.limits = config.limits
         self.queue = queue
         self.runner = runner
-        self.slots = trio.Semaphore(config.providers[provider].max_concurrency)
+        slots = config.providers[provider].max_concurrency
+        self.slots = trio.Semaphore(slots)
+        self.batch_cap = max(1, int((1 - config.batch.interactive_share) * slots))
         self.running: dict[bytes, str] = {}  # entry id -> request id of the jobs run here
+        self.batch_running: dict[bytes, str] = {}  # the same for batch lines (their stream)
+        self._batch_seen = -math.inf  # trio time a read of the batch stream last found lines
         self._read_lost = False  # a read failed: its reply (and jobs) may be lost in flight
+        self._batch_reclaim_owed = False  # a reclaim round found no batch slot free
         self._intake_scope = trio.CancelScope()
         self._jobs = trio.CancelScope()
 
@@ -47,6 +65,7 @@ class Consumer:
         deadline or by cancellation) stay pending and another worker reclaims them.
         """
         await self.queue.ensure_group(self.provider)
+        await self.queue.ensure_group(self.provider, batch=True)
         await self._beat()  # alive before the first read: our entries are never taken as dead
         async with trio.open_nursery() as outer:
             outer.start_soon(self._heartbeat)  # keeps running while jobs drain
@@ -92,39 +111,77 @@ class Consumer:
                 await trio.sleep(0.5)
                 with contextlib.suppress(Exception):  # a restarted Redis may have lost it
                     await self.queue.ensure_group(self.provider)
+                    await self.queue.ensure_group(self.provider, batch=True)
             for _ in range(taken - len(deliveries)):
                 self.slots.release()
             for delivery in deliveries:
-                self.running[delivery.entry_id] = delivery.job.request_id
+                self._running(delivery.job)[delivery.entry_id] = delivery.job.request_id
                 jobs.start_soon(self._run, delivery)
 
     async def _take(self, deliveries: list[Delivery], count: int, *, reclaim: bool,
                     prune: bool) -> None:
         """Add up to `count` jobs: first those of dead workers and our own that were read
         but never run (when due), then new ones."""
+        beat_ms = int(self.limits.heartbeat_s * 1000)
+        # Our running entries are heartbeated; one idle for three heartbeats was read but
+        # never run. After a failed read, take back every one at once.
+        own_idle_ms = 0 if self._read_lost else 3 * beat_ms
         if reclaim:
-            beat_ms = int(self.limits.heartbeat_s * 1000)
-            # Our running entries are heartbeated; one idle for three heartbeats was read
-            # but never run. After a failed read, take back every one at once.
-            own_idle_ms = 0 if self._read_lost else 3 * beat_ms
             reclaimed = await self.queue.reclaim(
                 self.provider, self.consumer_id, floor_ms=beat_ms, own_idle_ms=own_idle_ms,
                 count=count)
-            self._read_lost = False
             # Our own entries come back too: never run one twice here.
             deliveries.extend(d for d in reclaimed if d.entry_id not in self.running)
+            self._batch_reclaim_owed = True
+        # Batch lines of dead workers go before new ones: a round due while every batch
+        # slot is busy leaves the reclaim owed to the next round with room.
+        room = self._batch_room(deliveries, count)
+        if room and self._batch_reclaim_owed:
+            reclaimed = await self.queue.reclaim(
+                self.provider, self.consumer_id, floor_ms=beat_ms, own_idle_ms=own_idle_ms,
+                count=room, batch=True)
+            deliveries.extend(d for d in reclaimed if d.entry_id not in self.batch_running)
+            self._batch_reclaim_owed = False
+        if reclaim:
+            self._read_lost = False
             if prune:
-                await self.queue.prune(self.provider, int(self.limits.reclaim_after_s * 1000))
-        if len(deliveries) < count:
-            block = 1 if deliveries else READ_BLOCK_MS
+                for batch in (False, True):
+                    await self.queue.prune(self.provider, int(self.limits.reclaim_after_s * 1000),
+                                           batch=batch)
+        if len(deliveries) >= count:
+            return
+        # Interactive jobs first, without waiting; batch lines only when none is waiting.
+        deliveries.extend(await self.queue.read(
+            self.provider, self.consumer_id, count - len(deliveries), None))
+        room = self._batch_room(deliveries, count)
+        if not deliveries and room:
+            found = await self.queue.read(self.provider, self.consumer_id, room, None,
+                                          batch=True)
+            if found:
+                self._batch_seen = trio.current_time()
+            deliveries.extend(found)
+        if not deliveries:  # nothing waits anywhere: wait for an interactive job
+            busy = self.batch_running or \
+                trio.current_time() - self._batch_seen < BATCH_RECENT_S
             deliveries.extend(await self.queue.read(
-                self.provider, self.consumer_id, count - len(deliveries), block))
+                self.provider, self.consumer_id, count,
+                BATCH_POLL_MS if busy else READ_BLOCK_MS))
+
+    def _batch_room(self, deliveries: list[Delivery], count: int) -> int:
+        """How many more batch lines this round may take."""
+        taking = sum(1 for d in deliveries if d.job.batch)
+        free = min(self.batch_cap - len(self.batch_running) - taking,
+                   count - len(deliveries))
+        return max(free, 0)
+
+    def _running(self, job: Job) -> dict[bytes, str]:
+        return self.batch_running if job.batch else self.running
 
     async def _run(self, delivery: Delivery) -> None:
         try:
             await self.runner.run(delivery)
         finally:
-            self.running.pop(delivery.entry_id, None)
+            self._running(delivery.job).pop(delivery.entry_id, None)
             self.slots.release()
 
     async def _heartbeat(self) -> None:
@@ -138,11 +195,14 @@ class Consumer:
 
     async def _beat(self) -> None:
         """Refresh our liveness and our running entries; stop the jobs we lost."""
-        lost = await self.queue.heartbeat(
+        lost = [(entry_id, self.running) for entry_id in await self.queue.heartbeat(
             self.provider, self.consumer_id, list(self.running),
-            alive_ms=int(self.limits.reclaim_after_s * 1000))
-        for entry_id in lost:
-            request_id = self.running.get(entry_id)
+            alive_ms=int(self.limits.reclaim_after_s * 1000))]
+        if self.batch_running:
+            lost += [(entry_id, self.batch_running) for entry_id in await self.queue.heartbeat(
+                self.provider, self.consumer_id, list(self.batch_running), batch=True)]
+        for entry_id, running in lost:
+            request_id = running.get(entry_id)
             if request_id is not None:  # another worker re-runs it: its answer counts
                 log_event("job_lost", provider=self.provider, request_id=request_id)
                 self.runner.cancel(request_id)

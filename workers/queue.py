@@ -18,6 +18,7 @@ from schemas import names
 from schemas.envelopes import Frame, Head, Job, frame_encoder, job_decoder, job_encoder
 from schemas.reservations import RELEASE_LUA
 from schemas.usage import day_expiry, encode_dimensions
+from workers.batches.lines import LineOutcome
 from workers.logs import log_event
 
 # Take over entries whose owner is dead: its liveness key (`names.alive`, refreshed by
@@ -115,6 +116,21 @@ if ARGV[3] == 'publish' then
   end
 elseif ARGV[3] == 'forward' then
   redis.call('XADD', KEYS[3], '*', 'j', ARGV[5])
+elseif redis.call('EXISTS', KEYS[11]) == 0 then
+  -- A batch line whose batch is gone (its record expired): nothing to write it to.
+elseif ARGV[3] == 'line' then
+  -- A batch line's outcome (KEYS[11] its batch, KEYS[12] its output or error hash): written
+  -- once per line index (ARGV[19]); the counters move only when this write was the first.
+  if redis.call('HSETNX', KEYS[12], ARGV[19], ARGV[5]) == 1 then
+    redis.call('EXPIRE', KEYS[12], ARGV[22])
+    redis.call('HINCRBY', KEYS[11], 'queued', -1)
+    if ARGV[18] ~= '' then redis.call('HINCRBY', KEYS[11], ARGV[18], 1) end
+  end
+elseif ARGV[3] == 'retry' then
+  -- A batch line to run again later (KEYS[12] the retry set, due at ARGV[21]): still queued.
+  redis.call('ZADD', KEYS[12], ARGV[21], ARGV[5])
+elseif ARGV[3] == 'drop' then
+  redis.call('HINCRBY', KEYS[11], 'queued', -1)  -- its batch was cancelled: no line
 end
 -- Meter a request that used tokens (ARGV[9] requests = 1) into the monthly counters of its
 -- org (KEYS[2]), key (KEYS[9]) and, when it has one (ARGV[17]), project (KEYS[8]): the
@@ -189,10 +205,12 @@ class Queue:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._prune = redis.register_script(_PRUNE)
 
-    async def ensure_group(self, provider: str) -> None:
-        """Create the provider's stream and consumer group if they do not exist."""
+    async def ensure_group(self, provider: str, *, batch: bool = False) -> None:
+        """Create the provider's stream (`batch`: its batch stream) and consumer group if
+        they do not exist. Every method taking `batch` works on either stream the same way."""
         try:
-            await self.redis.xgroup_create(names.queue(provider), names.GROUP, "0", mkstream=True)
+            await self.redis.xgroup_create(stream(provider, batch), names.GROUP, "0",
+                                           mkstream=True)
         except coredis.exceptions.StreamDuplicateConsumerGroupError:
             pass  # another process created it first
 
@@ -201,10 +219,12 @@ class Queue:
         """Whether the client of this request left (see `withdraw`)."""
         return bool(await self.redis.exists([names.withdrawn(request_id)]))
 
-    async def read(self, provider: str, consumer: str, count: int, block_ms: int) -> list[Delivery]:
-        """Read up to `count` new jobs, waiting at most `block_ms` for the first."""
+    async def read(self, provider: str, consumer: str, count: int, block_ms: int | None, *,
+                   batch: bool = False) -> list[Delivery]:
+        """Read up to `count` new jobs, waiting at most `block_ms` for the first (None: not
+        at all)."""
         reply = await self.redis.xreadgroup(
-            names.GROUP, consumer, streams={names.queue(provider): ">"},
+            names.GROUP, consumer, streams={stream(provider, batch): ">"},
             count=count, block=block_ms,
         )
         out: list[Delivery] = []
@@ -214,34 +234,34 @@ class Queue:
                 payload = entry.field_values.get(b"j")
                 job = None if payload is None else _decode_job(_bytes(payload))
                 if job is None:  # written by something else: never retried
-                    await self.ack(provider, [entry_id])
+                    await self.ack(provider, [entry_id], batch=batch)
                     continue
                 out.append(Delivery(entry_id, job, 0, consumer))
         return out
 
     async def reclaim(self, provider: str, consumer: str, *, floor_ms: int, own_idle_ms: int,
-                      count: int) -> list[Delivery]:
+                      count: int, batch: bool = False) -> list[Delivery]:
         """Take over up to `count` jobs of dead workers (no liveness key; idle at least
         `floor_ms`), and return our own entries idle `own_idle_ms` (read, maybe never run)."""
         rows: Any = await self._reclaim(
-            keys=[names.queue(provider)],
+            keys=[stream(provider, batch)],
             args=[names.GROUP, consumer, floor_ms, count, own_idle_ms, names.alive("")])
         out: list[Delivery] = []
         for row in rows:
             entry_id, payload, deliveries = bytes(row[0]), bytes(row[1]), int(row[2])
             job = _decode_job(payload)
             if job is None:
-                await self.ack(provider, [entry_id])
+                await self.ack(provider, [entry_id], batch=batch)
                 continue
             out.append(Delivery(entry_id, job, deliveries, consumer))
         return out
 
     async def heartbeat(self, provider: str, consumer: str, entry_ids: Sequence[bytes],
-                        alive_ms: int = 0) -> list[bytes]:
+                        alive_ms: int = 0, *, batch: bool = False) -> list[bytes]:
         """Keep `consumer` alive for `alive_ms` (when given) and reset the idle time of the
         entries it still owns; returns those another worker took over."""
         lost: Any = await self._heartbeat(
-            keys=[names.queue(provider), names.alive(consumer)],
+            keys=[stream(provider, batch), names.alive(consumer)],
             args=[names.GROUP, consumer, alive_ms, *entry_ids])
         return [bytes(entry_id) for entry_id in lost]
 
@@ -249,17 +269,18 @@ class Queue:
         """A worker stops: its liveness key goes, so what it leaves is reclaimed at once."""
         await self.redis.delete([names.alive(consumer)])
 
-    async def prune(self, provider: str, idle_ms: int) -> int:
+    async def prune(self, provider: str, idle_ms: int, *, batch: bool = False) -> int:
         """Remove dead consumers that own nothing from the provider's group."""
-        removed: Any = await self._prune(keys=[names.queue(provider)],
+        removed: Any = await self._prune(keys=[stream(provider, batch)],
                                          args=[names.GROUP, idle_ms, names.alive("")])
         return int(removed)
 
-    async def ack(self, provider: str, entry_ids: Sequence[bytes]) -> None:
+    async def ack(self, provider: str, entry_ids: Sequence[bytes], *,
+                  batch: bool = False) -> None:
         """Remove finished entries from the stream and the pending list."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(names.queue(provider), names.GROUP, list(entry_ids))
-            pipe.xdel(names.queue(provider), list(entry_ids))
+            pipe.xack(stream(provider, batch), names.GROUP, list(entry_ids))
+            pipe.xdel(stream(provider, batch), list(entry_ids))
 
     async def publish(self, channel: str, frame: Frame) -> int:
         """Publish one frame; returns how many ingress processes heard it."""
@@ -285,7 +306,8 @@ class Queue:
 
     async def finish(self, delivery: Delivery, frame: Frame | None, *,
                      usage: dict[str, int] | None = None, forward: Job | None = None,
-                     error: bool = False, retention_days: int = 400) -> bool:
+                     error: bool = False, retention_days: int = 400,
+                     line: LineOutcome | None = None) -> bool:
         """Publish the outcome, meter usage, and acknowledge: all or nothing (invariant 3).
         False when this consumer no longer owns the entry: then nothing was done.
 
@@ -294,37 +316,53 @@ class Queue:
         breakdown by dimension, which expires `retention_days` after the day.
 
         With `forward`, the job moves to another provider's stream instead of publishing;
-        with neither (the client left) it is only acknowledged. One script call: atomic,
-        and one command on the worker's hot path instead of a MULTI of nine.
+        with `line` (a batch line: no frame) its outcome becomes a line of its batch's output
+        or error file, a retry or nothing (`workers.batches.lines`); with neither (the client
+        left) it is only acknowledged. One script call: atomic, and one command on the
+        worker's hot path instead of a MULTI of nine.
         """
         job = delivery.job
+        batch = bool(job.batch)
         if forward is not None:
-            target, payload = names.queue(forward.route.provider), job_encoder.encode(forward)
+            target = stream(forward.route.provider, batch)
+            payload, action = job_encoder.encode(forward), "forward"
+        elif line is not None:
+            target, payload, action = "", line.payload, line.mode
         elif frame is not None:
-            target, payload = job.reply_to, frame_encoder.encode(frame)
+            target, payload, action = job.reply_to, frame_encoder.encode(frame), "publish"
         else:
-            target, payload = "", b""
+            target, payload, action = "", b"", "ack"
         metered = usage or {}
         now = int(time.time())
         day = names.day(now)  # the month is the day's, so both agree around midnight
         month = day[:7]
+        own = stream(job.route.provider, batch)
         done: Any = await self._finish(
-            keys=[names.queue(job.route.provider), names.usage(job.org, month),
-                  target if forward is not None else names.queue(job.route.provider),
+            keys=[own, names.usage(job.org, month), target if forward is not None else own,
                   names.reservation(job.request_id), names.RESERVATIONS_DUE,
                   names.outcome(job.request_id), names.began(job.request_id),
                   names.usage_project(job.org, job.project, month),
-                  names.usage_key(job.key_id, month), names.usage_day(job.org, day)],
-            args=[names.GROUP, delivery.entry_id, "forward" if forward is not None else
-                  "publish" if frame is not None else "ack", target, payload,
+                  names.usage_key(job.key_id, month), names.usage_day(job.org, day),
+                  names.batch(job.batch) if batch else own,
+                  line.key if line is not None and line.key else own],
+            args=[names.GROUP, delivery.entry_id, action, target, payload,
                   *(metered.get(field, 0) for field in USAGE_FIELDS),
                   delivery.consumer, OUTCOME_KEEP_MS,
                   *(metered.get(field, 0) for field in COST_FIELDS),
                   int(error), encode_dimensions(job.project, job.key_id, job.model,
-                                                  job.route.provider, job.identity, job.thread),
+                                                  job.route.provider, job.identity, job.thread,
+                                                  "batch" if batch else ""),
                   day_expiry(now // 86_400 * 86_400, retention_days),
-                  "1" if job.project else "0"])
+                  "1" if job.project else "0",
+                  line.counter if line is not None else "", job.batch_line, "",
+                  line.due if line is not None else 0,
+                  line.keep_s if line is not None else 0])
         return bool(done)
+
+
+def stream(provider: str, batch: bool = False) -> str:
+    """The provider's job stream, or (`batch`) its stream of batch lines."""
+    return names.batch_queue(provider) if batch else names.queue(provider)
 
 
 def _bytes(value: str | bytes) -> bytes:

@@ -21,6 +21,8 @@ from schemas.envelopes import Done, Error, Job
 from schemas.errors import GatewayError
 from schemas.pricing import MICRO_USD, Prices
 from schemas.tracking import log_ids
+from workers.batches.gate import batch_open
+from workers.batches.lines import LineOutcome, batch_cost, batch_line
 from workers.health import ProviderHealth
 from workers.logs import log_event
 from workers.metrics import WorkerMetrics
@@ -102,6 +104,8 @@ class Runner:
     async def run(self, delivery: Delivery) -> None:
         """Run one job to an outcome, then acknowledge it. Never raises for job failures."""
         job = delivery.job
+        if job.batch and not await batch_open(self.queue, self.config, delivery):
+            return  # its batch ended or expired: acknowledged without an upstream call
         attempt = job.attempt + delivery.earlier_deliveries
         started = time.monotonic()
         outcome: Done | Error | None = None
@@ -156,8 +160,14 @@ class Runner:
                     progress)
         if usage is None:
             usage = progress.cut_usage()  # a stream that ended early is metered all the same
-        await self._finish(delivery, outcome, usage, forward)
-        kind = "forwarded" if forward else type(outcome).__name__.lower() if outcome else "cancelled"
+        line = None
+        if job.batch and outcome is not None and forward is None:  # its output file's line
+            line = batch_line(self.config, job, attempt, outcome, failed)
+        if outcome is not None or forward is not None or not job.batch:
+            # (A batch line with no outcome, cut off or lost, stays pending: it is re-run.)
+            await self._finish(delivery, outcome, usage, forward, line)
+        kind = "forwarded" if forward else "retried" if line and line.mode == "retry" else \
+            type(outcome).__name__.lower() if outcome else "cancelled"
         # A route that failed over says how it failed: its answer was not the client's 200.
         status = outcome.status if isinstance(outcome, Error) else \
             failed.status if failed and forward else 200
@@ -281,9 +291,10 @@ class Runner:
                      status=failure.status, body=failure.encode(), provider=job.route.provider)
 
     async def _finish(self, delivery: Delivery, outcome: Done | Error | None,
-                      usage: Usage | None, forward: Job | None) -> bool:
-        """Publish, meter and acknowledge; False if Redis did not take it (the job stays
-        pending and is reclaimed)."""
+                      usage: Usage | None, forward: Job | None,
+                      line: LineOutcome | None = None) -> bool:
+        """Publish (or, for a batch line, write its `line`), meter and acknowledge; False
+        if Redis did not take it (the job stays pending and is reclaimed)."""
         metered = None
         if usage is not None:  # a complete answer, or output that went out before it ended
             metered = {"tokens": usage.prompt_tokens + usage.completion_tokens,
@@ -293,20 +304,22 @@ class Runner:
             # so a report can say "unpriced" for the rest (requests - priced_requests), and
             # a deployment without prices meters no new fields.
             job = delivery.job
-            cost = self.prices.cost(job.model, job.route, usage.prompt_tokens,
-                                    usage.completion_tokens)
+            cost = batch_cost(self.config, job, self.prices.cost(
+                job.model, job.route, usage.prompt_tokens, usage.completion_tokens))
             metered["cost_micro_usd"] = cost or 0
             metered["priced_requests"] = 0 if cost is None else 1
         limits = self.config.limits
         size = len(outcome.body) if isinstance(outcome, Done) else 0
         with trio.CancelScope(shield=True), trio.move_on_after(limits.transfer_s(size)) as scope:
             try:
-                if isinstance(outcome, Done) and size > limits.max_frame_bytes:
+                if isinstance(outcome, Done) and size > limits.max_frame_bytes and not line:
                     outcome = await self._stored(delivery.job, outcome)
                 # A failure is counted in the day's `errors` whether or not it used tokens;
-                # only one that used tokens counts in `requests` (docs/architecture.md).
-                if await self.queue.finish(delivery, outcome, usage=metered, forward=forward,
-                                           error=isinstance(outcome, Error),
+                # only one that used tokens counts in `requests` (docs/architecture.md). A
+                # batch line waiting for its retry has not failed (yet).
+                error = isinstance(outcome, Error) and not (line and line.mode == "retry")
+                if await self.queue.finish(delivery, None if line else outcome, usage=metered,
+                                           forward=forward, error=error, line=line,
                                            retention_days=self.config.usage.retention_days):
                     if metered is not None:  # counted once: only the run that metered it
                         self.metrics.cost.labels(delivery.job.model, delivery.job.route.provider

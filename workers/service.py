@@ -13,6 +13,7 @@ import trio
 
 from schemas import names
 from schemas.config import Config
+from workers.batches import Feeder
 from workers.connection import connect, subscription
 from workers.consumer import Consumer
 from workers.logs import log_event
@@ -31,8 +32,8 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the named providers (all configured ones if none are named).
 
-    Owns one Redis client, one httpx client per provider, a consumer per provider and
-    the cancel listener (and, with `metrics_bind` = (host, port), the metrics server) in
+    Owns one Redis client, one httpx client per provider, a consumer per provider, the
+    batch feeder and the cancel listener (and, with `metrics_bind` = (host, port), the metrics server) in
     one nursery, and the span export (with `[tracing]`); `started()` once every consumer
     group exists. Runs until cancelled, or until `stop` is set: then intake stops, running
     jobs get `limits.shutdown_grace_s` seconds to finish, and it returns, last exporting
@@ -62,6 +63,8 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
         runner = Runner(config, queue, adapters, spans=spans)
         async with trio.open_nursery() as nursery:
             await nursery.start(CancelListener(redis, runner, consumer_id).serve)
+            # Feeds the batch streams of our providers and ends batches (workers/batches).
+            await nursery.start(Feeder(redis, config, chosen, consumer_id).serve)
             if metrics_bind is not None:
                 await nursery.start(serve_metrics, runner.metrics.registry, redis, chosen,
                                     config.limits.redis_timeout_s, metrics_bind)
@@ -74,7 +77,8 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
                 if stop is not None:
                     await stop.wait()
                     log_event("worker_draining", consumer=consumer_id,
-                              running=sum(len(c.running) for c in consumers))
+                              running=sum(len(c.running) + len(c.batch_running)
+                                          for c in consumers))
                     # Streams still running at the deadline end with an error frame; the
                     # consumers' own deadline leaves the time to publish it.
                     runner.drain(config.limits.shutdown_grace_s)

@@ -2,14 +2,16 @@
 
 By default it echoes the last user message like OpenAI would answer, with usage, and
 honours `stream_options.include_usage`. Tests queue `Behavior`s to script failures,
-delays and tool calls. Every request is recorded (path, headers, JSON body), and so
-is every client disconnect.
+delays and tool calls (`then`, in arrival order; `when`, for the requests with a given last
+user message, whatever order they arrive in; `slow`, for every request not scripted).
+Every request is recorded (path, headers, JSON body), and so is every client disconnect.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +43,25 @@ class FakeOpenAI(ScriptedUpstream[Behavior]):
     def __init__(self) -> None:
         super().__init__(Behavior)
         self.disconnects: list[float] = []
+        self.scripted: dict[str, deque[Behavior]] = {}
+        self.default_delay_s = 0.0
+
+    def when(self, content: str, *behaviors: Behavior) -> FakeOpenAI:
+        """Answer the next requests whose last user message is `content` this way."""
+        self.scripted.setdefault(content, deque()).extend(behaviors)
+        return self
+
+    def slow(self, delay_s: float) -> FakeOpenAI:
+        """Answer every request that nothing scripted after `delay_s`."""
+        self.default_delay_s = delay_s
+        return self
 
     async def answer(self, received: Received, receive: Any, send: Any) -> None:
         request = received.body
-        behavior = self.next_behavior()
+        scripted = self.scripted.get(self._answer(request))
+        behavior = scripted.popleft() if scripted else self.next_behavior()
+        if behavior == Behavior() and self.default_delay_s:
+            behavior = Behavior(delay_s=self.default_delay_s)
         if behavior.delay_s:  # a client that leaves meanwhile is recorded in `disconnects`
             left = len(self.disconnects)
             async with trio.open_nursery() as nursery:

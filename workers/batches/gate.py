@@ -1,0 +1,54 @@
+"""Whether a batch line picked up from a batch stream may start.
+
+Checked just before the upstream call of every run: a line of a batch that is being
+cancelled (or has ended) is acknowledged without one, which is what stops a cancelled
+batch's lines within a moment of `cancelling`; a line whose batch's window has passed
+becomes its `batch_expired` line of the error file.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import coredis
+import trio
+
+from schemas import names
+from schemas.config import Config
+from schemas.envelopes import Job
+from workers.batches.lines import EXPIRED, LineOutcome, keep_seconds, not_answered
+from workers.logs import log_event
+
+if TYPE_CHECKING:  # workers.queue imports workers.batches.lines
+    from workers.queue import Delivery, Queue
+
+RUNNABLE = frozenset({b"in_progress", b"validating", b"finalizing"})
+
+
+async def line_gate(redis: coredis.Redis[bytes], config: Config, job: Job) -> LineOutcome | None:
+    """None: run it. Else how to end it without an upstream call."""
+    status = await redis.hget(names.batch(job.batch), "status")
+    if status == b"expired" or (status in RUNNABLE and time.time() >= job.deadline):
+        return not_answered(job, EXPIRED, keep_seconds(config))
+    if status not in RUNNABLE:  # cancelling, cancelled, or a batch that is gone
+        return LineOutcome("drop")
+    return None
+
+
+async def batch_open(queue: Queue, config: Config, delivery: Delivery) -> bool:
+    """Whether a batch line may start (the runner asks before its upstream call). One that
+    may not is ended here, acknowledged in the finish script; one whose batch Redis cannot
+    tell stays pending, and is run again later."""
+    job = delivery.job
+    try:
+        with trio.fail_after(config.limits.redis_timeout_s):
+            skip = await line_gate(queue.redis, config, job)
+            if skip is not None:
+                await queue.finish(delivery, None, line=skip)
+                log_event("batch_line_skipped", request_id=job.request_id, batch=job.batch,
+                          mode=skip.mode)
+            return skip is None
+    except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
+        log_event("batch_gate_failed", request_id=job.request_id, error=type(exc).__name__)
+        return False
