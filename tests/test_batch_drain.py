@@ -12,12 +12,16 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
+import httpx
 import msgspec
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from ingress.batchstore import BatchStore
+from ingress.dev import free_port
 from schemas import names
 from schemas.batch import BatchRecord, BatchState, FileObject
 from schemas.config import Config
@@ -26,6 +30,7 @@ from schemas.usage import decode_dimensions
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from workers.batches.lines import retry_delay
+from workers.service import run_workers
 
 SLUG = "gpt-test"
 IN, OUT = 2.0, 8.0  # USD per million tokens on the priced route
@@ -329,3 +334,24 @@ async def test_cancel_ends_lines_waiting_for_a_retry_at_once(
     output = await file_lines(gateway, state.output_file_id)
     assert [line["custom_id"] for line in output] == ["c-1"]
     assert state.error_file_id == ""
+
+
+async def test_a_workers_metrics_count_each_lines_outcome_once(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    fake_openai.when("line 1", Behavior(status=500))  # once retried, then answered
+    fake_openai.when("line 2", Behavior(status=400, error={"error": {
+        "message": "no", "type": "invalid_request_error", "code": "bad", "param": None}}))
+    config = config_for(redis_url, fake_openai)
+    gateway = await start_gateway(nursery, config, workers=False)
+    port = free_port()
+    await nursery.start(partial(run_workers, config, metrics_bind=("127.0.0.1", port)))
+    batch_id = await create_batch(gateway, ["line 0", "line 1", "line 2", "line 3"])
+    state = await wait_batch(gateway, batch_id)
+    assert (state.completed, state.failed) == (3, 1)
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    counted = {family.name: {s.labels["outcome"]: s.value for s in family.samples
+                             if s.name.endswith("_total")}
+               for family in text_string_to_metric_families(text)
+               if family.name == "switchboard_batch_lines"}
+    assert counted == {"switchboard_batch_lines": {"completed": 3, "failed": 1, "retried": 1}}

@@ -81,8 +81,9 @@ class WorkerMetrics:
     def batch_line(self, provider: str, outcome: str) -> None:
         """Count one batch line's outcome, once, where the finish script wrote it:
         `completed` (a 2xx, in the output file), `failed` (in the error file), `retried`
-        (a retryable failure, back in the provider's retry set) or `dropped` (its batch was
-        cancelling or expired when it was picked up: no upstream call)."""
+        (a retryable failure, back in the provider's retry set), `dropped` (its batch was
+        cancelling when it was picked up: no upstream call) or `expired` (its batch's
+        window had passed when it was picked up: a `batch_expired` error line)."""
         self.batch_lines.labels(provider, outcome).inc()
 
 

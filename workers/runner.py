@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import coredis
 import msgspec
@@ -104,7 +105,8 @@ class Runner:
     async def run(self, delivery: Delivery) -> None:
         """Run one job to an outcome, then acknowledge it. Never raises for job failures."""
         job = delivery.job
-        if job.batch and not await batch_open(self.queue, self.config, delivery):
+        if job.batch and not await batch_open(self.queue, self.config, delivery, partial(
+                self.metrics.batch_line, job.route.provider)):
             return  # its batch ended or expired: acknowledged without an upstream call
         attempt = job.attempt + delivery.earlier_deliveries
         started = time.monotonic()
@@ -324,6 +326,11 @@ class Runner:
                     if metered is not None:  # counted once: only the run that metered it
                         self.metrics.cost.labels(delivery.job.model, delivery.job.route.provider
                                                  ).inc(metered["cost_micro_usd"] / MICRO_USD)
+                    if line is not None:
+                        self.metrics.batch_line(delivery.job.route.provider, line.counter
+                                                or ("retried" if line.mode == "retry" else
+                                                    "expired" if line.mode == "line" else
+                                                    "dropped"))
                     return True
                 # Another worker took the job over (we were presumed dead): its run counts.
                 log_event("job_not_owned", request_id=delivery.job.request_id)

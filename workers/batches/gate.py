@@ -9,6 +9,7 @@ becomes its `batch_expired` line of the error file.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import coredis
@@ -36,16 +37,19 @@ async def line_gate(redis: coredis.Redis[bytes], config: Config, job: Job) -> Li
     return None
 
 
-async def batch_open(queue: Queue, config: Config, delivery: Delivery) -> bool:
+async def batch_open(queue: Queue, config: Config, delivery: Delivery,
+                     ended: Callable[[str], None] | None = None) -> bool:
     """Whether a batch line may start (the runner asks before its upstream call). One that
-    may not is ended here, acknowledged in the finish script; one whose batch Redis cannot
+    may not is ended here, acknowledged in the finish script, and `ended` is told how
+    ("dropped": its batch is cancelling or gone; "expired"); one whose batch Redis cannot
     tell stays pending, and is run again later."""
     job = delivery.job
     try:
         with trio.fail_after(config.limits.redis_timeout_s):
             skip = await line_gate(queue.redis, config, job)
             if skip is not None:
-                await queue.finish(delivery, None, line=skip)
+                if await queue.finish(delivery, None, line=skip) and ended is not None:
+                    ended("dropped" if skip.mode == "drop" else "expired")
                 log_event("batch_line_skipped", request_id=job.request_id, batch=job.batch,
                           mode=skip.mode)
             return skip is None
