@@ -57,7 +57,7 @@ return 1
 """
 
 # KEYS[1] the batch, KEYS[2] the active set, KEYS[3], KEYS[4] its output and error hashes,
-# KEYS[5..] its line lists; ARGV: expected status, new status, its timestamp field, now,
+# KEYS[5] its set of providers, KEYS[6..] its line lists (all deleted once it ended); ARGV: expected status, new status, its timestamp field, now,
 # output file id, error file id, batch id.
 _END = """
 local h = redis.call('HMGET', KEYS[1], 'status', 'queued')
@@ -139,7 +139,7 @@ class Finalizer:
             errors = await self._write_file(state, "error", names.batch_errors(batch_id), token)
             ended: Any = await self._end(
                 keys=[names.batch(batch_id), names.BATCHES_ACTIVE, names.batch_output(batch_id),
-                      names.batch_errors(batch_id),
+                      names.batch_errors(batch_id), names.batch_providers(batch_id),
                       *(names.batch_lines(batch_id, p) for p in providers)],
                 args=[expected, target, f"{target}_at", int(time.time()), output, errors,
                       batch_id])
