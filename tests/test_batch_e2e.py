@@ -143,7 +143,7 @@ async def test_cancel_through_the_sdk_ends_cancelled_and_another_org_sees_nothin
         assert len(done) == ended.request_counts.completed
 
 
-async def test_a_worker_sigkilled_mid_batch_loses_and_doubles_no_line(
+async def test_a_worker_and_the_ingress_sigkilled_mid_batch_lose_and_double_no_line(
         tmp_path: Path, redis_url: str, fake_openai: FakeOpenAI) -> None:
     fake_openai.slow(0.05)
     config_text = f"""
@@ -176,7 +176,10 @@ routes = [{{ provider = "up", model = "u" }}]
             while (await client.batches.retrieve(batch.id)).request_counts.completed < 40:  # type: ignore[union-attr]
                 await trio.sleep(0.05)
         fleet.kill("w1", signal.SIGKILL)
+        fleet.kill("in1", signal.SIGKILL)  # the ingress that took the batch, too
         killed_at = time.time()
+        client = openai.AsyncOpenAI(base_url=await fleet.serve("in2") + "/v1", api_key=secret,
+                                    max_retries=0)
         ended = await poll(client, batch.id, timeout_s=90)
         assert ended.status == "completed"
         assert (ended.request_counts.completed, ended.request_counts.failed) == (300, 0)
