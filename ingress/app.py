@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from functools import partial
+from typing import Any
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
@@ -58,7 +60,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
     upload_limit = gateway.config.batch.max_file_bytes + FORM_SLACK
     app.asgi_app = BodyFirst(app.asgi_app, limits.max_body_bytes, limits.body_timeout_s,  # type: ignore[method-assign,assignment]
                              write_timeout_s=limits.write_timeout_s,
-                             uploads={UPLOAD_PATH: upload_limit})
+                             uploads={UPLOAD_PATH: upload_limit},
+                             caller_known=partial(known_caller, gateway))
 
     cors = Cors(gateway.config.cors)
 
@@ -72,6 +75,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
             raise request.routing_exception  # a wrong path or method says so, whatever the body
         match request.scope.get(REFUSAL):
             case "too_large" if request.path == UPLOAD_PATH and request.method == "POST":
+                await identity()  # a caller without a valid key hears 401, not the size
                 raise file_too_large(gateway.config.batch.max_file_bytes)
             case "too_large":
                 raise GatewayError(413, "request_too_large",
@@ -202,3 +206,18 @@ def create_app(gateway: Gateway) -> QuartTrio:
         return json_response(openapi_document())
 
     return app
+
+
+async def known_caller(gateway: Gateway, scope: Mapping[str, Any]) -> bool:
+    """Whether a request's `Authorization: Bearer` key is valid, asked by the edge before
+    it reads an upload's body: only a known caller may send more than max_body_bytes."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, secret = bytes(value).decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and secret.strip():
+                try:
+                    await gateway.authenticate(secret.strip())
+                    return True
+                except GatewayError:
+                    return False
+    return False

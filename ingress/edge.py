@@ -51,13 +51,17 @@ class BodyFirst:
     """ASGI middleware: read the body first, refuse oversized ones, finish shielded."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, *,
-                 write_timeout_s: float = 30.0, uploads: Mapping[str, int] | None = None) -> None:
+                 write_timeout_s: float = 30.0, uploads: Mapping[str, int] | None = None,
+                 caller_known: Callable[[Scope], Awaitable[bool]] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.write_timeout_s = write_timeout_s
         # POST paths whose bodies may be larger (file uploads): {path: their own limit}
         self.uploads = dict(uploads or {})
+        # Whether a request carries a valid access key: only then may an upload path's body
+        # pass max_body_bytes, so nobody without a key makes the ingress buffer a file.
+        self.caller_known = caller_known
 
     def limit(self, scope: Scope) -> int:
         """The body limit of this request: its upload path's, else max_body_bytes."""
@@ -70,6 +74,9 @@ class BodyFirst:
             await self.app(scope, receive, send)
             return
         limit = self.limit(scope)
+        if limit > self.max_body_bytes and self.caller_known is not None \
+                and not await self.caller_known(scope):
+            limit = self.max_body_bytes
         request = _Request(receive, max(DISCARD_FACTOR * limit, 64 * 1024 * 1024))
         refusal = await request.read(limit, self.body_timeout_s, _declared_length(scope))
         if refusal == "gone":

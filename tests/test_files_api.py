@@ -12,6 +12,7 @@ import trio
 
 from ingress.keys import KeyStore
 from schemas import names
+from tests import rawhttp
 from tests.batchfiles import CHAT, batch_gateway, gateway, jsonl, keys, line, other_org_secret
 from tests.conftest import Gateway
 
@@ -254,3 +255,25 @@ async def test_files_the_workers_write_are_served(gateway: Gateway) -> None:
         await rival.files.content(meta.id)
     assert (await client.files.delete(meta.id)).deleted
     assert await keys(gateway, "sb:file:*") == []
+
+
+@pytest.mark.parametrize("authorization", ["", "Bearer sk-not-a-key"])
+async def test_a_caller_without_a_valid_key_is_refused_before_its_upload_is_read(
+        gateway: Gateway, authorization: str) -> None:
+    """Only a known caller may make the ingress read (and hold) a body past max_body_bytes:
+    a 100 MB upload from anyone else is answered 401 at once, its body never waited for."""
+    port = int(gateway.base_url.rsplit(":", 1)[1])
+    head = (f"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: {100 * 1024 * 1024}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            + (f"Authorization: {authorization}\r\n" if authorization else "") + "\r\n")
+
+    def ask() -> rawhttp.Answer:
+        with rawhttp.connection(port) as sock:
+            sock.sendall(head.encode() + b"--b\r\n" + b"x" * 65536)  # and nothing more
+            return rawhttp.read_answer(sock)
+
+    with trio.fail_after(5):  # the body timeout (60 s) would pass first if it were read
+        status, headers, body = await trio.to_thread.run_sync(ask)
+    assert status == 401, body
+    assert b'"code":"unauthorized"' in body or b'"code":"invalid_api_key"' in body, body
+    assert headers.get("connection") == "close"
