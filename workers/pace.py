@@ -184,9 +184,11 @@ class Pace:
     """The per-provider rolling windows of one worker process (module docstring)."""
 
     def __init__(self, redis: coredis.Redis[bytes], config: Config, *,
-                 window_ms: int | None = None) -> None:
+                 window_ms: int | None = None, guard_ms: int | None = None) -> None:
         self.config = config
+        # Other lengths are for tests only: the config's limits are per minute.
         self.window_ms = WINDOW_MS if window_ms is None else window_ms
+        self.guard_ms = GUARD_MS if guard_ms is None else guard_ms
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
         self._pause = redis.register_script(_PAUSE)
@@ -203,7 +205,7 @@ class Pace:
                 continue
             budget = max(int(value * share), 1)
             out.append(_Window(label, names.pace_window(label, provider),
-                               self.window_ms + GUARD_MS, budget, min(amount, budget)))
+                               self.window_ms + self.guard_ms, budget, min(amount, budget)))
             if batch:
                 part = -(-budget // SPREAD)
                 out.append(_Window(f"batch-{label}", names.pace_window(f"batch-{label}", provider),
