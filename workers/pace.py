@@ -14,12 +14,15 @@ fits in all of them: exact to the millisecond, never a 1-second bucket. A member
 (event-loop delays, a new connection) cannot make the upstream's own count of the same
 rolling minute see one call more than the limit.
 
-Batch lines (`job.batch`) may use only `1 - batch.interactive_share` of each limit,
-never while `names.pace_pause(provider)` exists (set for the `Retry-After` of an upstream
-429), and are spread: at most 1/60 of their budget in any rolling 1/60 of the window
-(a batch would otherwise take its whole minute in the first seconds, and, the window
-being rolling, again every minute, each time crowding interactive traffic).
-Interactive calls may use the whole limit and ignore the pause.
+Batch lines (`job.batch`) may use only `1 - batch.interactive_share` of each limit: a
+batch line must fit in the provider's window (all traffic, the whole limit) and in the
+batch lines' own (`batch-rpm`, `batch-tpm`: that share of it), so interactive traffic
+always has its share, and the batch takes what interactive traffic leaves up to its own.
+Batch lines never go while `names.pace_pause(provider)` exists (set for the
+`Retry-After` of an upstream 429), and are spread (`spread-rpm`, `spread-tpm`): at most
+1/60 of their share in any rolling 1/60 of the window (a batch would otherwise take its
+whole minute in the first seconds and, the window being rolling, again every minute,
+each time crowding interactive traffic). Interactive calls ignore the pause.
 
 Tokens are counted before the call runs, from its body alone (`estimate`): a quarter of
 the body's bytes for the prompt (the JSON around the text makes this above the real
@@ -113,14 +116,18 @@ end
 return {0, now}
 """
 
-# KEYS: the token window's sorted set and total. ARGV: old member, new member, delta.
-# A member that already left its window is not brought back.
+# KEYS: (sorted set, total) of each token window. ARGV: (old member, new member, delta)
+# of each. A member that already left its window is not brought back.
 _SETTLE = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], score, ARGV[2])
-redis.call('INCRBY', KEYS[2], ARGV[3])
+for i = 1, #KEYS, 2 do
+  local at = (i - 1) / 2 * 3
+  local score = redis.call('ZSCORE', KEYS[i], ARGV[at + 1])
+  if score then
+    redis.call('ZREM', KEYS[i], ARGV[at + 1])
+    redis.call('ZADD', KEYS[i], score, ARGV[at + 2])
+    redis.call('INCRBY', KEYS[i + 1], ARGV[at + 3])
+  end
+end
 return 1
 """
 
@@ -177,7 +184,7 @@ class Ticket:
     """A call counted in its provider's windows: what `settle` corrects."""
 
     member: str  # the call's id
-    tokens: _Window | None  # the token window it was counted in (its estimate: `amount`)
+    tokens: tuple[_Window, ...]  # the token windows it was counted in (estimate: `amount`)
 
 
 class Pace:
@@ -197,19 +204,21 @@ class Pace:
 
     def _windows(self, provider: str, settings: ProviderBase, batch: bool,
                  tokens: int) -> list[_Window]:
-        """Every window a call must fit in."""
-        share = 1 - self.config.batch.interactive_share if batch else 1.0
+        """Every window a call must fit in: the provider's (all traffic); for a batch line
+        also the batch lines' own (their share of the limit) and its spread."""
+        span = self.window_ms + self.guard_ms
         out = []
-        for label, value, amount in (("rpm", settings.rpm, 1), ("tpm", settings.tpm, tokens)):
-            if value is None:
+        for label, limit, amount in (("rpm", settings.rpm, 1), ("tpm", settings.tpm, tokens)):
+            if limit is None:
                 continue
-            budget = max(int(value * share), 1)
-            out.append(_Window(label, names.pace_window(label, provider),
-                               self.window_ms + self.guard_ms, budget, min(amount, budget)))
+            windows = [(label, span, limit)]
             if batch:
-                part = -(-budget // SPREAD)
-                out.append(_Window(f"batch-{label}", names.pace_window(f"batch-{label}", provider),
-                                   max(self.window_ms // SPREAD, 1), part, min(amount, part)))
+                budget = max(int(limit * (1 - self.config.batch.interactive_share)), 1)
+                windows += [(f"batch-{label}", span, budget),
+                            (f"spread-{label}", max(self.window_ms // SPREAD, 1),
+                             -(-budget // SPREAD))]
+            out += [_Window(name, names.pace_window(name, provider), length, most,
+                            min(amount, most)) for name, length, most in windows]
         return out
 
     def limited(self, job: Job) -> bool:
@@ -256,21 +265,25 @@ class Pace:
         if waited >= 1:
             log_event("pace_waited", request_id=job.request_id, provider=provider,
                       batch=batch, seconds=round(waited, 3))
-        return Ticket(member, next((w for w in windows if w.label == "tpm"), None))
+        return Ticket(member, tuple(w for w in windows if w.label in ("tpm", "batch-tpm")))
 
     async def settle(self, ticket: Ticket | None, usage: Usage) -> None:
         """Replace a call's token estimate by its real usage; never raises."""
-        if ticket is None or ticket.tokens is None:
+        if ticket is None or not ticket.tokens:
             return
-        window = ticket.tokens
-        used = min(usage.prompt_tokens + usage.completion_tokens, window.limit)
-        if used == window.amount:
+        keys: list[str] = []
+        args: list[Any] = []
+        for window in ticket.tokens:
+            used = min(usage.prompt_tokens + usage.completion_tokens, window.limit)
+            if used != window.amount:
+                keys += [window.key, window.key + "-sum"]
+                args += [f"{ticket.member}:{window.amount}", f"{ticket.member}:{used}",
+                         used - window.amount]
+        if not keys:
             return
         try:
             with trio.fail_after(self.config.limits.redis_timeout_s):
-                await self._settle(keys=[window.key, window.key + "-sum"],
-                                   args=[f"{ticket.member}:{window.amount}",
-                                         f"{ticket.member}:{used}", used - window.amount])
+                await self._settle(keys=keys, args=args)
         except Exception as exc:  # the estimate stays counted: later calls wait a little more
             log_event("pace_unsettled", error=type(exc).__name__)
 
