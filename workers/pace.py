@@ -42,8 +42,8 @@ line costs one PTTL (the pause).
 from __future__ import annotations
 
 import itertools
+import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -200,6 +200,7 @@ class Pace:
         self._settle = redis.register_script(_SETTLE)
         self._pause = redis.register_script(_PAUSE)
         self._ids = itertools.count()
+        self._gates: dict[tuple[str, bool], trio.Lock] = {}
         self._prefix = os.urandom(5).hex()
 
     def _windows(self, provider: str, settings: ProviderBase, batch: bool,
@@ -248,24 +249,36 @@ class Pace:
             keys += [window.key, window.key + "-sum"]
             args += [window.span_ms, window.limit, window.amount]
         args.append(SCAN)
-        waited = 0.0
-        while True:
-            wait_ms, which = await self._call(self._acquire, keys, args)
-            if wait_ms == 0:
-                break
-            why = "paused after a 429" if which == 0 else \
-                f"its {windows[which - 1].label} limit ({windows[which - 1].limit})"
-            if wait_ms / 1000 >= job.deadline - time.time():
-                raise GatewayError(504, "upstream_timeout",
-                                   f"the request's deadline passed while provider {provider!r} "
-                                   f"was {why}")
-            step = min(wait_ms / 1000, STEP_S) + random.uniform(0, 0.002)
-            waited += step
-            await trio.sleep(step)
-        if waited >= 1:
-            log_event("pace_waited", request_id=job.request_id, provider=provider,
-                      batch=batch, seconds=round(waited, 3))
+        wait_ms, which = await self._call(self._acquire, keys, args)
+        if wait_ms:
+            self._wait(job, wait_ms, which, windows)
+            # One waiting call per provider and traffic class of this process asks Redis at
+            # a time (in arrival order), so a freed slot is not raced for by every waiter.
+            started = time.monotonic()
+            left = job.deadline - time.time()
+            with trio.move_on_after(max(left, 0)) as scope:
+                async with self._gates.setdefault((provider, batch), trio.Lock()):
+                    while wait_ms:
+                        wait_ms, which = await self._call(self._acquire, keys, args)
+                        if wait_ms:
+                            self._wait(job, wait_ms, which, windows)
+                            await trio.sleep(min(wait_ms / 1000, STEP_S))
+            if scope.cancelled_caught:  # the deadline passed, waiting for the gate
+                self._wait(job, math.inf, which, windows)
+            if time.monotonic() - started >= 1:
+                log_event("pace_waited", request_id=job.request_id, provider=provider,
+                          batch=batch, seconds=round(time.monotonic() - started, 3))
         return Ticket(member, tuple(w for w in windows if w.label in ("tpm", "batch-tpm")))
+
+    @staticmethod
+    def _wait(job: Job, wait_ms: float, which: int, windows: list[_Window]) -> None:
+        """Raise the 504 when waiting `wait_ms` would pass the job's deadline."""
+        if wait_ms / 1000 < job.deadline - time.time():
+            return
+        why = "paused after a 429" if which == 0 else \
+            f"at its {windows[which - 1].label} limit ({windows[which - 1].limit})"
+        raise GatewayError(504, "upstream_timeout", f"the request's deadline passed while "
+                           f"provider {job.route.provider!r} was {why}")
 
     async def settle(self, ticket: Ticket | None, usage: Usage) -> None:
         """Replace a call's token estimate by its real usage; never raises."""
