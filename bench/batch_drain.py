@@ -99,7 +99,7 @@ redis_url = "{redis_url}"
 kind = "openai"
 base_url = "{upstream_base}"
 api_key_env = "{UPSTREAM_KEY_ENV}"
-max_concurrency = 256
+max_concurrency = {args.concurrency}
 max_queue = 100000
 timeout_s = 30
 max_retries = 0
@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of (a) (default 120; --quick 30)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--concurrency", type=int, default=256,
+                        help="the provider's max_concurrency per worker process (default 256)")
     parser.add_argument("--max-drain-s", type=float, default=3600.0, help="give up on the drain after this")
     parser.add_argument("--quick", action="store_true", help="3000 lines and a 30 s (a)")
     parser.add_argument("--skip-batch", action="store_true", help="run (a) only")
