@@ -125,9 +125,12 @@ class Interactive:
     sent: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    sent_at: list[float] = field(default_factory=list)  # time.monotonic(), per latency
 
-    def summary(self) -> dict[str, Any]:
-        ordered = sorted(self.latencies)
+    def summary(self, since: float = -math.inf, until: float = math.inf) -> dict[str, Any]:
+        """The figures of the requests sent between `since` and `until` (monotonic)."""
+        ordered = sorted(latency for at, latency in zip(self.sent_at, self.latencies, strict=True)
+                         if since <= at <= until)
         return {"sent": self.sent, "ok": len(ordered), "errors": dict(self.errors),
                 "p50_ms": round(percentile(ordered, 50) * 1000, 2),
                 "p99_ms": round(percentile(ordered, 99) * 1000, 2)}
@@ -153,6 +156,7 @@ async def interactive(url: str, secret: str, rate: float, duration: float,
                 out.errors[problem] += 1
             else:
                 out.latencies.append(trio.current_time() - planned)
+                out.sent_at.append(time.monotonic() - (trio.current_time() - planned))
 
         start = trio.current_time()
         with trio.move_on_at(start + duration + GRACE_S) as scope:
@@ -189,6 +193,7 @@ async def drain(args: argparse.Namespace, base: str, secret: str) -> dict[str, A
     batch = await client.batches.create(input_file_id=uploaded.id,
                                         endpoint="/v1/chat/completions", completion_window="24h")
     samples: list[tuple[float, int, str]] = []  # (monotonic, lines ended, status)
+    created = time.monotonic()
     stop = trio.Event()
     load: list[Interactive] = []
 
@@ -233,7 +238,16 @@ async def drain(args: argparse.Namespace, base: str, secret: str) -> dict[str, A
             "drain_minutes": round(minutes, 2), "lines_per_minute": round(rate, 1),
             "of_rpm": round(rate / args.rpm, 4), "of_batch_budget": round(rate / budget, 4),
             "with_interactive_of_rpm": round((rate + args.rate * 60) / args.rpm, 4),
-            "interactive": load[0].summary() if load else {}}
+            # The interactive figures while lines drain (in_progress), and over the whole
+            # run from batches.create (upload validation and finalizing included).
+            "interactive": load[0].summary(*drained(samples)) if load else {},
+            "interactive_whole": load[0].summary(created) if load else {}}
+
+
+def drained(samples: list[tuple[float, int, str]]) -> tuple[float, float]:
+    """The monotonic times the batch was seen in_progress first and last."""
+    times = [t for t, _, status in samples if status == "in_progress"]
+    return (times[0], times[-1]) if times else (math.inf, -math.inf)
 
 
 def start(args: argparse.Namespace, workdir: Path, processes: Processes) -> tuple[str, str, str]:
@@ -296,8 +310,11 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> bool:
               f"the batch share) | >= 95% of what it may use |")
         print(f"| (b) batch + interactive upstream calls per minute | "
               f"{d['with_interactive_of_rpm']:.1%} of rpm | >= 95% |")
-        print(f"| (b) interactive during the drain p50 / p99 ms | {during['p50_ms']} / "
-              f"{during['p99_ms']} ({ratio:.2f}x) | p99 <= 1.10x |")
+        print(f"| (b) interactive while lines drain ({during['ok']} requests) p50 / p99 ms | "
+              f"{during['p50_ms']} / {during['p99_ms']} ({ratio:.2f}x) | p99 <= 1.10x |")
+        whole = d["interactive_whole"]
+        print(f"| (b) interactive from batches.create to the end (validation, finalizing) "
+              f"p50 / p99 ms | {whole['p50_ms']} / {whole['p99_ms']} | - |")
         print(f"| (b) interactive errors | {sum(during['errors'].values())} of {during['sent']} | 0 |")
         ok = ok and d["status"] == "completed" and d["output_custom_ids"] == args.lines \
             and not d["duplicated_custom_ids"] and d["of_batch_budget"] >= 0.95 and ratio <= 1.10 \
