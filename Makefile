@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8080
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint lint-check bench lock redis-server clean
+.PHONY: install run test lint lint-check bench bench-batch lock redis-server clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ lint: lint-check
 
 bench: install redis-server
 	$(BIN)/python bench/overhead.py
+
+# A 50,000-line batch drained at the provider's rpm beside an interactive load
+# (docs/benchmarks.md); `make bench-batch ARGS=--quick` for a short run.
+bench-batch: install redis-server
+	$(BIN)/python bench/batch_drain.py $(ARGS)
 
 # Refresh the lock file from pyproject.toml (run after changing dependencies).
 lock:

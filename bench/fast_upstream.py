@@ -11,14 +11,22 @@ so that it is not the bottleneck of a benchmark. It is not a general HTTP server
 `GET /stats` counts the completions served and the connections that carried them
 (a client that reuses connections opens few).
 
+With `--rpm N` it enforces a provider's rate limit as OpenAI does: a request beyond N
+in the rolling `--window-s` (60 s; a true rolling window on its own clock, no buckets)
+is answered 429 with OpenAI's error body, `Retry-After` and `retry-after-ms` (until the
+oldest counted request leaves the window). `/stats` then also counts the 429s
+(`throttled`) and the most requests served in any one window (`max_in_window`).
+
     .venv/bin/python bench/fast_upstream.py --port 9999 --chunks 16
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +45,8 @@ class Settings:
     latency_s: float = 0.0  # before the response starts
     chunk_delay_s: float = 0.0  # between streamed chunks
     api_key: str | None = None  # when set, `Authorization: Bearer <api_key>` is required
+    rpm: int | None = None  # requests per rolling `window_s`; beyond it, 429
+    window_s: float = 60.0
 
 
 class BadRequest(Exception):
@@ -57,8 +67,26 @@ class Answer:
 
 
 _ids = itertools.count(1)
-# Served chat completions, and connections that carried at least one (GET /stats).
-STATS = {"requests": 0, "connections": 0}
+# Served chat completions, and connections that carried at least one (GET /stats);
+# with --rpm also the 429s and the most served in one rolling window.
+STATS = {"requests": 0, "connections": 0, "throttled": 0, "max_in_window": 0}
+SERVED: collections.deque[float] = collections.deque()  # arrival times within the window
+
+
+def _throttle(settings: Settings) -> float | None:
+    """With --rpm: None if this request may be served (and count it), else the seconds
+    until the window has room."""
+    if settings.rpm is None:
+        return None
+    now = time.monotonic()
+    while SERVED and SERVED[0] <= now - settings.window_s:
+        SERVED.popleft()
+    if len(SERVED) >= settings.rpm:
+        STATS["throttled"] += 1
+        return SERVED[0] + settings.window_s - now
+    SERVED.append(now)
+    STATS["max_in_window"] = max(STATS["max_in_window"], len(SERVED))
+    return None
 
 
 def _usage(prompt: int, completion: int) -> str:
@@ -81,7 +109,7 @@ def _error(status: int, message: str, kind: str, code: str | None) -> tuple[int,
 
 
 REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-           405: b"Method Not Allowed", 413: b"Payload Too Large"}
+           405: b"Method Not Allowed", 413: b"Payload Too Large", 429: b"Too Many Requests"}
 
 
 def _head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -90,8 +118,10 @@ def _head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def _json_response(status: int, body: bytes, keep_alive: bool) -> bytes:
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+def _json_response(status: int, body: bytes, keep_alive: bool,
+                   extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+               *(extra or [])]
     if not keep_alive:
         headers.append((b"connection", b"close"))
     return _head(status, headers) + body
@@ -234,6 +264,14 @@ class Connection:
                                      "invalid_request_error", None)
             await self.stream.send_all(_json_response(status, payload, keep_alive))
             return
+        wait = _throttle(self.settings)
+        if wait is not None:
+            status, payload = _error(429, "Rate limit reached for requests", "requests",
+                                     "rate_limit_exceeded")
+            await self.stream.send_all(_json_response(status, payload, keep_alive, [
+                (b"retry-after", b"%d" % math.ceil(wait)),
+                (b"retry-after-ms", b"%d" % math.ceil(wait * 1000))]))
+            return
         STATS["requests"] += 1
         if not self.counted:
             self.counted = True
@@ -308,10 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before answering")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between chunks")
     parser.add_argument("--api-key", default=None, help="require this bearer token")
+    parser.add_argument("--rpm", type=int, default=None,
+                        help="answer 429 beyond this many requests per rolling window")
+    parser.add_argument("--window-s", type=float, default=60.0, help="the --rpm window")
     args = parser.parse_args(argv)
     if args.chunks < 1:
         parser.error("--chunks must be at least 1")
-    settings = Settings(args.chunks, args.latency_ms / 1000, args.chunk_delay_ms / 1000, args.api_key)
+    if (args.rpm is not None and args.rpm < 1) or args.window_s <= 0:
+        parser.error("--rpm and --window-s must be positive")
+    settings = Settings(args.chunks, args.latency_ms / 1000, args.chunk_delay_ms / 1000, args.api_key,
+                        args.rpm, args.window_s)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

@@ -52,7 +52,7 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         details: dict[str, Any] | None = None,
-        retry_after: int | None = None,
+        retry_after: float | None = None,  # seconds; the ingress only sets whole ones
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)

@@ -27,6 +27,7 @@ from workers.batches.lines import LineOutcome, batch_cost, batch_line
 from workers.health import ProviderHealth
 from workers.logs import log_event
 from workers.metrics import WorkerMetrics
+from workers.pace import Pace, throttled
 from workers.providers._base import Adapter, Answer, Call, UpstreamFailure
 from workers.providers._http import traced
 from workers.publisher import ClientGone, StreamPublisher
@@ -80,12 +81,14 @@ class Runner:
     metrics: WorkerMetrics = field(init=False)  # this process's own registry
     prices: Prices = field(init=False)  # route prices of this worker's own config
     responses: Responses = field(init=False)  # the Responses API over each kind's chat call
+    pace: Pace = field(init=False)  # the providers' rpm/tpm, shared through Redis
 
     def __post_init__(self) -> None:
         self.prices = Prices(self.config)
         self.health = ProviderHealth(self.queue.redis, self.config)
         self.metrics = WorkerMetrics(lambda: len(self.running))
         self.responses = Responses(self.queue.redis, self.config)
+        self.pace = Pace(self.queue.redis, self.config)
 
     def cancel(self, request_id: str) -> None:
         """The client left: stop its job if it runs here."""
@@ -205,6 +208,7 @@ class Runner:
                                "the worker serving this stream stopped; the answer is incomplete")
         tries = provider.max_retries + 1
         for try_index in range(tries):
+            ticket = await self.pace.acquire(job)  # waits until the call fits rpm/tpm
             remaining = job.deadline - time.time()
             if remaining <= 0:
                 raise GatewayError(504, "upstream_timeout",
@@ -219,6 +223,7 @@ class Runner:
                     if job.stream:
                         usage = await self._stream(adapter, call, publisher)
                         self.spans.tokens(span, usage)
+                        await self.pace.settle(ticket, usage)
                         return Done(request_id=job.request_id, attempt=attempt,
                                     seq=publisher.seq, provider=route.provider,
                                     prompt_tokens=usage.prompt_tokens,
@@ -233,12 +238,16 @@ class Runner:
                     raise failure from None
                 continue
             except UpstreamFailure as failure:
-                if publisher.started or not failure.retryable or try_index + 1 == tries:
+                await self.pace.on_failure(job, failure)  # a 429 pauses its batch traffic
+                # A batch line's 429 waits for the pause in the batch's retry set, not here.
+                if publisher.started or not failure.retryable or try_index + 1 == tries \
+                        or (job.batch != "" and throttled(failure)):
                     if publisher.started:
                         failure.failover = False  # output began: no other route may answer
                     raise
                 await trio.sleep(BACKOFF_S * 2**try_index)
                 continue
+            await self.pace.settle(ticket, answer.usage)
             return Done(request_id=job.request_id, attempt=attempt, seq=0,
                         provider=route.provider, body=answer.body,
                         prompt_tokens=answer.usage.prompt_tokens,

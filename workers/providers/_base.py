@@ -39,17 +39,21 @@ class UpstreamFailure(GatewayError):
 
     `retryable`: the same route may succeed if tried again (timeouts, 5xx, 429).
     `failover`: another route may succeed (anything that is not the client's fault).
+    `retry_after`: the seconds the upstream asked us to wait (its `Retry-After` or
+    `retry-after-ms` header; set by `workers.providers._http`), None when it said nothing.
+    The worker uses it (workers/pace.py); it is never relayed to the client.
     """
 
     def __init__(self, status: int, code: str, message: str, *, provider: str,
                  upstream_status: int | None = None, retryable: bool = False,
-                 failover: bool = True) -> None:
+                 failover: bool = True, retry_after: float | None = None) -> None:
         details: dict[str, Any] = {"provider": provider}
         if upstream_status is not None:
             details["status"] = upstream_status
         super().__init__(status, code, message, details=details)
         self.retryable = retryable
         self.failover = failover
+        self.retry_after = retry_after
 
 
 @dataclass(slots=True)

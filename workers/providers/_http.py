@@ -6,15 +6,20 @@
 
 `auth` is applied to every request just before it is sent, so a kind may sign each
 request (AWS SigV4) instead of sending fixed headers. A non-200 answer becomes
-`failure(status, body)` (the kind knows its error shape); transport errors become
+`failure(status, body)` (the kind knows its error shape) carrying the wait the upstream
+asked for (`retry_after`, from `retry-after-ms` or `Retry-After`); transport errors become
 `transport_failure`; a streamed response is always closed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+import math
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import cast
 
 import httpx
@@ -37,6 +42,36 @@ def traced(headers: dict[str, str]) -> Iterator[None]:
         yield
     finally:
         _trace_headers.reset(token)
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The seconds an answer asks the client to wait: `retry-after-ms` (OpenAI's, in
+    milliseconds), else `Retry-After` as seconds or an HTTP date (RFC 9110 10.2.3);
+    None when neither is there or readable. A date in the past is 0."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if not value:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            if scale != 1.0:
+                continue
+            try:
+                when = parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                continue
+            if when.tzinfo is None:  # "-0000": GMT all the same
+                when = when.replace(tzinfo=UTC)
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        if math.isfinite(seconds):
+            return max(seconds, 0.0)
+    return None
+
+
+def _failed(failure: UpstreamFailure, response: httpx.Response) -> UpstreamFailure:
+    failure.retry_after = retry_after(response.headers)
+    return failure
 
 
 def header_auth(headers: dict[str, str]) -> Auth:
@@ -81,7 +116,7 @@ class Upstream:
         except httpx.HTTPError as exc:
             raise transport_failure(self.provider, exc) from exc
         if response.status_code != 200:
-            raise self.failure(response.status_code, response.content)
+            raise _failed(self.failure(response.status_code, response.content), response)
         return response.content
 
     @asynccontextmanager
@@ -96,7 +131,8 @@ class Upstream:
             raise transport_failure(self.provider, exc) from exc
         try:
             if response.status_code != 200:
-                raise self.failure(response.status_code, await response.aread())
+                raise _failed(self.failure(response.status_code, await response.aread()),
+                              response)
             yield response.aiter_bytes()
         except httpx.HTTPError as exc:
             raise transport_failure(self.provider, exc) from exc
