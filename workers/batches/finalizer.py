@@ -57,8 +57,9 @@ return 1
 """
 
 # KEYS[1] the batch, KEYS[2] the active set, KEYS[3], KEYS[4] its output and error hashes,
-# KEYS[5] its set of providers, KEYS[6..] its line lists (all deleted once it ended); ARGV: expected status, new status, its timestamp field, now,
-# output file id, error file id, batch id.
+# KEYS[5] its set of providers, KEYS[6..] its line lists (all deleted once it ended);
+# ARGV: expected status, new status, its timestamp field, now, output file id, error file
+# id, batch id.
 _END = """
 local h = redis.call('HMGET', KEYS[1], 'status', 'queued')
 if h[1] ~= ARGV[1] or tonumber(h[2]) ~= 0 then return 0 end
