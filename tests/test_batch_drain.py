@@ -355,3 +355,23 @@ async def test_a_workers_metrics_count_each_lines_outcome_once(
                for family in text_string_to_metric_families(text)
                if family.name == "switchboard_batch_lines"}
     assert counted == {"switchboard_batch_lines": {"completed": 3, "failed": 1, "retried": 1}}
+
+
+async def test_cancel_stops_the_lines_waiting_for_their_providers_pace(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    """Lines waiting for room in the provider's rpm window (not yet started) see the cancel
+    too: none of them starts later, and the batch ends cancelled at once, not a minute on."""
+    config = config_for(redis_url, fake_openai)
+    config.providers["up"].rpm = 8  # the batch lines' share: 6 a minute
+    gateway = await start_gateway(nursery, config)
+    batch_id = await create_batch(gateway, [f"line {i}" for i in range(20)])
+    store = BatchStore(gateway.redis)
+    with trio.fail_after(30):
+        while (await store.get(batch_id, None)).completed < 6:  # type: ignore[union-attr]
+            await trio.sleep(0.05)
+    await trio.sleep(0.5)  # the next lines are read, and wait for the window
+    assert (await store.get(batch_id, None)).queued > 0  # type: ignore[union-attr]
+    await store.cancel(batch_id, None)
+    state = await wait_batch(gateway, batch_id, timeout_s=10)
+    assert (state.status, state.completed, state.queued) == ("cancelled", 6, 0)
+    assert len(fake_openai.requests) == 6

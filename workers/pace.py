@@ -46,6 +46,7 @@ import itertools
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,11 +234,14 @@ class Pace:
         return settings is not None and (job.batch != "" or settings.rpm is not None
                                          or settings.tpm is not None)
 
-    async def acquire(self, job: Job) -> Ticket | None:
+    async def acquire(self, job: Job,
+                      wanted: Callable[[], Awaitable[bool]] | None = None) -> Ticket | None:
         """Wait until a call of `job` to its route's provider fits, and count it.
 
         Sleeps in steps of at most STEP_S (cancellable); raises a 504 GatewayError once the
-        wait would pass the job's deadline, a 503 when Redis does not answer.
+        wait would pass the job's deadline, a 503 when Redis does not answer, and NotWanted
+        when `wanted` (asked every WANTED_S while it waits) says the call is no longer
+        wanted (a batch line whose batch is being cancelled): nothing was counted then.
         """
         if not self.limited(job):
             return None
@@ -261,13 +265,20 @@ class Pace:
             # a time (in arrival order), so a freed slot is not raced for by every waiter.
             started = time.monotonic()
             left = job.deadline - time.time()
+            unwanted = trio.Event()
             with trio.move_on_after(max(left, 0)) as scope:
-                async with self._gates.setdefault((provider, batch), trio.Lock()):
-                    while wait_ms:
-                        wait_ms, which = await self._call(self._acquire, keys, args)
-                        if wait_ms:
-                            self._wait(job, wait_ms, which, windows)
-                            await trio.sleep(min(wait_ms / 1000, STEP_S))
+                async with trio.open_nursery() as waiting:
+                    if wanted is not None:  # asked now and then while this call waits
+                        waiting.start_soon(_watch, wanted, scope, unwanted)
+                    async with self._gates.setdefault((provider, batch), trio.Lock()):
+                        while wait_ms:
+                            wait_ms, which = await self._call(self._acquire, keys, args)
+                            if wait_ms:
+                                self._wait(job, wait_ms, which, windows)
+                                await trio.sleep(min(wait_ms / 1000, STEP_S))
+                    waiting.cancel_scope.cancel()
+            if unwanted.is_set():
+                raise NotWanted
             if scope.cancelled_caught:  # the deadline passed, waiting for the gate
                 self._wait(job, math.inf, which, windows)
             if time.monotonic() - started >= 1:
@@ -336,3 +347,21 @@ class Pace:
         except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
             raise GatewayError(503, "service_unavailable",
                                "the gateway cannot reach Redis") from exc
+
+
+class NotWanted(Exception):
+    """A call given up while it waited for room: its `wanted` check said no."""
+
+
+WANTED_S = 0.5  # how often a waiting call asks whether it is still wanted
+
+
+async def _watch(wanted: Callable[[], Awaitable[bool]], scope: trio.CancelScope,
+                 unwanted: trio.Event) -> None:
+    """Cancel `scope` (a call's wait) as soon as `wanted` says no."""
+    while True:
+        await trio.sleep(WANTED_S)
+        if not await wanted():
+            unwanted.set()
+            scope.cancel()
+            return

@@ -22,12 +22,12 @@ from schemas.envelopes import Done, Error, Job
 from schemas.errors import GatewayError
 from schemas.pricing import MICRO_USD, Prices
 from schemas.tracking import log_ids
-from workers.batches.gate import batch_open
+from workers.batches.gate import batch_open, still_open
 from workers.batches.lines import LineOutcome, batch_cost, batch_line
 from workers.health import ProviderHealth
 from workers.logs import log_event
 from workers.metrics import WorkerMetrics
-from workers.pace import Pace, throttled
+from workers.pace import NotWanted, Pace, throttled
 from workers.providers._base import Adapter, Answer, Call, UpstreamFailure
 from workers.providers._http import traced
 from workers.publisher import ClientGone, StreamPublisher
@@ -137,7 +137,7 @@ class Runner:
             except GatewayError as failure:
                 failed = failure
                 outcome = self._error(delivery, attempt, failure, progress)
-            except Withdrawn:
+            except (Withdrawn, NotWanted):  # (a batch line left pending: re-run, dropped)
                 outcome = None
             except ClientGone:  # a frame reached no ingress: the channel is re-subscribing
                 outcome = self._error(delivery, attempt, GatewayError(
@@ -208,7 +208,8 @@ class Runner:
                                "the worker serving this stream stopped; the answer is incomplete")
         tries = provider.max_retries + 1
         for try_index in range(tries):
-            ticket = await self.pace.acquire(job)  # waits until the call fits rpm/tpm
+            ticket = await self.pace.acquire(  # waits until the call fits rpm/tpm
+                job, still_open(self.queue, self.config, job) if job.batch else None)
             remaining = job.deadline - time.time()
             if remaining <= 0:
                 raise GatewayError(504, "upstream_timeout",

@@ -9,7 +9,7 @@ becomes its `batch_expired` line of the error file.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import coredis
@@ -56,3 +56,16 @@ async def batch_open(queue: Queue, config: Config, delivery: Delivery,
     except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
         log_event("batch_gate_failed", request_id=job.request_id, error=type(exc).__name__)
         return False
+
+
+def still_open(queue: Queue, config: Config, job: Job) -> Callable[[], Awaitable[bool]]:
+    """The check a batch line's wait for its provider's pace asks now and then: whether
+    its batch still runs (when Redis cannot tell within redis_timeout_s: go on waiting)."""
+    async def check() -> bool:
+        with trio.move_on_after(config.limits.redis_timeout_s):
+            try:
+                return await line_gate(queue.redis, config, job) is None
+            except (coredis.exceptions.RedisError, OSError):
+                pass
+        return True
+    return check
