@@ -281,7 +281,7 @@ class Pace:
                 raise NotWanted
             if scope.cancelled_caught:  # the deadline passed, waiting for the gate
                 self._wait(job, math.inf, which, windows)
-            if time.monotonic() - started >= 1:
+            if time.monotonic() - started >= (60 if batch else 1):  # batch lines do wait
                 log_event("pace_waited", request_id=job.request_id, provider=provider,
                           batch=batch, seconds=round(time.monotonic() - started, 3))
         return Ticket(member, tuple(w for w in windows if w.label in ("tpm", "batch-tpm")))
