@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="serve Prometheus metrics on this port (0: any free one; "
                         "unauthenticated); default: none")
     worker.add_argument("--metrics-host", default="127.0.0.1")
+    worker.add_argument("--lane", choices=["both", "interactive", "batch"], default="both",
+                        help="the traffic this worker takes (default both; a batch-only "
+                        "worker may run at a lower priority: --nice)")
+    worker.add_argument("--nice", type=int, default=0,
+                        help="lower this process's CPU priority by N (os.nice) first")
 
     keys = verbs.add_parser("keys", help="manage access keys (as the operator)")
     key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
@@ -148,7 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.verb == "worker":
             from workers.service import run_until_signalled as work_until_signalled
             bind = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
-            trio.run(work_until_signalled, config, args.provider, bind)
+            if args.nice:
+                os.nice(args.nice)
+            lanes = frozenset(("interactive", "batch") if args.lane == "both" else (args.lane,))
+            trio.run(work_until_signalled, config, args.provider, bind, lanes)
         elif args.verb == "keys":
             return trio.run(_keys, config, args)
         elif args.verb == "usage":

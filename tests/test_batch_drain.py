@@ -375,3 +375,20 @@ async def test_cancel_stops_the_lines_waiting_for_their_providers_pace(
     state = await wait_batch(gateway, batch_id, timeout_s=10)
     assert (state.status, state.completed, state.queued) == ("cancelled", 6, 0)
     assert len(fake_openai.requests) == 6
+
+
+async def test_lanes_split_interactive_jobs_and_batch_lines_between_workers(
+        nursery: trio.Nursery, redis_url: str, fake_openai: FakeOpenAI) -> None:
+    config = config_for(redis_url, fake_openai)
+    gateway = await start_gateway(nursery, config, workers=False)
+    await nursery.start(partial(run_workers, config, lanes=frozenset({"interactive"})))
+    answer = await gateway.client().chat.completions.create(
+        model=SLUG, messages=[{"role": "user", "content": "now"}])
+    assert answer.choices[0].message.content == "now"
+    batch_id = await create_batch(gateway, [f"line {i}" for i in range(5)])
+    await trio.sleep(1.5)  # fed to the batch stream, but no worker of the batch lane yet
+    waiting = await BatchStore(gateway.redis).get(batch_id, None)
+    assert waiting is not None and (waiting.status, waiting.completed) == ("in_progress", 0)
+    await nursery.start(partial(run_workers, config, lanes=frozenset({"batch"})))
+    assert (await wait_batch(gateway, batch_id)).completed == 5
+    assert len(fake_openai.requests) == 6

@@ -164,7 +164,7 @@ routes = [{{ provider = "up", model = "u" }}]
     try:
         base = await fleet.serve("in1")
         await fleet.worker("w1")
-        await fleet.worker("w2")
+        await fleet.worker("w2", "--lane", "batch", "--nice", "5")  # finishes the batch alone
         async with connect(redis_url) as redis:
             _, secret = await KeyStore(redis).create("acme", "proj", "", "fleet")
         client = openai.AsyncOpenAI(base_url=base + "/v1", api_key=secret, max_retries=0)

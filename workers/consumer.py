@@ -11,13 +11,15 @@ Batch lines (`sb:bq:{provider}`, fed by `workers.batches`) share the slots but a
 yield: they are read only when the interactive stream has nothing waiting, and at most
 `batch_cap` of them run at once ((1 - `batch.interactive_share`) of the slots, at least
 one), so interactive jobs always find a slot. Both streams are heartbeated, reclaimed
-and pruned alike.
+and pruned alike. A worker may also serve one lane only (`lanes`: `switchboard worker
+--lane batch`), so batch lines can run in processes of their own at a lower CPU priority.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import Literal
 
 import trio
 
@@ -27,6 +29,8 @@ from workers.logs import log_event
 from workers.queue import Delivery, Queue
 from workers.runner import Runner
 
+Lane = Literal["interactive", "batch"]
+LANES: frozenset[Lane] = frozenset({"interactive", "batch"})
 READ_BLOCK_MS = 1000
 MAX_BATCH = 64
 # While batch lines run or were seen lately, the blocking read of the interactive stream is
@@ -40,7 +44,7 @@ class Consumer:
     """Consumes `sb:q:{provider}` for one worker process."""
 
     def __init__(self, provider: str, consumer_id: str, config: Config, queue: Queue,
-                 runner: Runner) -> None:
+                 runner: Runner, lanes: frozenset[Lane] = LANES) -> None:
         self.provider = provider
         self.consumer_id = consumer_id
         self.limits = config.limits
@@ -48,7 +52,9 @@ class Consumer:
         self.runner = runner
         slots = config.providers[provider].max_concurrency
         self.slots = trio.Semaphore(slots)
-        self.batch_cap = max(1, int((1 - config.batch.interactive_share) * slots))
+        self.interactive = "interactive" in lanes
+        self.batch_cap = 0 if "batch" not in lanes else slots if not self.interactive else \
+            max(1, int((1 - config.batch.interactive_share) * slots))
         self.running: dict[bytes, str] = {}  # entry id -> request id of the jobs run here
         self.batch_running: dict[bytes, str] = {}  # the same for batch lines (their stream)
         self._batch_seen = -math.inf  # trio time a read of the batch stream last found lines
@@ -127,12 +133,13 @@ class Consumer:
         # never run. After a failed read, take back every one at once.
         own_idle_ms = 0 if self._read_lost else 3 * beat_ms
         if reclaim:
+            self._batch_reclaim_owed = True
+        if reclaim and self.interactive:
             reclaimed = await self.queue.reclaim(
                 self.provider, self.consumer_id, floor_ms=beat_ms, own_idle_ms=own_idle_ms,
                 count=count)
             # Our own entries come back too: never run one twice here.
             deliveries.extend(d for d in reclaimed if d.entry_id not in self.running)
-            self._batch_reclaim_owed = True
         # Batch lines of dead workers go before new ones: a round due while every batch
         # slot is busy leaves the reclaim owed to the next round with room.
         room = self._batch_room(deliveries, count)
@@ -151,8 +158,9 @@ class Consumer:
         if len(deliveries) >= count:
             return
         # Interactive jobs first, without waiting; batch lines only when none is waiting.
-        deliveries.extend(await self.queue.read(
-            self.provider, self.consumer_id, count - len(deliveries), None))
+        if self.interactive:
+            deliveries.extend(await self.queue.read(
+                self.provider, self.consumer_id, count - len(deliveries), None))
         room = self._batch_room(deliveries, count)
         if not deliveries and room:
             found = await self.queue.read(self.provider, self.consumer_id, room, None,
@@ -160,7 +168,10 @@ class Consumer:
             if found:
                 self._batch_seen = trio.current_time()
             deliveries.extend(found)
-        if not deliveries:  # nothing waits anywhere: wait for an interactive job
+        if not deliveries and not self.interactive:  # a batch-only lane waits for lines
+            deliveries.extend(await self.queue.read(
+                self.provider, self.consumer_id, room, READ_BLOCK_MS, batch=True))
+        elif not deliveries:  # nothing waits anywhere: wait for an interactive job
             busy = self.batch_running or \
                 trio.current_time() - self._batch_seen < BATCH_RECENT_S
             deliveries.extend(await self.queue.read(

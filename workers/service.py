@@ -15,7 +15,7 @@ from schemas import names
 from schemas.config import Config
 from workers.batches import Feeder
 from workers.connection import connect, subscription
-from workers.consumer import Consumer
+from workers.consumer import LANES, Consumer, Lane
 from workers.logs import log_event
 from workers.metrics import serve_metrics
 from workers.providers._base import Adapter, read_credential
@@ -29,13 +29,15 @@ from workers.tracing import Spans
 async def run_workers(config: Config, providers: Sequence[str] = (), *,
                       stop: trio.Event | None = None, consumer_id: str | None = None,
                       metrics_bind: tuple[str, int] | None = None,
+                      lanes: frozenset[Lane] = LANES,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the named providers (all configured ones if none are named).
 
     Owns one Redis client, one httpx client per provider, a consumer per provider, the
     batch feeder and the cancel listener (and, with `metrics_bind` = (host, port), the metrics server) in
     one nursery, and the span export (with `[tracing]`); `started()` once every consumer
-    group exists. Runs until cancelled, or until `stop` is set: then intake stops, running
+    group exists. `lanes`: the traffic its consumers take (interactive jobs, batch lines,
+    or both, the default). Runs until cancelled, or until `stop` is set: then intake stops, running
     jobs get `limits.shutdown_grace_s` seconds to finish, and it returns, last exporting
     the spans still queued (within `tracing.timeout_s`).
     """
@@ -68,7 +70,8 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
             if metrics_bind is not None:
                 await nursery.start(serve_metrics, runner.metrics.registry, redis, chosen,
                                     config.limits.redis_timeout_s, metrics_bind)
-            consumers = [Consumer(name, consumer_id, config, queue, runner) for name in chosen]
+            consumers = [Consumer(name, consumer_id, config, queue, runner, lanes)
+                         for name in chosen]
             async with trio.open_nursery() as consuming:
                 for consumer in consumers:
                     await consuming.start(consumer.serve)
@@ -122,12 +125,13 @@ def warn_missing_credentials(config: Config, providers: Sequence[str]) -> list[s
 
 
 async def run_until_signalled(config: Config, providers: Sequence[str] = (),
-                              metrics_bind: tuple[str, int] | None = None) -> None:
+                              metrics_bind: tuple[str, int] | None = None,
+                              lanes: frozenset[Lane] = LANES) -> None:
     """The `switchboard worker` process: SIGTERM or SIGINT drains, a second one cuts off."""
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals, stop, nursery.cancel_scope)
-        await run_workers(config, providers, stop=stop, metrics_bind=metrics_bind)
+        await run_workers(config, providers, stop=stop, metrics_bind=metrics_bind, lanes=lanes)
         nursery.cancel_scope.cancel()
 
 
