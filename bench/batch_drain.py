@@ -22,7 +22,7 @@ batch drains at >= 95% of the rate it may use; interactive p99 within 10% of (a)
 `--quick` runs fewer lines and a shorter (a). `--skip-batch` runs (a) only.
 
     .venv/bin/python bench/batch_drain.py [--quick] [--lines N] [--rpm R] [--rate S]
-                                          [--duration S] [--workers W] [--json FILE]
+                                          [--duration S] [--workers W] [--lanes] [--json FILE]
 """
 
 from __future__ import annotations
@@ -270,7 +270,12 @@ def start(args: argparse.Namespace, workdir: Path, processes: Processes) -> tupl
     processes.start("ingress", [str(SWITCHBOARD), "serve", "--config", str(config), "--host", HOST,
                                 "--port", str(port)], env)
     for i in range(args.workers):
-        processes.start(f"worker{i}", [str(SWITCHBOARD), "worker", "--config", str(config)], env)
+        # --lanes: the first worker takes interactive jobs only, the others batch lines only,
+        # at a lower CPU priority (README, "How batches drain": lanes).
+        lane = [] if not args.lanes else ["--lane", "interactive"] if i == 0 else \
+            ["--lane", "batch", "--nice", "10"]
+        processes.start(f"worker{i}", [str(SWITCHBOARD), "worker", "--config", str(config),
+                                       *lane], env)
         log = workdir / f"worker{i}.log"
         wait_until(f"worker {i}", lambda log=log: b'"worker_ready"' in log.read_bytes(), processes)  # type: ignore[misc]
     wait_until("switchboard ingress", lambda: http_ok(f"http://{HOST}:{port}/readyz"), processes)
@@ -293,7 +298,8 @@ async def bench(args: argparse.Namespace, base: str, secret: str, upstream: str)
 def report(args: argparse.Namespace, results: dict[str, Any]) -> bool:
     alone, up = results["interactive_alone"], results["upstream"]
     print(f"\nrpm {args.rpm}, interactive_share {args.interactive_share}, interactive "
-          f"{args.rate:g}/s, {args.workers} worker processes")
+          f"{args.rate:g}/s, {args.workers} worker processes"
+          + (" (lanes: 1 interactive, the rest batch at nice 10)" if args.lanes else ""))
     print("\n| measure | value | goal |\n| --- | ---: | --- |")
     print(f"| (a) interactive alone p50 / p99 ms | {alone['p50_ms']} / {alone['p99_ms']} | - |")
     print(f"| (a) interactive errors | {sum(alone['errors'].values())} of {alone['sent']} | 0 |")
@@ -335,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of (a) (default 120; --quick 30)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--lanes", action="store_true",
+                        help="worker 0 takes interactive jobs only, the others batch lines only "
+                        "at nice 10 (default: every worker takes both)")
     parser.add_argument("--concurrency", type=int, default=256,
                         help="the provider's max_concurrency per worker process (default 256)")
     parser.add_argument("--max-drain-s", type=float, default=3600.0, help="give up on the drain after this")
