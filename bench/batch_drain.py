@@ -31,12 +31,10 @@ import argparse
 import contextlib
 import json
 import math
-import signal
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +57,9 @@ from procs import (
     Processes,
     child_env,
     create_key,
+    find,
     http_ok,
+    terminate_on_sigterm,
     upstream_stats,
     wait_until,
 )
@@ -69,26 +69,8 @@ POLL_S = 1.0  # batches.retrieve
 DONE = {"completed", "failed", "expired", "cancelled"}
 
 
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
-def find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """`exc` itself or the first exception of `kind` inside (nested) exception groups."""
-    if isinstance(exc, kind):
-        return exc
-    for inner in exc.exceptions if isinstance(exc, BaseExceptionGroup) else ():
-        if (found := find(inner, kind)) is not None:
-            return found
-    return None
 
 
 def write_config(path: Path, redis_url: str, upstream_base: str, args: argparse.Namespace) -> None:

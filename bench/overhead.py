@@ -43,9 +43,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -63,25 +61,15 @@ from procs import (
     Processes,
     child_env,
     create_key,
+    find,
     http_ok,
     start_litellm,
     switchboard_argv,
+    terminate_on_sigterm,
     wait_until,
     write_config,
 )
 from report import litellm_log_summary, litellm_version, log_summary, machine, report, write_json
-
-
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 async def run_with_signals(bench: Bench) -> None:
@@ -156,16 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """`exc` itself or the first exception of `kind` inside (nested) exception groups."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = find(inner, kind)
-            if found is not None:
-                return found
-    return None
 
 
 def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:

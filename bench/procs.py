@@ -21,8 +21,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -312,3 +313,26 @@ def start_litellm(args: argparse.Namespace, workdir: Path, processes: Processes,
     wait_until("the LiteLLM proxy", lambda: http_ok(f"http://{HOST}:{port}/health/liveliness"),
                processes, timeout=LITELLM_STARTUP_S)
     return port
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here, so a bench stopped by it still cleans up."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` itself or the first exception of `kind` inside (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in exc.exceptions if isinstance(exc, BaseExceptionGroup) else ():
+        if (found := find(inner, kind)) is not None:
+            return found
+    return None
