@@ -98,6 +98,7 @@ class BatchStore:
                     out.append(state)
             if gone:
                 await self.redis.zrem(index, gone)
+                start -= len(gone)  # the ids after them moved up by as many places
         return out[:limit], len(out) > limit
 
     async def active(self, chunk: int = 500) -> builtins.list[BatchState]:

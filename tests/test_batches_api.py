@@ -280,3 +280,18 @@ async def test_a_responses_line_resolves_its_agent_as_a_live_call(nursery: trio.
     assert isinstance(caught.value.body, dict)
     assert [(e["line"], e["code"], e["param"]) for e in caught.value.body["details"]["errors"]
             ] == [(1, "model_not_found", "body.model")]
+
+
+async def test_a_list_page_skips_no_live_batch_when_expired_ones_are_dropped(
+        gateway: Gateway) -> None:
+    client = gateway.client()
+    file_id = await _upload(gateway, [line(1)])
+    made = [await client.batches.create(input_file_id=file_id, endpoint=CHAT,
+                                        completion_window="24h") for _ in range(7)]
+    for expired in (made[5], made[4]):  # their hashes expired; their ids are still listed
+        await gateway.redis.delete([names.batch(expired.id)])
+    live = [b.id for b in reversed(made) if b not in (made[4], made[5])]
+    page = await client.batches.list(limit=3)
+    assert [b.id for b in page.data] == live[:3] and page.has_more
+    rest = await client.batches.list(limit=3, after=live[2])
+    assert [b.id for b in rest.data] == live[3:] and not rest.has_more
