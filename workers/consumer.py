@@ -38,6 +38,7 @@ MAX_BATCH = 64
 # no batch work about, the read blocks for READ_BLOCK_MS.
 BATCH_POLL_MS = 20
 BATCH_RECENT_S = 2.0
+BATCH_PROBE_S = 0.5  # with no batch work about, how often the batch stream is looked at
 
 
 class Consumer:
@@ -58,6 +59,7 @@ class Consumer:
         self.running: dict[bytes, str] = {}  # entry id -> request id of the jobs run here
         self.batch_running: dict[bytes, str] = {}  # the same for batch lines (their stream)
         self._batch_seen = -math.inf  # trio time a read of the batch stream last found lines
+        self._next_probe = -math.inf  # trio time the batch stream is next looked at (idle)
         self._read_lost = False  # a read failed: its reply (and jobs) may be lost in flight
         self._batch_reclaim_owed = False  # a reclaim round found no batch slot free
         self._intake_scope = trio.CancelScope()
@@ -157,26 +159,41 @@ class Consumer:
                                            batch=batch)
         if len(deliveries) >= count:
             return
-        # Interactive jobs first, without waiting; batch lines only when none is waiting.
-        if self.interactive:
+        # Interactive jobs first; batch lines only when none is waiting. While batch lines
+        # run (or ran lately) both streams are read without waiting, then the interactive
+        # one briefly. With no batch work about, the consumer waits on its interactive
+        # stream in one call, as with no batches at all, and looks at the batch stream when
+        # that wait ends empty or, under interactive load, every BATCH_PROBE_S.
+        now = trio.current_time()
+        busy = bool(self.batch_running) or now - self._batch_seen < BATCH_RECENT_S
+        if not self.interactive:  # a batch-only lane waits for lines
+            room = self._batch_room(deliveries, count)
+            await self._read_batch(deliveries, room, READ_BLOCK_MS)
+            return
+        if busy:
             deliveries.extend(await self.queue.read(
                 self.provider, self.consumer_id, count - len(deliveries), None))
-        room = self._batch_room(deliveries, count)
-        if not deliveries and room:
-            found = await self.queue.read(self.provider, self.consumer_id, room, None,
+            if not deliveries:
+                await self._read_batch(deliveries, self._batch_room(deliveries, count), None)
+            if not deliveries:
+                deliveries.extend(await self.queue.read(
+                    self.provider, self.consumer_id, count, BATCH_POLL_MS))
+            return
+        deliveries.extend(await self.queue.read(
+            self.provider, self.consumer_id, count - len(deliveries), READ_BLOCK_MS))
+        if not deliveries or now >= self._next_probe:
+            self._next_probe = now + BATCH_PROBE_S
+            await self._read_batch(deliveries, self._batch_room(deliveries, count), None)
+
+    async def _read_batch(self, deliveries: list[Delivery], room: int,
+                          block_ms: int | None) -> None:
+        """Add up to `room` batch lines (waiting at most `block_ms`; None: not at all)."""
+        if room:
+            found = await self.queue.read(self.provider, self.consumer_id, room, block_ms,
                                           batch=True)
             if found:
                 self._batch_seen = trio.current_time()
             deliveries.extend(found)
-        if not deliveries and not self.interactive:  # a batch-only lane waits for lines
-            deliveries.extend(await self.queue.read(
-                self.provider, self.consumer_id, room, READ_BLOCK_MS, batch=True))
-        elif not deliveries:  # nothing waits anywhere: wait for an interactive job
-            busy = self.batch_running or \
-                trio.current_time() - self._batch_seen < BATCH_RECENT_S
-            deliveries.extend(await self.queue.read(
-                self.provider, self.consumer_id, count,
-                BATCH_POLL_MS if busy else READ_BLOCK_MS))
 
     def _batch_room(self, deliveries: list[Delivery], count: int) -> int:
         """How many more batch lines this round may take."""
