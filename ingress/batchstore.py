@@ -4,7 +4,8 @@ The layout is `schemas/batch.py`'s; the worker side (feeding lines, writing outc
 finalizing) is `workers/batches/`. A batch is written in two steps: its line lists
 first (in pipelined chunks: a 50,000-line batch is too big for one command), then, in
 one MULTI, its hash and its places in the org's, the operator's and the active list. An
-ingress that dies between them leaves only lists nobody points to, which expire.
+ingress that dies between them leaves only lists nobody points to, which expire
+within the hour.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from schemas import names
 from schemas.batch import BatchState, state_fields, state_from_hash
 
 PUSH_CHUNK = 1000  # line jobs per RPUSH
+UNPUBLISHED_S = 3600  # line lists not (yet) pointed to by a batch expire after this
 
 # Cancel a batch that has not ended: cancelling, from now. Returns the status it has after.
 _CANCEL = """
@@ -50,8 +52,10 @@ class BatchStore:
             for start in range(0, len(jobs), PUSH_CHUNK):
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.rpush(key, list(jobs[start:start + PUSH_CHUNK]))
-                    pipe.expire(key, ttl_s)
+                    pipe.expire(key, UNPUBLISHED_S)  # lists of a create that failed go soon
         async with self.redis.pipeline(transaction=True) as pipe:
+            for provider in lines:
+                pipe.expire(names.batch_lines(batch_id, provider), ttl_s)
             pipe.hset(names.batch(batch_id), state_fields(state))  # type: ignore[arg-type]
             pipe.expire(names.batch(batch_id), ttl_s)
             if lines:

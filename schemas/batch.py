@@ -248,5 +248,3 @@ def state_from_hash(raw: dict[bytes, bytes]) -> BatchState | None:
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, UnicodeDecodeError):
         return None
 
-
-encode = _json.encode

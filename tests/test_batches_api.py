@@ -295,3 +295,14 @@ async def test_a_list_page_skips_no_live_batch_when_expired_ones_are_dropped(
     assert [b.id for b in page.data] == live[:3] and page.has_more
     rest = await client.batches.list(limit=3, after=live[2])
     assert [b.id for b in rest.data] == live[3:] and not rest.has_more
+
+
+async def test_a_created_batchs_line_lists_are_kept_as_long_as_the_batch(
+        gateway: Gateway) -> None:
+    """Lists are pushed with a short expiry (a create that fails half-way leaves them for
+    an hour at most), then given the batch's retention with the batch itself."""
+    file_id = await _upload(gateway, [line(n) for n in range(3)])
+    batch = await gateway.client().batches.create(input_file_id=file_id, endpoint=CHAT,
+                                                  completion_window="24h")
+    kept = await gateway.redis.ttl(names.batch_lines(batch.id, "local"))
+    assert kept > 3600 and abs(kept - await gateway.redis.ttl(names.batch(batch.id))) <= 1

@@ -92,8 +92,7 @@ def after_failure(config: Config, job: Job, attempt: int, failure: GatewayError,
     a direct call answers)."""
     keep = keep_seconds(config)
     if getattr(failure, "retryable", False):
-        retry_after = getattr(failure, "retry_after", None)  # workers/pace.py's, once merged
-        due = time.time() + retry_delay(config, attempt, float(retry_after or 0) or None)
+        due = time.time() + retry_delay(config, attempt, failure.retry_after or None)
         if due < job.deadline:
             again = msgspec.structs.replace(job, route_index=0, attempt=attempt + 1)
             return LineOutcome("retry", names.batch_retry(job.routes[0].provider),
