@@ -32,7 +32,8 @@ from ingress.batchstore import PUSH_CHUNK, BatchStore
 from ingress.bodies import decode_body
 from ingress.files import inference_caller, store
 from ingress.filestore import not_found as file_not_found
-from ingress.filestore import sortable_id, unavailable
+from ingress.filestore import sortable_id
+from ingress.gateway import redis_error
 from ingress.keys import Identity
 from ingress.respond import gateway, json_response
 from schemas.batch import (
@@ -156,7 +157,7 @@ async def _stored(state: BatchState, jobs: dict[str, list[bytes]], ttl_s: int) -
         with trio.fail_after(gateway().config.limits.redis_timeout_s * steps):
             await batch_store().create(state, jobs, ttl_s)
     except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
-        raise unavailable() from exc
+        raise redis_error() from exc
 
 
 def _batch_id(batch_id: str) -> str:

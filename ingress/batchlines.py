@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 import trio
-from quart import current_app
 
+from ingress import respond
 from ingress.bounds import Bounds
 from ingress.completions import completion_submission
 from ingress.gateway import Gateway, Submission
@@ -102,7 +102,7 @@ async def check_file(data: bytes, caller: Identity, *, max_lines: int,
     """Every line of `data` checked, each valid one handed to `on_line` with a fresh
     request id (a batch's jobs; nothing is kept of them here). Without `on_line` (an
     upload's check) the lines are only counted."""
-    gateway: Gateway = current_app.config["GATEWAY"]
+    gateway = respond.gateway()
     limits = gateway.config.limits
     # A line nests its body one level deeper than the live endpoint sees it.
     line_bounds = Bounds(msgspec.structs.replace(limits, max_json_depth=limits.max_json_depth + 1))

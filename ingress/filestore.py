@@ -27,6 +27,7 @@ import msgspec
 import trio
 from coredis.tokens import PureToken
 
+from ingress.gateway import redis_error
 from schemas import names
 from schemas.batch import FILE_PREFIX, FileObject
 from schemas.errors import GatewayError
@@ -48,11 +49,6 @@ def new_file_id() -> str:
     return sortable_id(FILE_PREFIX)
 
 
-def unavailable() -> GatewayError:
-    return GatewayError(503, "service_unavailable",
-                        "the gateway cannot reach Redis; try again shortly")
-
-
 class FileStore:
     """An org's files, read and written in bounded steps."""
 
@@ -65,7 +61,7 @@ class FileStore:
             with trio.fail_after(self.timeout_s):
                 return await awaitable
         except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
-            raise unavailable() from exc
+            raise redis_error() from exc
 
     async def put(self, org: str, meta: FileObject, data: bytes) -> None:
         """Store a new file (`meta.id`), expiring at `meta.expires_at`."""

@@ -119,7 +119,6 @@ class Gateway:
             keep_s=config.limits.request_timeout_s + REPLY_GRACE_S)
         self.bounds = Bounds(config.limits)
         self.metrics = IngressMetrics(config, redis, lambda: int(hub.statistics()["waiting"]))
-        self.prices = Prices(config)
         # The request log is written by its own task (started by the server), never in an
         # answer's way: a slow Redis fills its buffer and drops records, counted.
         self.request_log = RequestLog(redis, retention_days=config.usage.request_log_days,
