@@ -255,7 +255,7 @@ def start(args: argparse.Namespace, workdir: Path, processes: Processes) -> tupl
         # --lanes: the first worker takes interactive jobs only, the others batch lines only,
         # at a lower CPU priority (README, "How batches drain": lanes).
         lane = [] if not args.lanes else ["--lane", "interactive"] if i == 0 else \
-            ["--lane", "batch", "--nice", "10"]
+            ["--lane", "batch", "--nice", str(args.batch_nice)]
         processes.start(f"worker{i}", [str(SWITCHBOARD), "worker", "--config", str(config),
                                        *lane], env)
         log = workdir / f"worker{i}.log"
@@ -281,7 +281,8 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> bool:
     alone, up = results["interactive_alone"], results["upstream"]
     print(f"\nrpm {args.rpm}, interactive_share {args.interactive_share}, interactive "
           f"{args.rate:g}/s, {args.workers} worker processes"
-          + (" (lanes: 1 interactive, the rest batch at nice 10)" if args.lanes else ""))
+          + (f" (lanes: 1 interactive, the rest batch at nice {args.batch_nice})"
+             if args.lanes else ""))
     print("\n| measure | value | goal |\n| --- | ---: | --- |")
     print(f"| (a) interactive alone p50 / p99 ms | {alone['p50_ms']} / {alone['p99_ms']} | - |")
     print(f"| (a) interactive errors | {sum(alone['errors'].values())} of {alone['sent']} | 0 |")
@@ -325,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--lanes", action="store_true",
                         help="worker 0 takes interactive jobs only, the others batch lines only "
-                        "at nice 10 (default: every worker takes both)")
+                        "at nice --batch-nice (default: every worker takes both)")
+    parser.add_argument("--batch-nice", type=int, default=10,
+                        help="with --lanes: the batch workers' nice level (default 10)")
     parser.add_argument("--concurrency", type=int, default=256,
                         help="the provider's max_concurrency per worker process (default 256)")
     parser.add_argument("--max-drain-s", type=float, default=3600.0, help="give up on the drain after this")
