@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8080
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint lint-check bench bench-batch lock redis-server clean
+.PHONY: install run test lint lint-check bench bench-batch lock redis-server chromium clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,21 @@ redis-server:
 	    echo "redis-server is missing: install it (sudo apt-get install redis-server, or brew install redis)"; exit 1; \
 	  fi; }
 
+# The console's tests drive the distribution's headless Chromium (no browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$SB_CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; \
+	  else \
+	    echo "chromium is missing: install it (sudo apt-get install chromium), or set SB_CHROMIUM"; exit 1; \
+	  fi; }
+
 run: install
 	@command -v redis-server >/dev/null 2>&1 || [ -n "$$REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
 	$(BIN)/switchboard dev --port $(PORT)
 
-test: install redis-server lint-check
+test: install redis-server chromium lint-check
 	$(BIN)/pytest -q
 
 # Style and types are part of the suite: CI runs them too.

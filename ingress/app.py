@@ -10,10 +10,12 @@ from typing import Any
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 from ingress.admin import admin
 from ingress.batches import batches
 from ingress.completions import completions
+from ingress.console import SignInNeeded, console, error_page, sign_in_redirect
 from ingress.cors import Cors
 from ingress.edge import REFUSAL, BodyFirst
 from ingress.files import FORM_SLACK, UPLOAD_PATH, file_too_large, files
@@ -64,6 +66,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
                              caller_known=partial(known_caller, gateway))
 
     cors = Cors(gateway.config.cors)
+    console_enabled = gateway.config.console.enabled
 
     @app.before_request
     async def assign_request_id() -> Response | None:
@@ -71,6 +74,9 @@ def create_app(gateway: Gateway) -> QuartTrio:
         # A browser's preflight carries no key and may name any path: answered first.
         if (preflight := cors.preflight(request.method, _lower(request.headers.items()))) is not None:
             return preflight
+        if isinstance(request.routing_exception, RequestRedirect):  # /console -> /console/
+            moved = request.routing_exception
+            return Response("", moved.code, headers={"location": moved.new_url})
         if request.routing_exception is not None:
             raise request.routing_exception  # a wrong path or method says so, whatever the body
         match request.scope.get(REFUSAL):
@@ -95,7 +101,13 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.errorhandler(GatewayError)
     async def render_error(error: GatewayError) -> Response:
-        """The one place errors become responses, in the shape the caller's API uses."""
+        """The one place errors become responses, in the shape the caller's API uses (a
+        page, for the console's paths)."""
+        if console_enabled and is_console(request.path):
+            if error.status >= 400:
+                log_event("request_rejected", request_id=getattr(g, "request_id", ""),
+                          path=request.path, status=error.status, code=error.code)
+            return await error_page(error)
         dialect = dialect_of_path(request.path)
         response = json_response(dialect.shape(error.encode(), error.status), error.status)
         response.headers.update(error.headers)
@@ -109,6 +121,10 @@ def create_app(gateway: Gateway) -> QuartTrio:
             log_event("request_rejected", request_id=getattr(g, "request_id", ""),
                       path=request.path, status=error.status, code=error.code)
         return response
+
+    @app.errorhandler(SignInNeeded)
+    async def to_sign_in(_: SignInNeeded) -> Response:
+        return sign_in_redirect()
 
     @app.errorhandler(HTTPException)
     async def render_http_error(error: HTTPException) -> Response:
@@ -151,6 +167,12 @@ def create_app(gateway: Gateway) -> QuartTrio:
     app.register_blueprint(admin)
     app.register_blueprint(files)  # /v1/files (the Files API, for batches)
     app.register_blueprint(batches)  # /v1/batches
+    if console_enabled:
+        app.register_blueprint(console)  # /console: the web pages (ingress/console/)
+
+        @app.get("/")
+        async def home() -> Response:
+            return Response("", 303, headers={"location": "/console/"})
 
     @app.get("/v1/models")
     @app.get("/v3/router/models")
@@ -206,6 +228,11 @@ def create_app(gateway: Gateway) -> QuartTrio:
         return json_response(openapi_document())
 
     return app
+
+
+def is_console(path: str) -> bool:
+    """Whether a path is one of the console's pages (errors there are drawn as pages)."""
+    return path == "/console" or path.startswith("/console/")
 
 
 async def known_caller(gateway: Gateway, scope: Mapping[str, Any]) -> bool:

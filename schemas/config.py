@@ -156,6 +156,18 @@ class Batches(Struct, forbid_unknown_fields=True):
     retry_max_s: Annotated[float, Meta(gt=0)] = 300.0
 
 
+class Console(Struct, forbid_unknown_fields=True):
+    """The web console at `/console` (`[console]`; README, "Console").
+
+    `enabled`: off, `/console` answers 404 like any path that is not served.
+    `session_ttl_s`: how long a sign-in lasts (the session cookie's Max-Age and the
+    session's lifetime in Redis); signing out or revoking the key ends it sooner.
+    """
+
+    enabled: bool = True
+    session_ttl_s: Annotated[int, Meta(ge=60, le=30 * 86_400)] = 8 * 3600
+
+
 class Tracing(Struct, forbid_unknown_fields=True):
     """OTLP/HTTP span export: off unless the `[tracing]` table is there (workers/tracing.py).
 
@@ -194,6 +206,7 @@ class Config(Struct, forbid_unknown_fields=True):
     responses: Responses = msgspec.field(default_factory=Responses)  # stored responses
     cors: Cors = msgspec.field(default_factory=Cors)  # browser access; off by default
     batch: Batches = msgspec.field(default_factory=Batches)  # the Files and Batch APIs
+    console: Console = msgspec.field(default_factory=Console)  # the web console at /console
 
     def __post_init__(self) -> None:
         # Routes may name providers this deployment does not configure (a shared

@@ -283,6 +283,13 @@ def pace_pause(provider: str) -> str:
     return f"{PREFIX}pace:pause:{provider}"
 
 
+# ── the console (ingress/console/session.py) ──────────────────────────────────────
+def console_session(token_hash: str) -> str:
+    """Hash of one console sign-in (`key_id`, `csrf`, `created`), by the SHA-256 of its
+    cookie's token; expires with the session."""
+    return f"{PREFIX}console:session:{token_hash}"
+
+
 def day(now: float | None = None) -> str:
     """The calendar day (UTC) usage is broken down by, as `YYYY-MM-DD`."""
     return time.strftime("%Y-%m-%d", time.gmtime(now))

@@ -267,6 +267,14 @@ async def openai_gateway(nursery: trio.Nursery, redis_url: str, fake_openai: Fak
     yield await start_gateway(nursery, config)
 
 
+@pytest.fixture
+async def console_gateway(nursery: trio.Nursery, redis_url: str) -> Any:
+    """A gateway on mock providers with a key of each role (tests/consoles.py)."""
+    from tests.consoles import start_console_gateway
+
+    return await start_console_gateway(nursery, redis_url)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def structured_logs() -> None:
     """Show the gateway's JSON log lines in the output of failing tests."""

@@ -1,0 +1,13 @@
+"""The console's Limits & budgets page (placeholder until its page is written)."""
+
+from __future__ import annotations
+
+from quart import Response
+
+from ingress.console.base import console, page, signed_in
+
+
+@console.get("/limits")
+async def limits() -> Response:
+    viewer = await signed_in("admin")
+    return await page("placeholder.html", viewer, "limits", title="Limits & budgets")
