@@ -56,7 +56,9 @@ bench: install redis-server
 	$(BIN)/python bench/overhead.py
 
 # A 50,000-line batch drained at the provider's rpm beside an interactive load
-# (docs/benchmarks.md); `make bench-batch ARGS=--quick` for a short run.
+# (docs/benchmarks.md); `make bench-batch ARGS=--quick` for a short run, and
+# `make bench-batch ARGS="--lanes --interactive-share 0.22 --duration 240"` for the
+# configuration whose figures docs/benchmarks.md records last.
 bench-batch: install redis-server
 	$(BIN)/python bench/batch_drain.py $(ARGS)
 

@@ -327,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lanes", action="store_true",
                         help="worker 0 takes interactive jobs only, the others batch lines only "
                         "at nice --batch-nice (default: every worker takes both)")
-    parser.add_argument("--batch-nice", type=int, default=10,
-                        help="with --lanes: the batch workers' nice level (default 10)")
+    parser.add_argument("--batch-nice", type=int, default=19,
+                        help="with --lanes: the batch workers' nice level (default 19)")
     parser.add_argument("--concurrency", type=int, default=256,
                         help="the provider's max_concurrency per worker process (default 256)")
     parser.add_argument("--max-drain-s", type=float, default=3600.0, help="give up on the drain after this")
