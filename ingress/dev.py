@@ -89,6 +89,8 @@ Switchboard is running on {base}  (Ctrl-C stops it)
 Development key (an admin of org "dev": inference, and its org's /v1/admin API):
 {secret}
 
+The console (sign in with that key): {base}/console
+
 Try it:
   curl {base}/v1/chat/completions \\
     -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\

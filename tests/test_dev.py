@@ -68,6 +68,14 @@ def test_the_dev_key_serves_inference_and_its_orgs_admin_api(redis_url: str,
             assert rows[0]["model"] == "mock-echo" and rows[0]["requests"] == 1
             keys = http.get("/v1/admin/keys").json()["data"]
             assert [(k["org"], k["role"]) for k in keys] == [("dev", "admin")]
+        # The banner's console address takes the same key.
+        assert f"The console (sign in with that key): {base}/console\n" in printed
+        with httpx.Client(base_url=base, trust_env=False) as browser:
+            form = browser.get("/console/sign-in")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf
+            signed = browser.post("/console/sign-in", data={"csrf": csrf.group(1), "key": key})
+            assert signed.status_code == 303 and signed.headers["location"] == "/console/models"
     finally:
         _stop(process)
 
