@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_flag(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--processes", type=_positive, default=1,
+                       help="ingress processes sharing the port (SO_REUSEPORT); default 1")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     worker = verbs.add_parser("worker", help="run worker groups")
     _config_flag(worker)
@@ -46,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                         "worker may run at a lower priority: --nice)")
     worker.add_argument("--nice", type=int, default=0,
                         help="lower this process's CPU priority by N (os.nice) first")
+    worker.add_argument("--processes", type=_positive, default=1,
+                        help="worker processes (child i serves metrics on --metrics-port + i); "
+                        "default 1")
 
     keys = verbs.add_parser("keys", help="manage access keys (as the operator)")
     key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
@@ -124,6 +130,13 @@ def _limit_flags(parser: argparse.ArgumentParser, clearable: bool = False) -> No
                             ("; -1: none" if clearable else ""))
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
@@ -146,10 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
+    given = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args.verb in ("serve", "worker") and args.processes > 1:
+            from ingress import processes
+            if args.verb == "serve":
+                return processes.run_serve(given, args.host, args.port, args.processes)
+            return processes.run_workers(given, args.processes, args.metrics_port)
         if args.verb == "serve":
             from ingress.server import run_until_signalled as serve_until_signalled
-            trio.run(serve_until_signalled, config, args.host, args.port)
+            trio.run(serve_until_signalled, config, args.host, args.port, args.reuse_port)
         elif args.verb == "worker":
             from workers.service import run_until_signalled as work_until_signalled
             bind = None if args.metrics_port is None else (args.metrics_host, args.metrics_port)

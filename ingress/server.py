@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import partial
 
 import trio
@@ -19,7 +20,7 @@ from workers.tracing import Spans
 
 
 async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080, *,
-                      stop: trio.Event | None = None,
+                      stop: trio.Event | None = None, reuse_port: bool = False,
                       task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve HTTP; `started(binds)` once listening (binds name the port).
 
@@ -30,18 +31,19 @@ async def run_ingress(config: Config, host: str = "127.0.0.1", port: int = 8080,
     `limits.shutdown_grace_s` seconds; then the withdrawals still queued are tried once
     more, the request log's buffer is flushed, the hub, the listener and the refresher
     stop, and the spans still queued are exported (within `tracing.timeout_s`).
-    Cancellation stops everything at once.
+    Cancellation stops everything at once. `reuse_port`: listen with SO_REUSEPORT, beside
+    the other processes of `serve --processes N` (ingress/processes.py).
     """
     connections.install()  # connections clients closed are closed at once (see the module)
     spans = Spans(config.tracing, "ingress")
     try:
-        await _serve(config, host, port, spans, stop, task_status)
+        await _serve(config, host, port, spans, stop, reuse_port, task_status)
     finally:
         await spans.aclose()
 
 
 async def _serve(config: Config, host: str, port: int, spans: Spans, stop: trio.Event | None,
-                 task_status: trio.TaskStatus[list[str]]) -> None:
+                 reuse_port: bool, task_status: trio.TaskStatus[list[str]]) -> None:
     # The reply hub has a client of its own: on the shared one, its subscription and its
     # probe would queue behind every request's commands when the ingress is busy.
     async with connect(config.redis_url) as redis, \
@@ -50,7 +52,7 @@ async def _serve(config: Config, host: str, port: int, spans: Spans, stop: trio.
         gateway = Gateway(config, redis, hub, spans)
         app = create_app(gateway)
         server = HypercornConfig()
-        server.bind = [f"{host}:{port}"]
+        server.bind = [f"fd://{shared_listener(host, port)}" if reuse_port else f"{host}:{port}"]
         server.accesslog = None
         server.backlog = 4096  # bursts of new connections must queue, not be reset
         server.keep_alive_timeout = 75
@@ -75,10 +77,27 @@ async def _serve(config: Config, host: str, port: int, spans: Spans, stop: trio.
             nursery.cancel_scope.cancel()  # Hypercorn drained its requests: the hub may go
 
 
-async def run_until_signalled(config: Config, host: str, port: int) -> None:
+def shared_listener(host: str, port: int) -> int:
+    """The file descriptor of a socket bound to host:port with SO_REUSEPORT (Hypercorn
+    takes it over and listens): the other processes of `serve --processes N` bind the same
+    port, and the kernel spreads new connections over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
+
+
+async def run_until_signalled(config: Config, host: str, port: int, reuse_port: bool = False) -> None:
     """The `switchboard serve` process: SIGTERM or SIGINT drains, a second one cuts off."""
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals, stop, nursery.cancel_scope)
-        await run_ingress(config, host, port, stop=stop)
+        await run_ingress(config, host, port, stop=stop, reuse_port=reuse_port)
         nursery.cancel_scope.cancel()

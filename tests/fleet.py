@@ -46,10 +46,12 @@ class Fleet:
         self.processes[name] = process
         return process
 
-    async def serve(self, name: str) -> str:
-        """Start an ingress; returns its base URL once it answers /readyz."""
+    async def serve(self, name: str, *options: str) -> str:
+        """Start an ingress (`options`: more flags of `serve`); returns its base URL once it
+        answers /readyz."""
         port = free_port()
-        process = self._start(name, ["serve", "--host", "127.0.0.1", "--port", str(port)])
+        process = self._start(name, ["serve", "--host", "127.0.0.1", "--port", str(port),
+                                     *options])
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, trust_env=False) as http:
             with trio.fail_after(READY_S):
@@ -62,12 +64,13 @@ class Fleet:
                         pass
                     await trio.sleep(0.05)
 
-    async def worker(self, name: str, *providers: str) -> None:
-        """Start a worker process; returns once it logged `worker_ready`."""
-        process = self._start(name, ["worker", *providers])
+    async def worker(self, name: str, *options: str, ready: int = 1) -> None:
+        """Start a worker process (`options`: flags of `worker`); returns once `ready`
+        `worker_ready` lines are in its log (one per process it runs)."""
+        process = self._start(name, ["worker", *options])
         log = self.logs[-1]
         with trio.fail_after(READY_S):
-            while b'"event":"worker_ready"' not in log.read_bytes():
+            while log.read_bytes().count(b'"event":"worker_ready"') < ready:
                 assert process.poll() is None, self.log_text()
                 await trio.sleep(0.05)
 
