@@ -17,6 +17,7 @@ import trio
 
 from load import Load, Result, Target, ms, percentile
 from procs import Processes, cpu_seconds, redis_commandstats, tree_cpu_seconds, upstream_stats
+from spy import Sampler
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,15 @@ class Bench:
             snapshot["litellm"] = tree_cpu_seconds(self.processes.pid("litellm"))
         return snapshot
 
+    def sampler(self, scenario: Scenario, target: Target) -> Sampler | None:
+        """py-spy on the ingress and the worker while a Switchboard scenario runs
+        (`--py-spy DIR`), else None."""
+        if self.args.py_spy is None or target.name != "switchboard":
+            return None
+        stem = scenario.name.replace(" ", "-").replace("=", "")
+        return Sampler({self.processes.pid(name): self.args.py_spy / f"{stem}-{name}.txt"
+                        for name in ("ingress", "worker")})
+
     async def measure(self, scenario: Scenario, target: Target,
                       clients: list[httpx.AsyncClient]) -> Result:
         load = Load(clients, target, scenario.stream, self.args.chunks)
@@ -53,10 +63,15 @@ class Bench:
             await load.run(warmup, scenario.concurrency, self.args.duration_cap)
         redis_commandstats_before = await trio.to_thread.run_sync(redis_commandstats, self.redis_port)
         upstream_before = await trio.to_thread.run_sync(upstream_stats, self.upstream_base)
+        sampler = self.sampler(scenario, target)
         cpu_before = self.cpu_snapshot()
-        latencies, firsts, errors, cut_off, wall = await load.run(
-            scenario.requests, scenario.concurrency, self.args.duration_cap)
-        cpu_after = self.cpu_snapshot()
+        try:
+            latencies, firsts, errors, cut_off, wall = await load.run(
+                scenario.requests, scenario.concurrency, self.args.duration_cap)
+        finally:
+            cpu_after = self.cpu_snapshot()
+            if sampler is not None:
+                await trio.to_thread.run_sync(sampler.stop)
         upstream_after = await trio.to_thread.run_sync(upstream_stats, self.upstream_base)
         redis_commandstats_after = await trio.to_thread.run_sync(redis_commandstats, self.redis_port)
         self.processes.check_alive()

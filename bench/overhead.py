@@ -19,13 +19,16 @@ also on Ctrl-C and on errors.
 
     .venv/bin/python bench/overhead.py [--requests N] [--concurrency C] [--chunks K]
                                        [--duration-cap S] [--json results.json]
-                                       [--litellm PATH]
+                                       [--litellm PATH] [--py-spy DIR]
 
 With --litellm PATH (a `litellm` executable, installed in its own venv, never in the
 project's), it also starts the LiteLLM proxy (one uvicorn worker, no database, a
 temporary YAML config routing the same slug to the same fake upstream) and measures a
 third path, "litellm", with the same requests and checks; its CPU is counted over its
 whole process tree.
+
+With --py-spy DIR, py-spy samples the ingress and the worker during each Switchboard
+scenario and the run ends with where their busy time went (bench/spy.py).
 
 This file is the command line and the wiring; the pieces live next to it: procs.py
 (subprocesses, configs, CPU and Redis accounting), load.py (the load generator and
@@ -70,6 +73,7 @@ from procs import (
     write_config,
 )
 from report import litellm_log_summary, litellm_version, log_summary, machine, report, write_json
+from spy import main as spy_main
 
 
 async def run_with_signals(bench: Bench) -> None:
@@ -107,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="run ingress and worker under cProfile, writing DIR/ingress.prof and "
                              "DIR/worker.prof (slows them down: use for where, not how fast)")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR", dest="py_spy",
+                        help="sample ingress and worker with py-spy during each Switchboard "
+                             "scenario into DIR/<scenario>-<process>.txt, then print where the "
+                             "time goes (bench/spy.py)")
     parser.add_argument("--litellm", type=Path, default=None, metavar="PATH",
                         help="also measure the LiteLLM proxy: PATH is its `litellm` executable "
                              "(installed in a separate venv)")
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sb-bench-")))
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
+        if args.py_spy:
+            args.py_spy.mkdir(parents=True, exist_ok=True)
         processes = Processes(workdir)
         try:
             with terminate_on_sigterm():
@@ -214,6 +224,9 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
         for finding in litellm_log_summary(workdir / "litellm.log"):
             print("  litellm: " + finding)
     print(f"\nMeasured in {elapsed:.1f}s.")
+    if args.py_spy:
+        print("\nWhere the time goes (py-spy):\n")
+        spy_main([str(args.py_spy)])
     if args.json:
         write_json(args, info, bench.results, ratios, findings)
         print(f"Wrote {args.json}")
