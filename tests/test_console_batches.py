@@ -85,6 +85,7 @@ async def test_the_empty_state_says_how_to_start_a_batch(console_gateway: Consol
         expect(code).to_contain_text("client.batches.create(input_file_id=file.id")
         expect(empty).to_contain_text(f'base_url="{gw.base_url}/v1"')
         expect(empty.get_by_role("button", name="Copy")).to_be_visible()
+        shot(page, "batches-empty")
 
     await browse(scenario)
 

@@ -215,6 +215,12 @@ async def test_a_member_is_refused_and_an_admin_cannot_set_the_orgs_limits(
         assert bad.status_code == 422
         assert "Requests per minute must be a whole number of 0 or more" in bad.text
     assert (await admin_api(gw, gw.admin, "GET", f"/orgs/{ORG}")).json() == before
+    # The API's operation the project form calls: 404 for a project the org lacks, 403 for
+    # a member key.
+    missing = await admin_api(gw, gw.admin, "PATCH", "/projects/nope", {"limits": {"rpm": 1}})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "name"
+    assert (await admin_api(gw, gw.member, "PATCH", "/projects/proj",
+                            {"limits": {"rpm": 1}})).status_code == 403
     assert (await admin_api(gw, gw.admin, "GET", "/projects")).json()["data"] == projects
 
 
