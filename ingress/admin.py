@@ -14,7 +14,7 @@ from quart import Blueprint, Response, request
 
 from ingress.bodies import decode_body
 from ingress.respond import gateway, identity, json_response
-from schemas.admin import AgentList, AgentView, KeyCreate, KeyPatch, OrgUpdate, ProjectCreate
+from schemas.admin import AgentList, AgentView, KeyCreate, KeyPatch, OrgUpdate, ProjectCreate, ProjectPatch
 from schemas.agents import Agent
 
 admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
@@ -23,6 +23,7 @@ _key_create = msgspec.json.Decoder(KeyCreate)
 _key_patch = msgspec.json.Decoder(KeyPatch)
 _org_update = msgspec.json.Decoder(OrgUpdate)
 _project_create = msgspec.json.Decoder(ProjectCreate)
+_project_patch = msgspec.json.Decoder(ProjectPatch)
 
 
 async def _body() -> bytes:
@@ -105,6 +106,14 @@ async def create_project() -> Response:
     body = decode_body(_project_create, await _body())
     gw = gateway()
     return json_response(await gw.redis_call(gw.control.create_project(caller, body)), 201)
+
+
+@admin.patch("/projects/<name>")
+async def update_project(name: str) -> Response:
+    caller = await identity()
+    body = decode_body(_project_patch, await _body())
+    gw = gateway()
+    return json_response(await gw.redis_call(gw.control.update_project(caller, name, body)))
 
 
 # ── agents (`model: "agent/<name>"`): the org's own, beside the config's (ingress/agents.py)

@@ -27,6 +27,7 @@ from schemas.admin import (
     OrgView,
     ProjectCreate,
     ProjectList,
+    ProjectPatch,
     ProjectView,
     valid_id,
 )
@@ -199,3 +200,15 @@ class Control:
         check_query_id(org, "org")
         return ProjectList([_project_view(p) for p in
                             await self.orgs.projects(managing_org(caller, org))])
+
+    async def update_project(self, caller: Identity, name: str, body: ProjectPatch) -> ProjectView:
+        """Replace a project's limits (its org's admin or the operator); 404 for a project
+        the org does not have."""
+        org = managing_org(caller, body.org)
+        check_query_id(org, "org")
+        check_query_id(name, "name")
+        project = await self.orgs.update_project(org, name, body.limits or NO_LIMITS)
+        if project is None:
+            raise GatewayError(404, "not_found", f"org {org!r} has no project {name!r}",
+                               param="name")
+        return _project_view(project)

@@ -13,7 +13,8 @@ and reserves atomically with the others, so the tightest applies and replicas ag
                         `cost_micro_usd` this month
 
 Every answer to a key whose scopes set rpm or tpm carries OpenAI's x-ratelimit headers,
-computed from what the admission script returned (no extra round trip).
+computed from what the admission script returned (no extra round trip). `scope_use` and
+`plan_use` read the same counters back, reserving nothing (the console's Limits page).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from __future__ import annotations
 import calendar
 import math
 import time
+from dataclasses import dataclass
 
-from ingress.admission import QUEUE_BYTES_FULL, Verdict, WindowState
+from ingress.admission import QUEUE_BYTES_FULL, Admission, Verdict, WindowState
 from schemas import names
 from schemas.config import Route
 from schemas.envelopes import Job
@@ -73,6 +75,56 @@ def limit_holds(scopes: tuple[ScopedLimits, ...], *, org: str, project: str, mon
                               used_field="cost_micro_usd", name="monthly_budget_usd", fit=True,
                               scope=scope, owner=owner))
     return holds
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeUse:
+    """What a scope uses now of what its limits count: requests and tokens in the rolling
+    minute, requests in flight, and this month's metered cost plus the cost its requests
+    in flight hold (micro-dollars; admission counts both against the budget)."""
+
+    requests_minute: int
+    tokens_minute: int
+    in_flight: int
+    cost_micro_usd: int
+    held_cost_micro_usd: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlanUse:
+    """An org's plan tokens this month: metered, and held by its requests in flight."""
+
+    tokens: int
+    held_tokens: int
+
+
+def _peek_hold(counter: str) -> Hold:
+    return Hold(counter=counter, amount=0, limit=0, code="", window=True)
+
+
+async def scope_use(admission: Admission, scope: ScopedLimits, *, org: str, project: str,
+                    month: str) -> ScopeUse:
+    """A scope's current use, read from the counters `limit_holds` names (whether or not
+    the scope sets a limit on them now); the windows on Redis's clock, as admission sees them."""
+    owner = scope.id
+    rpm, tpm = await admission.peek([_peek_hold(names.window("rpm", scope.scope, owner)),
+                                     _peek_hold(names.window("tpm", scope.scope, owner))])
+    async with admission.redis.pipeline(transaction=False) as pipe:
+        concurrent = pipe.get(names.held_concurrent(scope.scope, owner))
+        held = pipe.get(names.held_cost(scope.scope, owner, month))
+        cost = pipe.hget(usage_hash(scope, org, project, month), "cost_micro_usd")
+    return ScopeUse(requests_minute=rpm.level, tokens_minute=tpm.level,
+                    in_flight=max(int(await concurrent or 0), 0),
+                    cost_micro_usd=int(await cost or 0),
+                    held_cost_micro_usd=max(int(await held or 0), 0))
+
+
+async def plan_use(admission: Admission, org: str, month: str) -> PlanUse:
+    """An org's plan tokens this month (what the `subscription_limit` Hold counts)."""
+    async with admission.redis.pipeline(transaction=False) as pipe:
+        tokens = pipe.hget(names.usage(org, month), "tokens")
+        held = pipe.get(names.held_tokens(org, month))
+    return PlanUse(tokens=int(await tokens or 0), held_tokens=max(int(await held or 0), 0))
 
 
 def estimate_cost(prices: Prices, slug: str, routes: list[Route], prompt_tokens: int,

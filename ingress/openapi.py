@@ -21,6 +21,7 @@ from schemas.admin import (
     OrgView,
     ProjectCreate,
     ProjectList,
+    ProjectPatch,
     ProjectView,
 )
 from schemas.batch import Batch, BatchList, CreateBatch, FileDeleted, FileList, FileObject
@@ -55,7 +56,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 ADMIN_TYPES = (KeyCreate, KeyCreated, KeyPatch, KeyView, KeyList, OrgUpdate, OrgView,
-               ProjectCreate, ProjectView, ProjectList)
+               ProjectCreate, ProjectPatch, ProjectView, ProjectList)
 
 
 def _admin_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
@@ -103,6 +104,9 @@ def _admin_paths(secured: list[dict[str, list[str]]]) -> dict[str, Any]:
             "post": op("Create a project", "ProjectView", 201, "ProjectCreate", errors=(409,)),
             "get": op("List an org's projects", "ProjectList", query=("org",),
                       errors=(400, 422))},
+        "/v1/admin/projects/{name}": {
+            "patch": op("Set a project's limits", "ProjectView", body="ProjectPatch",
+                        params=("name",), errors=(404,))},
     }
 
 

@@ -100,6 +100,16 @@ class OrgStore:
             await self._invalidate(KeyChange(orgs=[org]))
         return Project(org, name, limits, created)
 
+    async def update_project(self, org: str, name: str, limits: LimitSet) -> Project | None:
+        """Replace a project's limits; None if the org has no such project. Every ingress
+        sees them at once (the org's cached keys are dropped)."""
+        if await self.project(org, name) is None:
+            return None
+        await self.redis.hset(names.project(org, name),
+                              {"limits": limits_encoder.encode(limits).decode()})
+        await self._invalidate(KeyChange(orgs=[org]))
+        return await self.project(org, name)
+
     async def projects(self, org: str) -> list[Project]:
         """An org's projects, by name."""
         found = []

@@ -63,6 +63,14 @@ class ProjectCreate(Struct, forbid_unknown_fields=True, kw_only=True):
     limits: LimitSet = NO_LIMITS
 
 
+class ProjectPatch(Struct, forbid_unknown_fields=True, kw_only=True):
+    """`PATCH /v1/admin/projects/{name}`: `limits` replaces the project's limits as a whole
+    (a limit left out or null is no limit). `org` as in `ProjectCreate`."""
+
+    org: Id | None = None
+    limits: LimitSet | None = None
+
+
 class KeyView(Struct, kw_only=True):
     """A key's record as the admin API shows it. `last_used`: unix time, recorded by the
     ingresses every few seconds (null: never used)."""
