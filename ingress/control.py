@@ -5,8 +5,8 @@ the edge decoded; it checks access with `ingress.access` and answers a wire Stru
 raises a `GatewayError`. The CLI calls them as `OPERATOR`. Access rules:
 - members manage nothing (403); admins manage their own org (naming another: 403; an id
   of another org: 404, as a missing one); the operator manages every org and names it.
-- an org's plan and limits are set by the operator only: they bound what the org's own
-  admins may hand out. Admins read them, and set their keys' and projects' limits.
+- an org's plan is set by the operator only; its admins set the org's limits and their
+  keys' and projects' limits (what the org's own keys may use, within its plan).
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ async def test_budget_use_shows_the_months_cost(nursery: trio.Nursery, redis_url
     await browse(scenario)
 
 
-async def test_a_member_is_refused_and_an_admin_cannot_set_the_orgs_limits(
+async def test_a_member_is_refused_and_an_admin_sets_its_orgs_limits_but_not_its_plan(
         console_gateway: ConsoleGateway) -> None:
     gw = console_gateway
 
@@ -192,12 +192,16 @@ async def test_a_member_is_refused_and_an_admin_cannot_set_the_orgs_limits(
     async with httpx.AsyncClient(base_url=gw.base_url, trust_env=False) as http:
         assert (await http_sign_in(http, gw.admin)).status_code == 303
         shown = await http.get("/console/limits")
-        assert shown.status_code == 200 and 'action="/console/limits/org"' not in shown.text
+        # The admin's form sets the org's limits, as PUT /v1/admin/orgs/{org} lets it; the
+        # plan is not on it, and a crafted plan is the API's 403, changing nothing.
+        assert shown.status_code == 200 and 'action="/console/limits/org"' in shown.text
+        assert 'name="plan"' not in shown.text
         csrf = csrf_of(shown.text)
         crafted = await http.post("/console/limits/org",
                                   data={"csrf": csrf, "org": ORG, "rpm": "1", "plan": ""})
         assert crafted.status_code == 403
-        assert "set by the operator" in crafted.text
+        assert "operator" in crafted.text
+        assert (await admin_api(gw, gw.admin, "GET", f"/orgs/{ORG}")).json() == before
         # Without the session's token: refused before anything is read.
         made = await http.post("/console/limits/projects", data={"name": "web", "rpm": "1"})
         assert made.status_code == 403
@@ -222,6 +226,13 @@ async def test_a_member_is_refused_and_an_admin_cannot_set_the_orgs_limits(
     assert (await admin_api(gw, gw.member, "PATCH", "/projects/proj",
                             {"limits": {"rpm": 1}})).status_code == 403
     assert (await admin_api(gw, gw.admin, "GET", "/projects")).json()["data"] == projects
+    async with httpx.AsyncClient(base_url=gw.base_url, trust_env=False) as http:
+        assert (await http_sign_in(http, gw.admin)).status_code == 303
+        csrf = csrf_of((await http.get("/console/limits")).text)
+        saved = await http.post("/console/limits/org", data={"csrf": csrf, "org": ORG, "rpm": "7"})
+        assert saved.status_code == 303, saved.text
+    after = (await admin_api(gw, gw.admin, "GET", f"/orgs/{ORG}")).json()
+    assert after["limits"]["rpm"] == 7 and after["plan"] == before["plan"]
 
 
 async def test_the_forms_post_with_scripts_off(console_gateway: ConsoleGateway) -> None:

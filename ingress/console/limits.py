@@ -2,15 +2,15 @@
 what each uses now against it; forms to set them.
 
     GET  /console/limits                    the page (`?org=` the operator's pick)
-    POST /console/limits/org                the org's plan and limits (the operator's)
+    POST /console/limits/org                the org's limits (its admin), and plan (the operator)
     POST /console/limits/projects           a new project, with its limits
     POST /console/limits/projects/<name>    a project's limits (its admin or the operator)
 
 Limits are read with `Control.get_org` / `list_projects` and set with `update_org`,
 `create_project` and `update_project`: the admin API's operations. Current use comes from
 the counters admission keeps (`ingress.limits.scope_use`, `plan_use`), read on Redis's
-clock the way admission reads them. An org's plan and limits bound what its admins hand
-out, so on this page only the operator sets them; an admin sees them read-only.
+clock the way admission reads them. Who may set what is the API's rule, checked by
+`update_org` itself: the org's admin sets its limits, the operator also its plan.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import msgspec
 from quart import Response, request, url_for
 from werkzeug.datastructures import MultiDict
 
-from ingress.access import forbidden
 from ingress.console.base import Viewer, checked_form, chosen_org, console, page, see_other, signed_in
 from ingress.limits import PlanUse, ScopeUse, plan_use, scope_use
 from ingress.respond import gateway
@@ -184,14 +183,14 @@ def _back(org: str, saved: str) -> Response:
 
 @console.post("/limits/org")
 async def set_org_limits() -> Response:
-    """The operator sets an org's plan and limits (the API's `update_org`)."""
+    """An org's limits (its admin or the operator) and, from the operator's form, its plan:
+    the API's `update_org`, which refuses a plan from anyone but the operator (403)."""
     viewer = await signed_in("admin")
     fields = await checked_form(viewer)
-    if viewer.role != "operator":
-        raise forbidden("an organization's plan and limits are set by the operator; ask "
-                        "them to change these")
     org = viewer.org(fields.get("org"))
-    body = OrgUpdate(plan=(fields.get("plan") or "").strip(), limits=posted_limits(fields))
+    plan = fields.get("plan")
+    body = OrgUpdate(limits=posted_limits(fields)) if plan is None else \
+        OrgUpdate(plan=plan.strip(), limits=posted_limits(fields))
     gw = gateway()
     await gw.redis_call(gw.control.update_org(viewer.identity, org, body))
     return _back(org, "organization")
