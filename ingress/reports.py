@@ -16,6 +16,7 @@ import coredis
 import msgspec
 import trio
 from quart import Blueprint, Response, request
+from werkzeug.datastructures import MultiDict
 
 from ingress.access import managing_org, require_manager
 from ingress.gateway import redis_error
@@ -35,11 +36,13 @@ T = TypeVar("T")
 READ_TIMEOUT_S = 30.0
 
 
-def query_of(shape: type[Q]) -> Q:
-    """The query string as a Struct: 422 naming the parameter for a bad value or an
-    unknown one. Repeated `group_by` parameters add up."""
-    args: dict[str, str] = request.args.to_dict()
-    if len(groups := request.args.getlist("group_by")) > 1:
+def query_of(shape: type[Q], given: MultiDict[str, str] | None = None) -> Q:
+    """The query string (or `given`, parameters already picked from it) as a Struct: 422
+    naming the parameter for a bad value or an unknown one. Repeated `group_by`
+    parameters add up."""
+    source = request.args if given is None else given
+    args: dict[str, str] = source.to_dict()
+    if len(groups := source.getlist("group_by")) > 1:
         args["group_by"] = ",".join(groups)
     try:
         return msgspec.convert(args, shape, strict=False)
