@@ -44,6 +44,7 @@ async def requests() -> Response:
         query = msgspec.structs.replace(query, limit=PAGE_SIZE)
     org, orgs = await chosen_org(viewer)
     context: dict[str, Any] = {"org": org, "orgs": orgs, "query": query, "statuses": STATUSES,
+                               "status_values": [value for value, _ in STATUSES],
                "dollars": dollars, "status_class": status_class, "when": when,
                "filtered": any(getattr(query, name) for name in FILTERS),
                "title": "Requests"}
