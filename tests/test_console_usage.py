@@ -17,6 +17,7 @@ import pytest
 import trio
 from playwright.sync_api import Page, expect
 
+from ingress.console.chart import bar_chart
 from ingress.keys import KeyStore
 from tests.browser import browse, shot, sign_in
 from tests.conftest import TLS, make_config, start_gateway
@@ -209,6 +210,8 @@ async def test_the_date_range_form_works_with_scripts_off(used: ConsoleGateway) 
         form.get_by_label("To").fill(today.isoformat())
         form.get_by_role("button", name="Show").click()
         expect(page.locator("#usage-model")).to_be_visible()
+        expect(page.get_by_role("link", name="Last 7 days")).to_have_attribute("aria-current",
+                                                                               "true")
         return {"empty": empty, "charts": charts, "bars": page.locator("svg.chart rect.bar").count(),
                 "requests": number(page.locator('[data-total="requests"]').inner_text()),
                 "csv": read_download(page, 'a[href*="group_by=identity"]')}
@@ -296,3 +299,13 @@ async def test_a_bad_range_is_a_page_in_words(console_gateway: ConsoleGateway, q
 
     got_status, text = await browse(scenario, javascript=False)
     assert got_status == status and words in text
+
+
+def test_the_chart_escapes_its_labels_and_scales_to_the_tallest_bar() -> None:
+    svg = str(bar_chart([("<script>", 50), ("b&c", 100), ("zero", 0)], label='"x" <y>',
+                        unit="tokens"))
+    assert "<script>" not in svg and "&lt;script&gt;: 50 tokens" in svg
+    assert "b&amp;c: 100 tokens" in svg and 'aria-label="&#34;x&#34; &lt;y&gt;"' in svg
+    heights = [float(found) for found in re.findall(r'<rect[^>]* height="([0-9.]+)"', svg)]
+    assert len(heights) == 3 and heights[1] == 2 * heights[0] and heights[2] == 0
+    assert bar_chart([], label="none").count("<rect") == 0

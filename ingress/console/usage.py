@@ -24,9 +24,9 @@ from ingress.console.base import Viewer, chosen_org, console, page, secure_heade
 from ingress.console.chart import bar_chart
 from ingress.reports import csv_response, query_of, read_usage
 from ingress.respond import gateway
-from ingress.usage import checked_range
+from ingress.usage import checked_range, today
 from schemas.errors import GatewayError
-from schemas.usage import Group, UsageQuery, UsageReport, UsageRow
+from schemas.usage import MAX_RANGE_DAYS, Group, UsageQuery, UsageReport, UsageRow
 
 Q = TypeVar("Q")
 BREAKDOWNS: tuple[tuple[Group, str], ...] = (
@@ -46,7 +46,7 @@ def console_query(shape: type[Q]) -> Q:
             raise GatewayError(422, "validation_error",
                                f"“{given.get(error.param, '')}” is not a date: write the "
                                f"`{error.param}` day as YYYY-MM-DD, for example "
-                               f"{datetime.date.today().isoformat()}",
+                               f"{today().isoformat()}",
                                param=error.param) from None
         raise
 
@@ -90,6 +90,26 @@ def _csv_link(viewer: Viewer, org: str, start: datetime.date, end: datetime.date
     return url_for("console.usage_csv") + "?" + urlencode(params)
 
 
+def _ranges(viewer: Viewer, org: str | None, shown: tuple[datetime.date, datetime.date]
+            ) -> list[tuple[str, str, bool]]:
+    """Links to the ranges people ask for most (this month, the last 7 and 30 days, last
+    month), each with whether it is the range `shown`."""
+    end = today()
+    last_month_end = end.replace(day=1) - datetime.timedelta(days=1)
+    spans = (("This month", end.replace(day=1), end),
+             ("Last 7 days", end - datetime.timedelta(days=6), end),
+             ("Last 30 days", end - datetime.timedelta(days=29), end),
+             ("Last month", last_month_end.replace(day=1), last_month_end))
+    links: list[tuple[str, str, bool]] = []
+    for title, start, stop in spans:
+        params = {"from": start.isoformat(), "to": stop.isoformat()}
+        if viewer.role == "operator" and org:
+            params["org"] = org
+        links.append((title, url_for("console.usage") + "?" + urlencode(params),
+                      (start, stop) == shown))
+    return links
+
+
 def _days(report: UsageReport, start: datetime.date, end: datetime.date) -> list[UsageRow]:
     """One row per day of the range (a day without usage has zeros), oldest first."""
     by_day = {row.day: row for row in report.data}
@@ -111,8 +131,9 @@ async def usage() -> Response:
     query = console_query(UsageQuery)
     start, end, _ = checked_range(query)
     org, orgs = await chosen_org(viewer)
-    context: dict[str, Any] = {"org": org, "orgs": orgs, "start": start, "end": end, "dollars": dollars,
-               "title": "Usage"}
+    context: dict[str, Any] = {"org": org, "orgs": orgs, "start": start, "end": end,
+                               "dollars": dollars, "max_days": MAX_RANGE_DAYS,
+                               "ranges": _ranges(viewer, org, (start, end)), "title": "Usage"}
     if org is None:
         return await page("usage.html", viewer, "usage", **context)
     ranged = msgspec.structs.replace(query, from_=start, to=end, org=org)
