@@ -2,7 +2,8 @@
 
 Each handler authenticates, checks the caller may manage the org (ingress/access.py),
 decodes its query string into a Struct once, and calls the same function the command
-line calls (ingress/usage.py, ingress/requestlog.py).
+line calls (ingress/usage.py, ingress/requestlog.py). `read_usage`, `read_requests` and
+`csv_response` are what the console's Usage and Requests pages call too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import coredis
 import msgspec
 import trio
 from quart import Blueprint, Response, request
+from werkzeug.datastructures import MultiDict
 
 from ingress.access import managing_org, require_manager
 from ingress.gateway import redis_error
@@ -34,11 +36,13 @@ T = TypeVar("T")
 READ_TIMEOUT_S = 30.0
 
 
-def query_of(shape: type[Q]) -> Q:
-    """The query string as a Struct: 422 naming the parameter for a bad value or an
-    unknown one. Repeated `group_by` parameters add up."""
-    args: dict[str, str] = request.args.to_dict()
-    if len(groups := request.args.getlist("group_by")) > 1:
+def query_of(shape: type[Q], given: MultiDict[str, str] | None = None) -> Q:
+    """The query string (or `given`, parameters already picked from it) as a Struct: 422
+    naming the parameter for a bad value or an unknown one. Repeated `group_by`
+    parameters add up."""
+    source = request.args if given is None else given
+    args: dict[str, str] = source.to_dict()
+    if len(groups := source.getlist("group_by")) > 1:
         args["group_by"] = ",".join(groups)
     try:
         return msgspec.convert(args, shape, strict=False)
@@ -52,12 +56,34 @@ def query_of(shape: type[Q]) -> Q:
                            param=param, details={"reason": reason}) from None
 
 
+async def read_usage(org: str, query: UsageQuery) -> UsageReport:
+    """The org's usage report, as the API and the console read it (Redis trouble: 503)."""
+    return await _reading(usage_report(gateway().redis, org, query, READ_TIMEOUT_S))
+
+
+async def read_requests(org: str, query: RequestsQuery) -> RequestPage:
+    """A page of the org's request log, as the API and the console read it: 400 for a
+    reversed range, 503 for Redis trouble."""
+    if query.from_ and query.to and query.from_ > query.to:
+        raise GatewayError(400, "invalid_parameter",
+                           f"`from` ({query.from_}) is after `to` ({query.to})", param="from")
+    return await _reading(read_log(gateway().redis, org, query,
+                                   gateway().config.usage.request_log_days, READ_TIMEOUT_S))
+
+
+def csv_response(report: UsageReport) -> Response:
+    """The report as a CSV download named after its org and range."""
+    org = re.sub(r"[^A-Za-z0-9_.-]", "_", report.org)  # a header value, whatever the org
+    name = f"usage-{org}-{report.from_}-{report.to}.csv"
+    return Response(report_csv(report), 200, content_type="text/csv; charset=utf-8",
+                    headers={"content-disposition": f'attachment; filename="{name}"'})
+
+
 async def _report() -> UsageReport:
     caller = await identity()
     require_manager(caller)  # a member hears 403 before anything about its parameters
     query = query_of(UsageQuery)
-    org = managing_org(caller, query.org)
-    return await _reading(usage_report(gateway().redis, org, query, READ_TIMEOUT_S))
+    return await read_usage(managing_org(caller, query.org), query)
 
 
 @reports.get("/v1/admin/usage")
@@ -69,11 +95,7 @@ async def usage() -> Response:
 @reports.get("/v1/admin/usage.csv")
 async def usage_csv() -> Response:
     """The same rows as `/v1/admin/usage`, as CSV."""
-    report = await _report()
-    org = re.sub(r"[^A-Za-z0-9_.-]", "_", report.org)  # a header value, whatever the org
-    name = f"usage-{org}-{report.from_}-{report.to}.csv"
-    return Response(report_csv(report), 200, content_type="text/csv; charset=utf-8",
-                    headers={"content-disposition": f'attachment; filename="{name}"'})
+    return csv_response(await _report())
 
 
 @reports.get("/v1/admin/requests")
@@ -82,13 +104,7 @@ async def requests() -> Response:
     caller = await identity()
     require_manager(caller)
     query = query_of(RequestsQuery)
-    org = managing_org(caller, query.org)
-    if query.from_ and query.to and query.from_ > query.to:
-        raise GatewayError(400, "invalid_parameter",
-                           f"`from` ({query.from_}) is after `to` ({query.to})", param="from")
-    page = await _reading(read_log(gateway().redis, org, query,
-                                   gateway().config.usage.request_log_days, READ_TIMEOUT_S))
-    return json_response(page)
+    return json_response(await read_requests(managing_org(caller, query.org), query))
 
 
 async def _reading(awaitable: Awaitable[T]) -> T:
