@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8080
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test lint lint-check bench bench-batch lock redis-server chromium clean
+.PHONY: install run test lint lint-check bench bench-peers bench-batch lock redis-server chromium clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ lint: lint-check
 
 bench: install redis-server
 	$(BIN)/python bench/overhead.py
+
+# Install the peers measured with `bench/overhead.py --peers` (LiteLLM proxy, Portkey's
+# gateway) into bench/.peers/, which git ignores; again it changes nothing.
+bench-peers: install
+	$(BIN)/python bench/peers.py install
 
 # A 50,000-line batch drained at the provider's rpm beside an interactive load
 # (docs/benchmarks.md); `make bench-batch ARGS=--quick` for a short run, and

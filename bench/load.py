@@ -1,9 +1,9 @@
 """The load generator: an httpx client under trio sending checked chat completions.
 
-`Load` runs one scenario against one `Target` (a path: "direct", "switchboard" or
-"litellm") as a closed loop of callers, each on its own keep-alive connection, and
-validates every answer: the plain body's content, or the streamed events (content
-chunks + a finish chunk + a usage chunk + `[DONE]`, nothing after it). It stops
+`Load` runs one scenario against one `Target` (a path: "direct", "switchboard",
+"litellm" or "portkey") as a closed loop of callers, each on its own keep-alive
+connection, and validates every answer: the plain body's content, or the streamed
+events (content chunks + a finish chunk + a usage chunk + `[DONE]`, nothing after it). It stops
 issuing requests after the duration cap and gives in-flight ones GRACE_S more.
 `smoke` sends one checked request of each kind before any load; `percentile` and
 `ms` turn the latencies into the numbers of a `Result`.
@@ -47,7 +47,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Target:
-    name: str  # "direct" | "switchboard" | "litellm"
+    name: str  # "direct" | "switchboard" | "litellm" | "portkey"
     url: str
     headers: dict[str, str]
     model: str

@@ -42,8 +42,9 @@ class Bench:
         for name in ("upstream", "ingress", "worker", "redis"):
             pids[name] = self.processes.pid(name)
         snapshot = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        if self.processes.has("litellm"):
-            snapshot["litellm"] = tree_cpu_seconds(self.processes.pid("litellm"))
+        for peer in ("litellm", "portkey"):  # whole process trees
+            if self.processes.has(peer):
+                snapshot[peer] = tree_cpu_seconds(self.processes.pid(peer))
         return snapshot
 
     def sampler(self, scenario: Scenario, target: Target) -> Sampler | None:

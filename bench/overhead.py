@@ -19,7 +19,8 @@ also on Ctrl-C and on errors.
 
     .venv/bin/python bench/overhead.py [--requests N] [--concurrency C] [--chunks K]
                                        [--duration-cap S] [--json results.json]
-                                       [--litellm PATH] [--py-spy DIR]
+                                       [--litellm PATH] [--portkey PATH] [--peers]
+                                       [--py-spy DIR]
 
 With --litellm PATH (a `litellm` executable, installed in its own venv, never in the
 project's), it also starts the LiteLLM proxy (one uvicorn worker, no database, a
@@ -27,14 +28,22 @@ temporary YAML config routing the same slug to the same fake upstream) and measu
 third path, "litellm", with the same requests and checks; its CPU is counted over its
 whole process tree.
 
+With --portkey PATH (the start script of an installed `@portkey-ai/gateway`, or the
+folder holding it), it also starts Portkey's gateway under `node` and measures a fourth
+path, "portkey", the same way (bench/peers.py: how it is run and told the upstream).
+--peers is the shortcut for both peers as `bench/peers.py install` (make bench-peers)
+put them in bench/.peers/. The run ends with the peak RSS of each path's process tree
+(bench/rss.py).
+
 With --py-spy DIR, py-spy samples the ingress and the worker during each Switchboard
 scenario and the run ends with where their busy time went (bench/spy.py).
 
 This file is the command line and the wiring; the pieces live next to it: procs.py
 (subprocesses, configs, CPU and Redis accounting), load.py (the load generator and
-answer checks), measure.py (scenarios and per-request counters) and report.py (tables,
-ratios, JSON). The script is run by path, so its folder is sys.path[0] and they are
-imported as top-level modules.
+answer checks), measure.py (scenarios and per-request counters), report.py (tables,
+ratios, JSON), peers.py (installing and running the peer gateways) and rss.py (peak
+RSS). The script is run by path, so its folder is sys.path[0] and they are imported as
+top-level modules.
 """
 
 from __future__ import annotations
@@ -54,6 +63,15 @@ from ingress.dev import free_port, start_private_redis
 
 from load import Target, smoke
 from measure import Bench
+from peers import (
+    installed_paths,
+    node_version,
+    portkey_script,
+    portkey_target,
+    portkey_version,
+    start_portkey,
+)
+from peers import log_findings as portkey_log_findings
 from procs import (
     HOST,
     LITELLM_MASTER_KEY,
@@ -73,6 +91,7 @@ from procs import (
     write_config,
 )
 from report import litellm_log_summary, litellm_version, log_summary, machine, report, write_json
+from rss import peak_rss_mb, render
 from spy import main as spy_main
 
 
@@ -118,7 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litellm", type=Path, default=None, metavar="PATH",
                         help="also measure the LiteLLM proxy: PATH is its `litellm` executable "
                              "(installed in a separate venv)")
+    parser.add_argument("--portkey", type=Path, default=None, metavar="PATH",
+                        help="also measure Portkey's gateway: PATH is the start script of an "
+                             "installed @portkey-ai/gateway (build/start-server.js) or its folder")
+    parser.add_argument("--peers", action="store_true",
+                        help="measure both peers as installed by bench/peers.py (make bench-peers)")
     args = parser.parse_args(argv)
+    if args.peers:
+        try:
+            args.litellm, args.portkey = installed_paths()
+        except RuntimeError as exc:
+            parser.error(str(exc))
+    if args.portkey is not None:
+        try:
+            args.portkey = portkey_script(args.portkey)
+        except RuntimeError as exc:
+            parser.error(str(exc))
     if args.litellm is not None and not os.access(args.litellm, os.X_OK):
         parser.error(f"--litellm {args.litellm}: not an executable file")
     if min(args.requests, args.concurrency, args.chunks) < 1 or args.duration_cap <= 0:
@@ -183,6 +217,7 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
     wait_until("switchboard worker", lambda: b'"worker_ready"' in worker_log.read_bytes(), processes)
     wait_until("switchboard ingress", lambda: http_ok(f"http://{HOST}:{ingress_port}/readyz"), processes)
     litellm_port = start_litellm(args, workdir, processes, upstream_base) if args.litellm else None
+    portkey_port = start_portkey(args.portkey, processes) if args.portkey else None
 
     targets = [
         Target("direct", f"{upstream_base}/chat/completions",
@@ -196,12 +231,17 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
             "litellm", f"http://{HOST}:{litellm_port}/v1/chat/completions",
             {"authorization": f"Bearer {LITELLM_MASTER_KEY}", "content-type": "application/json"},
             SLUG))
+    if portkey_port is not None:
+        targets.append(portkey_target(portkey_port, upstream_base))
     for target in targets:
         smoke(target, args.chunks)
 
     info = machine(redis_port)
     if args.litellm:
         info["litellm"] = litellm_version(args.litellm)
+    if args.portkey:
+        info["portkey"] = portkey_version(args.portkey)
+        info["node"] = node_version()
     print(f"Machine: {info.get('nproc')} CPUs ({info.get('cpu', '?')}), Python {info['python']}, "
           f"redis {info.get('redis', '?')}, load average {' '.join(info.get('loadavg_at_start', []))}")
     print(f"Load: {args.requests} requests at concurrency {args.concurrency}, "
@@ -212,9 +252,12 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
     started = time.monotonic()
     trio.run(run_with_signals, bench)
     elapsed = time.monotonic() - started
+    peak_rss = peak_rss_mb({name: processes.pid(name) for name in
+                            ("upstream", "ingress", "worker", "redis", "litellm", "portkey")
+                            if processes.has(name)})
 
     table, ratios = report(bench.results)
-    print("\n" + table)
+    print("\n" + table + "\n\n" + render(peak_rss))
     findings = log_summary([workdir / "ingress.log", workdir / "worker.log", workdir / "upstream.log"])
     if findings:
         print("\nUnusual log lines (ingress/worker/upstream):")
@@ -223,12 +266,15 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
     if args.litellm:
         for finding in litellm_log_summary(workdir / "litellm.log"):
             print("  litellm: " + finding)
+    if args.portkey:
+        for finding in portkey_log_findings(workdir / "portkey.log"):
+            print("  portkey: " + finding)
     print(f"\nMeasured in {elapsed:.1f}s.")
     if args.py_spy:
         print("\nWhere the time goes (py-spy):\n")
         spy_main([str(args.py_spy)])
     if args.json:
-        write_json(args, info, bench.results, ratios, findings)
+        write_json(args, info, bench.results, ratios, findings, peak_rss)
         print(f"Wrote {args.json}")
     failed = any(r.errors or r.cut_off for by_path in bench.results.values() for r in by_path.values())
     return 1 if failed else 0

@@ -59,7 +59,10 @@ COMPARISONS = [
     ("ratios_switchboard_over_direct", "Switchboard ÷ direct", "switchboard", "direct"),
     ("ratios_litellm_over_direct", "LiteLLM ÷ direct", "litellm", "direct"),
     ("ratios_switchboard_over_litellm", "Switchboard ÷ LiteLLM", "switchboard", "litellm"),
+    ("ratios_portkey_over_direct", "Portkey ÷ direct", "portkey", "direct"),
+    ("ratios_switchboard_over_portkey", "Switchboard ÷ Portkey", "switchboard", "portkey"),
 ]
+PEERS = ("litellm", "portkey")  # CPU counted over their whole process trees
 
 
 def report(results: dict[str, dict[str, Result]]) -> tuple[str, dict[str, dict[str, dict[str, Any]]]]:
@@ -87,10 +90,11 @@ def report(results: dict[str, dict[str, Result]]) -> tuple[str, dict[str, dict[s
                          f" | {fmt(q['ttfc_p50'])} | {fmt(q['ttfc_p99'])} | {fmt(q['added_p50_ms'])}"
                          f" | {fmt(q['added_ttfc_p50_ms'])} |")
     names = ["loadgen", "upstream", "ingress", "worker", "redis"]
-    if any("litellm" in r.cpu_ms_per_request for by_path in results.values() for r in by_path.values()):
-        names.append("litellm")
+    peers = [p for p in PEERS if any(p in r.cpu_ms_per_request
+                                     for by_path in results.values() for r in by_path.values())]
+    names += peers
     lines += ["", "CPU time per request, ms (user+system, from /proc; loadgen = this script"
-              + ("; litellm = its whole process tree" if "litellm" in names else "") + "), and "
+              + (f"; {' and '.join(peers)} = whole process trees" if peers else "") + "), and "
               "upstream requests and new upstream connections during the measurement:", "",
               "| scenario | path | " + " | ".join(names) + " | total | upstream requests"
               " | upstream connections |",
@@ -184,8 +188,10 @@ def litellm_log_summary(path: Path) -> list[str]:
 
 
 def write_json(args: argparse.Namespace, info: dict[str, Any], results: dict[str, dict[str, Result]],
-               ratios: dict[str, dict[str, dict[str, Any]]], findings: list[str]) -> None:
-    """The whole run (command, machine, parameters, results, ratios, log findings) to args.json."""
+               ratios: dict[str, dict[str, dict[str, Any]]], findings: list[str],
+               peak_rss: dict[str, dict[str, float]]) -> None:
+    """The whole run (command, machine, parameters, results, ratios, peak RSS per path, log
+    findings) to args.json."""
     document = {
         "command": " ".join([os.path.relpath(sys.executable, ROOT), "bench/overhead.py",
                              *sys.argv[1:]]),
@@ -195,6 +201,7 @@ def write_json(args: argparse.Namespace, info: dict[str, Any], results: dict[str
                     for s, by_path in results.items()},
         **{key: ratios.get(key, {}) for key, _, _, _ in COMPARISONS
            if key == "ratios_switchboard_over_direct" or key in ratios},
+        "peak_rss_mb": peak_rss,
         "log_findings": findings,
     }
     args.json.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
