@@ -91,11 +91,12 @@ def struct_of(shape: type[S], data: dict[str, Any]) -> S:
                            details={"field": path, "reason": reason}) from None
 
 
-def when(stamp: int | None, never: str = "never") -> str:
-    """A unix time as the tables show it (UTC, to the minute)."""
+def when(stamp: int | None, never: str = "never", *, utc: bool = True) -> str:
+    """A unix time as the pages show it (UTC, to the minute; `utc=False` leaves the zone
+    out, for a table whose heading names it)."""
     if not stamp:
         return never
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
+    return time.strftime("%Y-%m-%d %H:%M" + (" UTC" if utc else ""), time.gmtime(stamp))
 
 
 def limits_text(limits: LimitSet) -> str:
