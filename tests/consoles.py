@@ -44,10 +44,12 @@ class ConsoleGateway(Gateway):
 
 
 async def start_console_gateway(nursery: trio.Nursery, redis_url: str,
+                                models: list[dict[str, Any]] | None = None,
                                 **extra: Any) -> ConsoleGateway:
-    """Start the gateway and create the keys (`extra`: more config tables)."""
+    """Start the gateway and create the keys (`models`: another catalog on the same two
+    mock providers; `extra`: more config tables)."""
     config = make_config(redis_url, {"local": {"kind": "mock"}, "spare": {"kind": "mock"}},
-                         MODELS, **extra)
+                         MODELS if models is None else models, **extra)
     base = await start_gateway(nursery, config, org=ORG)
     keys = KeyStore(base.redis)
     admin, admin_secret = await keys.create(ORG, name="acme-admin", role="admin")

@@ -10,6 +10,7 @@ import httpx
 import trio
 from playwright.sync_api import Locator, Page, expect
 
+from ingress.console.base import dollars
 from ingress.keys import KeyStore
 from tests.browser import browse, shot, sign_in
 from tests.conftest import make_config, start_gateway
@@ -62,7 +63,7 @@ async def test_operator_sets_the_orgs_limits_and_an_admin_its_projects(
         expect(page.get_by_role("status")).to_contain_text("Saved the limits of organization")
         expect(cell(page, "org", ORG, "rpm", "max")).to_have_text("120")
         expect(cell(page, "org", ORG, "tpm", "max")).to_have_text("50,000")
-        expect(cell(page, "org", ORG, "monthly_budget_usd", "max")).to_have_text("$25.5")
+        expect(cell(page, "org", ORG, "monthly_budget_usd", "max")).to_have_text("$25.50")
         expect(cell(page, "org", ORG, "max_concurrent", "max")).to_have_text("none")
         expect(meter(page, "org", ORG, "rpm")).to_have_attribute("aria-valuenow", "0")
 
@@ -80,7 +81,7 @@ async def test_operator_sets_the_orgs_limits_and_an_admin_its_projects(
         form.get_by_role("button", name="Save limits of proj").click()
         expect(page.get_by_role("status")).to_contain_text("Saved the limits of project proj")
         expect(cell(page, "project", "proj", "max_concurrent", "max")).to_have_text("4")
-        expect(cell(page, "project", "proj", "monthly_budget_usd", "max")).to_have_text("$2")
+        expect(cell(page, "project", "proj", "monthly_budget_usd", "max")).to_have_text("$2.00")
         new = page.get_by_role("form", name="New project")
         new.get_by_label("Project name").fill("web")
         new.get_by_label("Requests per minute").fill("30")
@@ -162,9 +163,9 @@ async def test_budget_use_shows_the_months_cost(nursery: trio.Nursery, redis_url
     def scenario(page: Page) -> None:
         sign_in(page, gw.base_url, admin)
         page.goto(gw.base_url + "/console/limits")
-        dollars = f"${usage['cost_micro_usd'] / 1e6:,.6f}".rstrip("0").rstrip(".")
-        expect(cell(page, "org", ORG, "monthly_budget_usd")).to_have_text(dollars)
-        expect(cell(page, "org", ORG, "monthly_budget_usd", "max")).to_have_text("$10")
+        spent = dollars(usage["cost_micro_usd"] / 1e6)
+        expect(cell(page, "org", ORG, "monthly_budget_usd")).to_have_text(spent)
+        expect(cell(page, "org", ORG, "monthly_budget_usd", "max")).to_have_text("$10.00")
         percent = str(usage["cost_micro_usd"] * 100 // 10_000_000)
         expect(meter(page, "org", ORG, "monthly_budget_usd")).to_have_attribute(
             "aria-valuenow", percent)

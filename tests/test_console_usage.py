@@ -18,10 +18,9 @@ import trio
 from playwright.sync_api import Page, expect
 
 from ingress.console.chart import bar_chart
-from ingress.keys import KeyStore
 from tests.browser import browse, shot, sign_in
-from tests.conftest import TLS, make_config, start_gateway
-from tests.consoles import ORG, OTHER_ORG, ConsoleGateway
+from tests.conftest import TLS
+from tests.consoles import ConsoleGateway, start_console_gateway
 
 # The console's models with prices (USD per million tokens), so the page has costs to show.
 PRICED_MODELS = [
@@ -36,17 +35,7 @@ PRICED_MODELS = [
 
 async def start_priced_console(nursery: trio.Nursery, redis_url: str) -> ConsoleGateway:
     """tests/consoles.py's gateway and keys, on priced routes."""
-    config = make_config(redis_url, {"local": {"kind": "mock"}, "spare": {"kind": "mock"}},
-                         PRICED_MODELS)
-    base = await start_gateway(nursery, config, org=ORG)
-    keys = KeyStore(base.redis)
-    admin, admin_secret = await keys.create(ORG, name="acme-admin", role="admin")
-    operator, operator_secret = await keys.create("", name="ops", role="operator")
-    other, other_secret = await keys.create(OTHER_ORG, name="globex-admin", role="admin")
-    return ConsoleGateway(**vars(base), admin=admin_secret, operator=operator_secret,
-                          other=other_secret,
-                          key_ids={"member": base.key_id, "admin": admin.key_id,
-                                   "operator": operator.key_id, "other": other.key_id})
+    return await start_console_gateway(nursery, redis_url, PRICED_MODELS)
 
 
 @dataclass(frozen=True)

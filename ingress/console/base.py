@@ -148,6 +148,17 @@ async def page(template: str, viewer: Viewer | None, current: str, *, status: in
     return response
 
 
+def dollars(amount: float | None) -> str:
+    """A cost in dollars, exact to the micro-dollar metered: `$0.000070` under a dollar,
+    `$12.50` or `$12.3456` above; "—" when there is no price."""
+    if amount is None:
+        return "—"
+    if amount < 1:
+        return f"${amount:.6f}"
+    whole, _, fraction = f"{amount:,.6f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
 def see_other(location: str) -> Response:
     """A 303 to `location` (where a form post leads: the browser then GETs it)."""
     response = Response("", 303, headers={"location": location})

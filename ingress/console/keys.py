@@ -30,6 +30,7 @@ from ingress.console.base import (
     checked_form,
     chosen_org,
     console,
+    dollars,
     org_choices,
     page,
     see_other,
@@ -109,7 +110,7 @@ def limits_text(limits: LimitSet) -> str:
     if limits.max_concurrent is not None:
         parts.append(f"{limits.max_concurrent:,} at once")
     if limits.monthly_budget_usd is not None:
-        parts.append(f"${limits.monthly_budget_usd:,.2f}/month")
+        parts.append(f"{dollars(limits.monthly_budget_usd)}/month")
     return " · ".join(parts) or "none"
 
 

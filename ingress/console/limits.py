@@ -22,7 +22,16 @@ import msgspec
 from quart import Response, request, url_for
 from werkzeug.datastructures import MultiDict
 
-from ingress.console.base import Viewer, checked_form, chosen_org, console, page, see_other, signed_in
+from ingress.console.base import (
+    Viewer,
+    checked_form,
+    chosen_org,
+    console,
+    dollars,
+    page,
+    see_other,
+    signed_in,
+)
 from ingress.limits import PlanUse, ScopeUse, plan_use, scope_use
 from ingress.respond import gateway
 from schemas import names
@@ -77,12 +86,6 @@ def field_value(limits: LimitSet | None, name: str) -> str:
     return str(value)
 
 
-def dollars(micro: int | float) -> str:
-    """Micro-dollars (or a float of dollars times MICRO_USD) as "$1.25", "$0.000123"."""
-    text = f"{micro / MICRO_USD:,.6f}".rstrip("0").rstrip(".")
-    return f"${text}"
-
-
 def gauge(name: str, use: float, limit: float | None, shown_use: str, shown_limit: str,
           note: str = "") -> Gauge:
     """A Gauge of `use` against `limit` (None: no limit, no meter)."""
@@ -97,7 +100,7 @@ def gauges(limits: LimitSet, use: ScopeUse) -> list[Gauge]:
     """The four limits of a scope against what it uses now."""
     spent = use.cost_micro_usd + use.held_cost_micro_usd
     budget = limits.monthly_budget_usd
-    note = (f"{dollars(use.held_cost_micro_usd)} of it held by requests in flight"
+    note = (f"{dollars(use.held_cost_micro_usd / MICRO_USD)} of it held by requests in flight"
             if use.held_cost_micro_usd else "")
     return [
         gauge("rpm", use.requests_minute, limits.rpm, f"{use.requests_minute:,}",
@@ -107,7 +110,7 @@ def gauges(limits: LimitSet, use: ScopeUse) -> list[Gauge]:
         gauge("max_concurrent", use.in_flight, limits.max_concurrent, f"{use.in_flight:,}",
               f"{limits.max_concurrent:,}" if limits.max_concurrent is not None else ""),
         gauge("monthly_budget_usd", spent, None if budget is None else budget * MICRO_USD,
-              dollars(spent), dollars(budget * MICRO_USD) if budget is not None else "", note),
+              dollars(spent / MICRO_USD), dollars(budget) if budget is not None else "", note),
     ]
 
 

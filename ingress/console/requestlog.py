@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 import msgspec
 from quart import Response, request, url_for
 
-from ingress.console.base import chosen_org, console, page, signed_in
-from ingress.console.usage import console_query, dollars
+from ingress.console.base import chosen_org, console, dollars, page, signed_in
+from ingress.console.usage import console_query
 from ingress.reports import read_requests
 from ingress.respond import gateway
 from schemas.requestlog import RequestRecord, RequestsQuery

@@ -20,7 +20,7 @@ from markupsafe import Markup
 from quart import Response, request, url_for
 from werkzeug.datastructures import MultiDict
 
-from ingress.console.base import Viewer, chosen_org, console, page, secure_headers, signed_in
+from ingress.console.base import Viewer, chosen_org, console, dollars, page, secure_headers, signed_in
 from ingress.console.chart import bar_chart
 from ingress.reports import csv_response, query_of, read_usage
 from ingress.respond import gateway
@@ -49,17 +49,6 @@ def console_query(shape: type[Q]) -> Q:
                                f"{today().isoformat()}",
                                param=error.param) from None
         raise
-
-
-def dollars(amount: float | None) -> str:
-    """A cost in dollars, exact to the micro-dollar metered: `$0.000070` under a dollar,
-    `$12.50` or `$12.3456` above; "—" when there is no price."""
-    if amount is None:
-        return "—"
-    if amount < 1:
-        return f"${amount:.6f}"
-    whole, _, fraction = f"{amount:,.6f}".partition(".")
-    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 @dataclass(frozen=True, slots=True)
