@@ -36,6 +36,7 @@ class Result:
     wall_s: float = 0.0
     rps: float = 0.0
     p50_ms: float = 0.0
+    p90_ms: float = 0.0
     p99_ms: float = 0.0
     ttfc_p50_ms: float | None = None
     ttfc_p99_ms: float | None = None

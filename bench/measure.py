@@ -38,13 +38,13 @@ class Bench:
     results: dict[str, dict[str, Result]] = field(default_factory=dict)
 
     def cpu_snapshot(self) -> dict[str, float | None]:
-        pids: dict[str, int | None] = {"loadgen": None}
-        for name in ("upstream", "ingress", "worker", "redis"):
-            pids[name] = self.processes.pid(name)
-        snapshot = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        for peer in ("litellm", "portkey"):  # whole process trees
-            if self.processes.has(peer):
-                snapshot[peer] = tree_cpu_seconds(self.processes.pid(peer))
+        snapshot = {"loadgen": cpu_seconds(None), "upstream": cpu_seconds(self.processes.pid("upstream")),
+                    "redis": cpu_seconds(self.processes.pid("redis"))}
+        # Whole process trees: `--processes N` makes ingress and worker supervisors of N
+        # children, and the peers may fork too.
+        for name in ("ingress", "worker", "litellm", "portkey"):
+            if self.processes.has(name):
+                snapshot[name] = tree_cpu_seconds(self.processes.pid(name))
         return snapshot
 
     def sampler(self, scenario: Scenario, target: Target) -> Sampler | None:
@@ -54,7 +54,8 @@ class Bench:
             return None
         stem = scenario.name.replace(" ", "-").replace("=", "")
         return Sampler({self.processes.pid(name): self.args.py_spy / f"{stem}-{name}.txt"
-                        for name in ("ingress", "worker")})
+                        for name in ("ingress", "worker")},
+                       subprocesses=max(self.args.ingress_processes, self.args.worker_processes) > 1)
 
     async def measure(self, scenario: Scenario, target: Target,
                       clients: list[httpx.AsyncClient]) -> Result:
@@ -81,7 +82,8 @@ class Bench:
         ok = len(latencies)
         result = Result(ok=ok, errors=dict(errors), cut_off=cut_off, wall_s=round(wall, 3),
                         rps=round(ok / wall, 1) if wall else 0.0,
-                        p50_ms=ms(percentile(latencies, 50)), p99_ms=ms(percentile(latencies, 99)))
+                        p50_ms=ms(percentile(latencies, 50)), p90_ms=ms(percentile(latencies, 90)),
+                        p99_ms=ms(percentile(latencies, 99)))
         result.upstream_connections = upstream_after["connections"] - upstream_before["connections"]
         result.upstream_requests = upstream_after["requests"] - upstream_before["requests"]
         if scenario.stream:
@@ -102,12 +104,11 @@ class Bench:
     async def run(self) -> None:
         args = self.args
         scenarios = []
-        if args.serial_requests:
-            scenarios.append(Scenario("plain c=1", False, 1, args.serial_requests))
-        scenarios.append(Scenario(f"plain c={args.concurrency}", False, args.concurrency, args.requests))
-        if args.serial_requests:
-            scenarios.append(Scenario("stream c=1", True, 1, args.serial_requests))
-        scenarios.append(Scenario(f"stream c={args.concurrency}", True, args.concurrency, args.requests))
+        for stream, kind in ((False, "plain"), (True, "stream")):
+            if args.serial_requests:
+                scenarios.append(Scenario(f"{kind} c=1", stream, 1, args.serial_requests))
+            scenarios += [Scenario(f"{kind} c={c}", stream, c, args.requests)
+                          for c in args.concurrency if c > 1 or not args.serial_requests]
         async with contextlib.AsyncExitStack() as stack:
             clients: dict[str, list[httpx.AsyncClient]] = {}
             for target in self.targets:
@@ -115,7 +116,7 @@ class Bench:
                     await stack.enter_async_context(httpx.AsyncClient(
                         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                         timeout=httpx.Timeout(30.0), trust_env=False))
-                    for _ in range(args.concurrency)]
+                    for _ in range(max(args.concurrency))]
             for scenario in scenarios:
                 self.results[scenario.name] = {}
                 for target in self.targets:

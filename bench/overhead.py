@@ -90,9 +90,28 @@ from procs import (
     wait_until,
     write_config,
 )
-from report import litellm_log_summary, litellm_version, log_summary, machine, report, write_json
+from report import (
+    litellm_log_summary,
+    litellm_version,
+    log_summary,
+    machine,
+    report,
+    summary,
+    write_json,
+)
 from rss import peak_rss_mb, render
 from spy import main as spy_main
+
+
+def concurrencies(text: str) -> list[int]:
+    """`--concurrency 16,64,256`: the levels, in order, each at least 1."""
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("every concurrency must be at least 1")
+    return levels
 
 
 async def run_with_signals(bench: Bench) -> None:
@@ -111,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000,
                         help="measured requests per scenario and path at --concurrency (default 2000)")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers (default 32)")
+    parser.add_argument("--concurrency", type=concurrencies, default=[32],
+                        help="concurrent callers, one level or a comma list such as 16,64,256 "
+                             "(default 32); c=1 is --serial-requests")
+    parser.add_argument("--ingress-processes", type=int, default=1, metavar="N",
+                        help="run `switchboard serve --processes N` (default 1)")
+    parser.add_argument("--worker-processes", type=int, default=1, metavar="N",
+                        help="run `switchboard worker --processes N` (default 1)")
     parser.add_argument("--chunks", type=int, default=16,
                         help="content chunks per streamed answer (default 16)")
     parser.add_argument("--duration-cap", type=float, default=20.0,
@@ -155,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     if args.litellm is not None and not os.access(args.litellm, os.X_OK):
         parser.error(f"--litellm {args.litellm}: not an executable file")
-    if min(args.requests, args.concurrency, args.chunks) < 1 or args.duration_cap <= 0:
-        parser.error("--requests, --concurrency, --chunks and --duration-cap must be positive")
+    if (min(args.requests, *args.concurrency, args.chunks, args.ingress_processes,
+            args.worker_processes) < 1 or args.duration_cap <= 0):
+        parser.error("--requests, --concurrency, --chunks, the process counts and "
+                     "--duration-cap must be positive")
     if min(args.serial_requests, args.warmup, args.upstream_latency_ms, args.chunk_delay_ms) < 0:
         parser.error("--serial-requests, --warmup and the delays cannot be negative")
 
@@ -207,14 +234,17 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
     wait_until("the fast upstream", lambda: http_ok(f"http://{HOST}:{upstream_port}/health"), processes)
 
     config = workdir / "switchboard.toml"
-    write_config(config, redis_url, upstream_base, args.concurrency)
+    write_config(config, redis_url, upstream_base, max(args.concurrency))
     secret = create_key(config, env)
     ingress_port = free_port()
-    processes.start("ingress", switchboard_argv("serve", args, "--config", str(config),
-                                                "--host", HOST, "--port", str(ingress_port)), env)
-    processes.start("worker", switchboard_argv("worker", args, "--config", str(config)), env)
+    processes.start("ingress", switchboard_argv(
+        "serve", args, "--config", str(config), "--host", HOST, "--port", str(ingress_port),
+        "--processes", str(args.ingress_processes)), env)
+    processes.start("worker", switchboard_argv(
+        "worker", args, "--config", str(config), "--processes", str(args.worker_processes)), env)
     worker_log = workdir / "worker.log"
-    wait_until("switchboard worker", lambda: b'"worker_ready"' in worker_log.read_bytes(), processes)
+    wait_until("switchboard worker", lambda: worker_log.read_bytes().count(b'"worker_ready"')
+               >= args.worker_processes, processes)
     wait_until("switchboard ingress", lambda: http_ok(f"http://{HOST}:{ingress_port}/readyz"), processes)
     litellm_port = start_litellm(args, workdir, processes, upstream_base) if args.litellm else None
     portkey_port = start_portkey(args.portkey, processes) if args.portkey else None
@@ -244,7 +274,9 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
         info["node"] = node_version()
     print(f"Machine: {info.get('nproc')} CPUs ({info.get('cpu', '?')}), Python {info['python']}, "
           f"redis {info.get('redis', '?')}, load average {' '.join(info.get('loadavg_at_start', []))}")
-    print(f"Load: {args.requests} requests at concurrency {args.concurrency}, "
+    print(f"Switchboard: {args.ingress_processes} ingress and {args.worker_processes} worker "
+          f"process(es)")
+    print(f"Load: {args.requests} requests at concurrency {','.join(map(str, args.concurrency))}, "
           f"{args.serial_requests} at concurrency 1, {args.chunks} chunks per stream, "
           f"upstream delays {args.upstream_latency_ms:g} ms + {args.chunk_delay_ms:g} ms/chunk, "
           f"warm-up {args.warmup}, cap {args.duration_cap:g}s per measurement\n", flush=True)
@@ -258,6 +290,8 @@ def run(args: argparse.Namespace, workdir: Path, processes: Processes) -> int:
 
     table, ratios = report(bench.results)
     print("\n" + table + "\n\n" + render(peak_rss))
+    print("\nSummary (CPU: each path's own process tree, Switchboard's Redis included; "
+          "direct: the fake upstream):\n\n" + summary(bench.results, peak_rss))
     findings = log_summary([workdir / "ingress.log", workdir / "worker.log", workdir / "upstream.log"])
     if findings:
         print("\nUnusual log lines (ingress/worker/upstream):")

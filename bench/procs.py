@@ -150,7 +150,8 @@ def child_env(redis_url: str) -> dict[str, str]:
     return env
 
 
-def write_config(path: Path, redis_url: str, upstream_base: str, concurrency: int) -> None:
+def write_config(path: Path, redis_url: str, upstream_base: str, concurrency: int, *,
+                 request_timeout_s: int = 60) -> None:
     path.write_text(f"""# written by bench/overhead.py for one benchmark run
 redis_url = "{redis_url}"
 
@@ -159,7 +160,7 @@ kind = "openai"
 base_url = "{upstream_base}"
 api_key_env = "{UPSTREAM_KEY_ENV}"
 max_concurrency = {max(256, concurrency)}
-max_queue = 100000
+max_queue = {max(100000, concurrency * 2)}
 timeout_s = 30
 max_retries = 0
 
@@ -168,7 +169,7 @@ slug = "{SLUG}"
 routes = [{{ provider = "fast", model = "{UPSTREAM_MODEL}" }}]
 
 [limits]
-request_timeout_s = 60
+request_timeout_s = {request_timeout_s}
 """)
 
 

@@ -67,14 +67,16 @@ PEERS = ("litellm", "portkey")  # CPU counted over their whole process trees
 
 def report(results: dict[str, dict[str, Result]]) -> tuple[str, dict[str, dict[str, dict[str, Any]]]]:
     """The Markdown tables, and {JSON key: {scenario: comparison}} of the path pairs measured."""
-    lines = ["| scenario | path | ok | errors | req/s | p50 ms | p99 ms | TTFC p50 ms | TTFC p99 ms |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| scenario | path | ok | errors | req/s | p50 ms | p90 ms | p99 ms | TTFC p50 ms"
+             " | TTFC p99 ms |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     all_ratios: dict[str, dict[str, dict[str, Any]]] = {}
     for scenario, by_path in results.items():
         for path, r in by_path.items():
             errors = sum(r.errors.values()) + r.cut_off
             lines.append(f"| {scenario} | {path} | {r.ok} | {errors} | {fmt(r.rps, 1)} | {fmt(r.p50_ms)}"
-                         f" | {fmt(r.p99_ms)} | {fmt(r.ttfc_p50_ms)} | {fmt(r.ttfc_p99_ms)} |")
+                         f" | {fmt(r.p90_ms)} | {fmt(r.p99_ms)} | {fmt(r.ttfc_p50_ms)}"
+                         f" | {fmt(r.ttfc_p99_ms)} |")
     for key, title, num, den in COMPARISONS:
         ratios = {scenario: compare(by_path[num], by_path[den]) for scenario, by_path in results.items()
                   if num in by_path and den in by_path}
@@ -116,6 +118,64 @@ def report(results: dict[str, dict[str, Result]]) -> tuple[str, dict[str, dict[s
             calls = by_path["switchboard"].redis_calls_per_request if "switchboard" in by_path else {}
             lines.append(f"| {scenario} | " + " | ".join(fmt(calls.get(c)) for c in commands) + " |")
     return "\n".join(lines), all_ratios
+
+
+# The processes whose CPU is a path's own cost: the gateway's whole tree (Switchboard's
+# Redis included); for "direct", the fake upstream.
+GATEWAY_CPU = {"direct": ("upstream",), "switchboard": ("ingress", "worker", "redis"),
+               "litellm": ("litellm",), "portkey": ("portkey",)}
+
+
+def gateway_cpu_s_per_1k(path: str, r: Result) -> float | None:
+    """CPU seconds per 1,000 requests of the path's own processes (ms per request)."""
+    parts = [r.cpu_ms_per_request.get(name) for name in GATEWAY_CPU.get(path, ())]
+    return None if not parts or None in parts else sum(p for p in parts if p is not None)
+
+
+def summary(results: dict[str, dict[str, Result]], peak_rss: dict[str, dict[str, float]]) -> str:
+    """One row per path: req/s at every concurrency (plain, then streamed), added p50 and
+    time to first chunk at c=1 over direct, CPU seconds per 1k requests (the range over
+    the concurrencies), errors, and peak RSS."""
+    def levels(kind: str) -> list[str]:
+        return [s for s in results if s.startswith(kind + " c=")]
+
+    plain, stream = levels("plain"), levels("stream")
+    paths = list(dict.fromkeys(p for by_path in results.values() for p in by_path))
+    head = (f"| path | plain req/s {' / '.join(s.split(' ', 1)[1] for s in plain)} "
+            f"| streams/s {' / '.join(s.split(' ', 1)[1] for s in stream)} "
+            "| added p50 c=1 ms | added TTFC p50 c=1 ms | CPU s per 1k plain "
+            "| CPU s per 1k streams | errors | peak RSS MB |")
+    lines = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def cpu_range(scenarios: list[str], path: str) -> str:
+        values = [v for s in scenarios if path in results[s]
+                  for v in [gateway_cpu_s_per_1k(path, results[s][path])] if v is not None]
+        if not values:
+            return "-"
+        low, high = min(values), max(values)
+        return fmt(low) if round(low, 2) == round(high, 2) else f"{fmt(low)}-{fmt(high)}"
+
+    def rps(scenarios: list[str], path: str) -> str:
+        return " / ".join(fmt(results[s][path].rps, 0) if path in results[s] else "-"
+                          for s in scenarios)
+
+    for path in paths:
+        added = ttfc = "-"
+        if path != "direct":
+            one, one_stream = results.get("plain c=1", {}), results.get("stream c=1", {})
+            if path in one and "direct" in one:
+                added = fmt(one[path].p50_ms - one["direct"].p50_ms)
+            if path in one_stream and "direct" in one_stream:
+                first, base = one_stream[path].ttfc_p50_ms, one_stream["direct"].ttfc_p50_ms
+                if first is not None and base is not None:
+                    ttfc = fmt(first - base)
+        errors = sum(sum(by_path[path].errors.values()) + by_path[path].cut_off
+                     for by_path in results.values() if path in by_path)
+        rss = peak_rss.get(path, {}).get("total")
+        lines.append(f"| {path} | {rps(plain, path)} | {rps(stream, path)} | {added} | {ttfc} "
+                     f"| {cpu_range(plain, path)} | {cpu_range(stream, path)} | {errors} "
+                     f"| {fmt(rss, 0)} |")
+    return "\n".join(lines)
 
 
 def machine(redis_port: int | None) -> dict[str, Any]:

@@ -45,10 +45,12 @@ def py_spy() -> str:
 class Sampler:
     """py-spy recording some pids until `stop()`; one collapsed-stacks file each."""
 
-    def __init__(self, outputs: dict[int, Path]) -> None:
+    def __init__(self, outputs: dict[int, Path], *, subprocesses: bool = False) -> None:
+        # --subprocesses: a supervisor (`--processes N`) does no work itself; its children do.
+        extra = ["--subprocesses"] if subprocesses else []
         self.recorders = [
             subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--rate", str(RATE),
-                              "--format", "raw", "--nonblocking", "--output", str(path)],
+                              "--format", "raw", "--nonblocking", *extra, "--output", str(path)],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
             for pid, path in outputs.items()]
