@@ -10,7 +10,9 @@ them open until every one has ended. Each stream must end with every chunk and
 
 The ingress's RSS is read from /proc before the streams open (after a warm-up wave that
 loads everything lazily imported) and once a second while they are held; "RSS per held
-stream" is (highest RSS while all N were held - RSS before) / N.
+stream" is (highest RSS while all N were held - RSS before) / N; Redis's `used_memory`
+is read the same way, for the Redis data a held stream costs (its job entry in the
+stream, its reservation, its output-began mark).
 
     .venv/bin/python bench/held.py [--streams 1000,5000,10000] [--open-rate 250]
                                    [--chunk-every-s 5] [--hold-s 20] [--workers 2]
@@ -40,6 +42,7 @@ from procs import (
     child_env,
     create_key,
     http_ok,
+    redis_command,
     switchboard_argv,
     terminate_on_sigterm,
     wait_until,
@@ -61,10 +64,24 @@ class Run:
     open_s: float = 0.0  # how long opening them took
     worker_rss_kib: int = 0
     redis_rss_kib: int = 0
+    redis_before: int = 0  # Redis's used_memory (bytes) before the streams opened
+    redis_held: int = 0  # ... and at its highest while all were held
 
     @property
     def per_stream_kib(self) -> float:
         return (self.rss_held_kib - self.rss_before_kib) / self.streams
+
+    @property
+    def redis_per_stream_b(self) -> float:
+        return (self.redis_held - self.redis_before) / self.streams
+
+
+def redis_used_memory(port: int) -> int:
+    """INFO memory's used_memory: what Redis's allocator holds for data, in bytes."""
+    for line in redis_command(port, "INFO", "memory").decode().splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.split(":", 1)[1])
+    return 0
 
 
 def rss_kib(pid: int) -> int:
@@ -139,7 +156,8 @@ class Streams:
         return "done" if content == self.chunks else f"{content} of {self.chunks} chunks"
 
 
-async def hold(streams: Streams, run: Run, rate: float, ingress_pid: int) -> None:
+async def hold(streams: Streams, run: Run, rate: float, ingress_pid: int,
+               redis_port: int) -> None:
     """Open `run.streams` streams at `rate` a second, sampling the ingress's RSS once a
     second until all have ended."""
     started = trio.current_time()
@@ -149,6 +167,8 @@ async def hold(streams: Streams, run: Run, rate: float, ingress_pid: int) -> Non
         while True:
             if all_open.is_set() and streams.open == run.streams:
                 run.rss_held_kib = max(run.rss_held_kib, rss_kib(ingress_pid))
+                run.redis_held = max(run.redis_held, await trio.to_thread.run_sync(
+                    redis_used_memory, redis_port))
             run.most_open = max(run.most_open, streams.open)
             await trio.sleep(1.0)
 
@@ -205,10 +225,12 @@ def measure(args: argparse.Namespace, count: int) -> Run:
 
         async def main() -> Run:
             warm = Run(WARMUP_STREAMS)
-            await hold(Streams(port, secret, chunks), warm, args.open_rate, ingress_pid)
+            await hold(Streams(port, secret, chunks), warm, args.open_rate, ingress_pid,
+                       redis_port)
             run = Run(count)
             await trio.sleep(2.0)  # let the warm-up's garbage go
             run.rss_before_kib = rss_kib(ingress_pid)
+            run.redis_before = redis_used_memory(redis_port)
             print(f"  N={count}: {chunks} chunks {args.chunk_every_s:g} s apart, ingress RSS "
                   f"{run.rss_before_kib / 1024:.1f} MiB before; opening at "
                   f"{args.open_rate:g}/s", flush=True)
@@ -221,7 +243,7 @@ def measure(args: argparse.Namespace, count: int) -> Run:
                     run.redis_rss_kib = rss_kib(processes.pid("redis"))
 
                 nursery.start_soon(memory)
-                await hold(streams, run, args.open_rate, ingress_pid)
+                await hold(streams, run, args.open_rate, ingress_pid, redis_port)
             return run
 
         run = trio.run(main)
@@ -234,15 +256,15 @@ def measure(args: argparse.Namespace, count: int) -> Run:
 def report(runs: list[Run]) -> str:
     lines = ["| streams | opened in s | most open at once | ended whole | other ends "
              "| ingress RSS before MiB | ingress RSS held MiB | RSS per held stream KiB "
-             "| worker RSS MiB | redis RSS MiB |",
-             "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| worker RSS MiB | redis RSS MiB | Redis data per held stream B |",
+             "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run in runs:
         other = ", ".join(f"{what}: {n}" for what, n in run.outcomes.items() if what != "done")
         lines.append(f"| {run.streams:,} | {run.open_s:.1f} | {run.most_open:,} "
                      f"| {run.outcomes['done']:,} | {other or 'none'} "
                      f"| {run.rss_before_kib / 1024:.1f} | {run.rss_held_kib / 1024:.1f} "
                      f"| {run.per_stream_kib:.1f} | {run.worker_rss_kib / 1024:.1f} "
-                     f"| {run.redis_rss_kib / 1024:.1f} |")
+                     f"| {run.redis_rss_kib / 1024:.1f} | {run.redis_per_stream_b:,.0f} |")
     return "\n".join(lines)
 
 

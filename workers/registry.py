@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import assert_never
 
-import httpx
+import httpx2
 
 from schemas.providers import (
     AnthropicProvider,
@@ -22,7 +22,7 @@ from workers.providers.mock import MockAdapter
 from workers.providers.openai import OpenAIAdapter
 
 
-def build_adapter(name: str, config: ProviderConfig, http: httpx.AsyncClient) -> Adapter:
+def build_adapter(name: str, config: ProviderConfig, http: httpx2.AsyncClient) -> Adapter:
     """The adapter for a configured provider (mypy checks that every kind has one)."""
     match config:
         case OpenAIProvider():

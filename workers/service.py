@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 import coredis
-import httpx
+import httpx2
 import trio
 
 from schemas import names
@@ -56,9 +56,9 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
         tls = ssl.create_default_context()  # one CA bundle load per process, not per provider
         for name in chosen:
             provider = config.providers[name]
-            http = await stack.enter_async_context(httpx.AsyncClient(
-                timeout=httpx.Timeout(provider.timeout_s, connect=10.0), verify=tls,
-                limits=httpx.Limits(max_connections=provider.max_concurrency,
+            http = await stack.enter_async_context(httpx2.AsyncClient(
+                timeout=httpx2.Timeout(provider.timeout_s, connect=10.0), verify=tls,
+                limits=httpx2.Limits(max_connections=provider.max_concurrency,
                                     max_keepalive_connections=provider.max_concurrency),
             ))
             adapters[name] = build_adapter(name, provider, http)

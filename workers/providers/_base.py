@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
+import httpx2
 import msgspec
 
 from schemas.chat import Usage
@@ -249,7 +249,7 @@ def cut_short(provider: str, before: str = "the answer was complete") -> Upstrea
 
 def transport_failure(provider: str, exc: Exception) -> UpstreamFailure:
     """Map an httpx error to a failure; never includes request headers or URLs with secrets."""
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx2.TimeoutException):
         return UpstreamFailure(504, "upstream_timeout", f"provider {provider!r} timed out",
                                provider=provider, retryable=True)
     return UpstreamFailure(502, "upstream_error",

@@ -22,12 +22,12 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import cast
 
-import httpx
+import httpx2
 
 from workers.providers._base import UpstreamFailure, transport_failure
 from workers.providers._sse import Event, iter_events
 
-Auth = Callable[[httpx.Request], None]
+Auth = Callable[[httpx2.Request], None]
 # The trace headers of the upstream call in progress (`traceparent`, `tracestate`), set by
 # the runner around each attempt: every kind's requests carry them without each adapter
 # threading them through.
@@ -69,7 +69,7 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     return None
 
 
-def _failed(failure: UpstreamFailure, response: httpx.Response) -> UpstreamFailure:
+def _failed(failure: UpstreamFailure, response: httpx2.Response) -> UpstreamFailure:
     failure.retry_after = retry_after(response.headers)
     return failure
 
@@ -77,20 +77,20 @@ def _failed(failure: UpstreamFailure, response: httpx.Response) -> UpstreamFailu
 def header_auth(headers: dict[str, str]) -> Auth:
     """An `auth` hook that sets fixed headers (a bearer token, an API key)."""
 
-    def apply(request: httpx.Request) -> None:
+    def apply(request: httpx2.Request) -> None:
         request.headers.update(headers)
 
     return apply
 
 
-def _no_auth(request: httpx.Request) -> None:
+def _no_auth(request: httpx2.Request) -> None:
     pass
 
 
 class Upstream:
     """POST to one provider: a JSON body back, or a stream of events or bytes."""
 
-    def __init__(self, provider: str, http: httpx.AsyncClient,
+    def __init__(self, provider: str, http: httpx2.AsyncClient,
                  failure: Callable[[int, bytes], UpstreamFailure], *, auth: Auth | None = None,
                  headers: dict[str, str] | None = None) -> None:
         self.provider = provider
@@ -100,7 +100,7 @@ class Upstream:
         self.headers = {"content-type": "application/json", **(headers or {})}
 
     def _request(self, url: str, body: bytes, extra_headers: dict[str, str] | None,
-                 params: dict[str, str] | None) -> httpx.Request:
+                 params: dict[str, str] | None) -> httpx2.Request:
         headers = {**self.headers, **extra_headers} if extra_headers else self.headers
         if trace := _trace_headers.get():
             headers = {**headers, **trace}
@@ -113,7 +113,7 @@ class Upstream:
         """POST and return the 200 body."""
         try:
             response = await self.http.send(self._request(url, body, extra_headers, params))
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise transport_failure(self.provider, exc) from exc
         if response.status_code != 200:
             raise _failed(self.failure(response.status_code, response.content), response)
@@ -127,14 +127,14 @@ class Upstream:
         try:
             response = await self.http.send(self._request(url, body, extra_headers, params),
                                             stream=True)
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise transport_failure(self.provider, exc) from exc
         try:
             if response.status_code != 200:
                 raise _failed(self.failure(response.status_code, await response.aread()),
                               response)
             yield response.aiter_bytes()
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise transport_failure(self.provider, exc) from exc
         finally:
             await response.aclose()

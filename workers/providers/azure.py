@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-import httpx
+import httpx2
 import msgspec
 
 from schemas.chat import Usage
@@ -102,7 +102,7 @@ class AzureAdapter(OpenAIAdapter):
 
     kind = "azure"
 
-    def __init__(self, name: str, config: AzureProvider, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: AzureProvider, http: httpx2.AsyncClient) -> None:
         self.name = name
         self.base = config.base_url.rstrip("/") + "/openai/deployments/"
         self.query = "?api-version=" + quote(config.api_version, safe="")

@@ -19,7 +19,7 @@ import struct
 import time
 import uuid
 
-import httpx
+import httpx2
 import msgspec
 import trio
 from msgspec import UNSET
@@ -101,7 +101,7 @@ class MockAdapter(MockMedia, AdapterBase):  # images and audio: mock_media.py
 
     kind = "mock"
 
-    def __init__(self, name: str, config: MockProvider, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: MockProvider, http: httpx2.AsyncClient) -> None:
         self.name = name
         self.config = config
 

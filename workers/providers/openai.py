@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import httpx2
 import msgspec
 
 from schemas.chat import Usage, raw_object_decoder
@@ -96,7 +96,7 @@ class OpenAIAdapter(AdapterBase):
 
     kind = "openai"
 
-    def __init__(self, name: str, config: OpenAIProvider, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: OpenAIProvider, http: httpx2.AsyncClient) -> None:
         self.name = name
         self.base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
         self.secret = read_credential(config)

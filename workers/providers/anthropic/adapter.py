@@ -19,7 +19,7 @@ https://docs.anthropic.com/en/api/messages-streaming, https://docs.anthropic.com
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 import msgspec
 
 from schemas.chat import Usage
@@ -55,7 +55,7 @@ class AnthropicAdapter(AdapterBase):
 
     kind = "anthropic"
 
-    def __init__(self, name: str, config: AnthropicProvider, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: AnthropicProvider, http: httpx2.AsyncClient) -> None:
         self.name = name
         self.config = config
         self.url = (config.base_url or DEFAULT_BASE_URL).rstrip("/") + "/v1/messages"

@@ -25,7 +25,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import httpx
+import httpx2
 import msgspec
 
 from schemas.chat import Usage
@@ -106,7 +106,7 @@ class GeminiAdapter(AdapterBase):
 
     kind = "gemini"
 
-    def __init__(self, name: str, config: GeminiProvider, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: GeminiProvider, http: httpx2.AsyncClient) -> None:
         self.name = name
         self.base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         self.credential = read_credential(config)
