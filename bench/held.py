@@ -208,7 +208,7 @@ def measure(args: argparse.Namespace, count: int) -> Run:
         config = workdir / "switchboard.toml"
         timeout_s = math.ceil(lasting_s + args.chunk_every_s * 2 + 60)
         write_config(config, env["REDIS_URL"], f"http://{HOST}:{upstream_port}/v1", count,
-                     request_timeout_s=timeout_s)
+                     request_timeout_s=timeout_s, upstream_timeout_s=timeout_s)
         secret = create_key(config, env)
         port = free_port()
         args.profile = None

@@ -151,7 +151,7 @@ def child_env(redis_url: str) -> dict[str, str]:
 
 
 def write_config(path: Path, redis_url: str, upstream_base: str, concurrency: int, *,
-                 request_timeout_s: int = 60) -> None:
+                 request_timeout_s: int = 60, upstream_timeout_s: int = 30) -> None:
     path.write_text(f"""# written by bench/overhead.py for one benchmark run
 redis_url = "{redis_url}"
 
@@ -161,7 +161,7 @@ base_url = "{upstream_base}"
 api_key_env = "{UPSTREAM_KEY_ENV}"
 max_concurrency = {max(256, concurrency)}
 max_queue = {max(100000, concurrency * 2)}
-timeout_s = 30
+timeout_s = {upstream_timeout_s}
 max_retries = 0
 
 [[models]]

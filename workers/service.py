@@ -19,6 +19,7 @@ from workers.consumer import LANES, Consumer, Lane
 from workers.logs import log_event
 from workers.metrics import serve_metrics
 from workers.providers._base import Adapter, read_credential
+from workers.providers._pools import PooledTransport
 from workers.queue import Queue
 from workers.registry import build_adapter
 from workers.runner import Runner
@@ -57,9 +58,8 @@ async def run_workers(config: Config, providers: Sequence[str] = (), *,
         for name in chosen:
             provider = config.providers[name]
             http = await stack.enter_async_context(httpx2.AsyncClient(
-                timeout=httpx2.Timeout(provider.timeout_s, connect=10.0), verify=tls,
-                limits=httpx2.Limits(max_connections=provider.max_concurrency,
-                                    max_keepalive_connections=provider.max_concurrency),
+                timeout=httpx2.Timeout(provider.timeout_s, connect=10.0),
+                transport=PooledTransport(provider.max_concurrency, verify=tls),
             ))
             adapters[name] = build_adapter(name, provider, http)
         runner = Runner(config, queue, adapters, spans=spans)
