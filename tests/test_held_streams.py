@@ -20,6 +20,7 @@ import trio
 from ingress.keys import KeyStore
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from tests.fleet import Fleet
+from tests.test_reply_path import raw_exchange
 from workers.connection import connect
 
 STREAMS = 500
@@ -29,15 +30,8 @@ CHUNKS = ["one", " two", " three", " four"]
 async def held_stream(address: tuple[str, int], request: bytes) -> str:
     """One streamed completion on a raw socket (HTTP/1.0: the server closes when done):
     "done" when it ended with every chunk and `[DONE]`, else what it ended with."""
-    sock = trio.socket.socket()
-    with sock:
-        await sock.connect(address)
-        await sock.send(request)
-        data = b""
-        while chunk := await sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = head.split(b" ", 2)[1].decode()
+    code, body = await raw_exchange(address, request)
+    status = str(code)
     events = [line[6:] for line in body.decode().split("\n") if line.startswith("data: ")]
     if status != "200":
         return f"HTTP {status} {json.loads(body)['error']['code']}"
