@@ -48,6 +48,7 @@ from procs import (
     wait_until,
     write_config,
 )
+from rss import descendants, status_kib
 
 WARMUP_STREAMS = 50
 
@@ -86,22 +87,7 @@ def redis_used_memory(port: int) -> int:
 
 def rss_kib(pid: int) -> int:
     """VmRSS of one process, KiB (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of `pid` (a `--processes N` supervisor's workers)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(part) for part in text.split()]
+    return status_kib(pid, "VmRSS")
 
 
 class Streams:
@@ -211,7 +197,6 @@ def measure(args: argparse.Namespace, count: int) -> Run:
                      request_timeout_s=timeout_s, upstream_timeout_s=timeout_s)
         secret = create_key(config, env)
         port = free_port()
-        args.profile = None
         processes.start("ingress", switchboard_argv("serve", args, "--config", str(config),
                                                     "--host", HOST, "--port", str(port)), env)
         processes.start("worker", switchboard_argv("worker", args, "--config", str(config),
@@ -239,7 +224,7 @@ def measure(args: argparse.Namespace, count: int) -> Run:
                 async def memory() -> None:  # the other processes, near the peak
                     await trio.sleep(count / args.open_rate + 1.0)
                     worker = processes.pid("worker")
-                    run.worker_rss_kib = sum(rss_kib(pid) for pid in [worker, *children(worker)])
+                    run.worker_rss_kib = sum(rss_kib(pid) for pid in descendants(worker))
                     run.redis_rss_kib = rss_kib(processes.pid("redis"))
 
                 nursery.start_soon(memory)
@@ -279,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-s", type=float, default=20.0,
                         help="seconds every stream stays open after the last one opened")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.set_defaults(profile=None)  # switchboard_argv's cProfile option: never here
     args = parser.parse_args(argv)
     counts = [int(part) for part in args.streams.split(",") if part.strip()]
-    if not counts or min(counts) < 1 or args.open_rate <= 0 or args.chunk_every_s <= 0:
-        parser.error("--streams, --open-rate and --chunk-every-s must be positive")
+    if (not counts or min(counts) < 1 or args.open_rate <= 0 or args.chunk_every_s <= 0
+            or args.workers < 1 or args.hold_s < 0):
+        parser.error("--streams, --open-rate, --chunk-every-s and --workers must be positive, "
+                     "--hold-s not negative")
     runs = []
     with terminate_on_sigterm():
         for count in counts:

@@ -40,15 +40,21 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def peak_rss_kib(pid: int) -> int:
-    """VmHWM of one process in KiB (0 if it is gone or has no memory of its own)."""
+def status_kib(pid: int, field: str) -> int:
+    """A memory field of /proc/PID/status (VmHWM, VmRSS) in KiB (0 if the process is gone
+    or has no memory of its own)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM of one process in KiB."""
+    return status_kib(pid, "VmHWM")
 
 
 def tree_peak_rss_mb(root: int) -> float:

@@ -27,9 +27,8 @@ class _Released(httpx2.AsyncByteStream):
         self._index = index
         self._open = True
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()  # the pool's own iterator: no layer per chunk
 
     async def aclose(self) -> None:
         try:
