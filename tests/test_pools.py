@@ -45,7 +45,7 @@ async def test_held_streams_spread_over_the_pools_and_give_their_slots_back(
 
 
 async def test_a_refused_or_cancelled_request_gives_its_slot_back() -> None:
-    transport = PooledTransport(10, verify=ssl.create_default_context())
+    transport = PooledTransport(10, verify=ssl.create_default_context(), pool_size=10)
     async with httpx2.AsyncClient(transport=transport, timeout=5) as http:
         # Nothing listens on port 9 of the loopback: refused at once.
         for _ in range(3):
