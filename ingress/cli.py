@@ -32,8 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_flag(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--processes", type=_positive, default=1,
-                       help="ingress processes sharing the port (SO_REUSEPORT); default 1")
+    serve.add_argument("--processes", type=_processes, default="auto",
+                       help="ingress processes sharing the port (SO_REUSEPORT), or auto: "
+                       f"half the usable cores, at least 1 (here {default_processes()})")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     worker = verbs.add_parser("worker", help="run worker groups")
@@ -49,9 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                         "worker may run at a lower priority: --nice)")
     worker.add_argument("--nice", type=int, default=0,
                         help="lower this process's CPU priority by N (os.nice) first")
-    worker.add_argument("--processes", type=_positive, default=1,
-                        help="worker processes (child i serves metrics on --metrics-port + i); "
-                        "default 1")
+    worker.add_argument("--processes", type=_processes, default="auto",
+                        help="worker processes (child i serves metrics on --metrics-port + i), "
+                        f"or auto: half the usable cores, at least 1 (here {default_processes()})")
 
     keys = verbs.add_parser("keys", help="manage access keys (as the operator)")
     key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
@@ -135,6 +136,17 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
     return value
+
+
+def default_processes() -> int:
+    """`--processes auto`: half the cores this process may run on, at least one. One machine
+    usually runs both sides (the Procfile's `web` and `worker`) and often Redis beside them;
+    a machine given to one side alone says `--processes` with its core count."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def _processes(text: str) -> int:
+    return default_processes() if text == "auto" else _positive(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

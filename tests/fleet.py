@@ -51,7 +51,7 @@ class Fleet:
         answers /readyz."""
         port = free_port()
         process = self._start(name, ["serve", "--host", "127.0.0.1", "--port", str(port),
-                                     *options])
+                                     *_one_process(options)])
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, trust_env=False) as http:
             with trio.fail_after(READY_S):
@@ -67,7 +67,7 @@ class Fleet:
     async def worker(self, name: str, *options: str, ready: int = 1) -> None:
         """Start a worker process (`options`: flags of `worker`); returns once `ready`
         `worker_ready` lines are in its log (one per process it runs)."""
-        process = self._start(name, ["worker", *options])
+        process = self._start(name, ["worker", *_one_process(options)])
         log = self.logs[-1]
         with trio.fail_after(READY_S):
             while log.read_bytes().count(b'"event":"worker_ready"') < ready:
@@ -99,3 +99,9 @@ class Fleet:
     def log_text(self) -> str:
         """Every process's log so far, for assertion messages and log checks."""
         return "\n".join(log.read_text(errors="replace") for log in self.logs if log.exists())
+
+
+def _one_process(options: tuple[str, ...]) -> list[str]:
+    """`options`, with `--processes 1` unless they say otherwise: the default follows the
+    machine's cores, and a test means the same processes on every machine."""
+    return list(options) if "--processes" in options else ["--processes", "1", *options]

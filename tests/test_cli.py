@@ -71,10 +71,11 @@ async def test_cli_keys_serve_worker_models(nursery: trio.Nursery, redis_url: st
     with logs.open("w") as sink:
         # Popen only starts the processes (no waiting), so the event loop keeps running.
         serve = subprocess.Popen(  # noqa: ASYNC220
-            [SWITCHBOARD, "serve", "--config", config, "--port", str(port)],
+            [SWITCHBOARD, "serve", "--config", config, "--port", str(port), "--processes", "1"],
             env=env, stderr=sink, stdout=sink)
         worker = subprocess.Popen(  # noqa: ASYNC220
-            [SWITCHBOARD, "worker", "--config", config], env=env, stderr=sink, stdout=sink)
+            [SWITCHBOARD, "worker", "--config", config, "--processes", "1"],
+            env=env, stderr=sink, stdout=sink)
         try:
             base = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(verify=TLS, base_url=base) as http:

@@ -125,8 +125,9 @@ async def served(nursery: trio.Nursery, redis_url: str, fake_upstream: FakeUpstr
     log = tmp_path / "gateway.log"
     with log.open("wb") as sink:
         processes = [subprocess.Popen(command, env=env, stdout=sink, stderr=sink)  # noqa: ASYNC220
-                     for command in ([SWITCHBOARD, "serve", "--config", config, "--port", str(port)],
-                                     [SWITCHBOARD, "worker", "--config", config])]
+                     for command in ([SWITCHBOARD, "serve", "--config", config, "--port", str(port),
+                                      "--processes", "1"],
+                                     [SWITCHBOARD, "worker", "--config", config, "--processes", "1"])]
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base) as http:

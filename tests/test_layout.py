@@ -88,7 +88,7 @@ def test_the_serve_process_loads_no_worker_machinery(redis_server: RedisServer, 
     log = (tmp_path / "imports.log").open("w")  # a file: a full pipe would stall the process
     process = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "ingress.cli", "serve", "--config", str(config),
-         "--port", str(port)], env=env, stderr=log, stdout=subprocess.DEVNULL)
+         "--port", str(port), "--processes", "1"], env=env, stderr=log, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -104,7 +104,7 @@ routes = [{{ provider = "up", model = "u" }}]
             with log.open("w") as sink:
                 # Popen only starts the process: the event loop keeps running.
                 process = subprocess.Popen(  # noqa: ASYNC220
-                    [SWITCHBOARD, "worker", "--config", str(config)],
+                    [SWITCHBOARD, "worker", "--config", str(config), "--processes", "1"],
                     env=env, stdout=sink, stderr=sink)
             workers.append(WorkerProcess(process, log))
         for worker in workers:

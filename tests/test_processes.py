@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 import trio
 
+from ingress import cli
 from ingress.keys import KeyStore
 from tests.fleet import Fleet
 from workers.connection import connect
@@ -135,3 +137,14 @@ async def test_processes_must_be_at_least_one(tmp_path: Path, redis_url: str) ->
     process = fleet._start("web", ["serve", "--processes", "0"])
     assert await trio.to_thread.run_sync(process.wait, 20) == 2
     assert "must be 1 or more" in fleet.log_text()
+
+
+def test_the_default_is_half_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The machine's cores are what the OS lets this process run on (taskset, cgroups' cpusets).
+    parser = cli._parser()
+    for cores, expected in ((range(1), 1), (range(2), 1), (range(4), 2), (range(9), 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, c=cores: set(c))
+        for verb in ("serve", "worker"):
+            assert parser.parse_args([verb]).processes == expected
+            assert parser.parse_args([verb, "--processes", "auto"]).processes == expected
+            assert parser.parse_args([verb, "--processes", "3"]).processes == 3
