@@ -230,6 +230,13 @@ def create_app(gateway: Gateway) -> QuartTrio:
     return app
 
 
+def edge(app: QuartTrio) -> BodyFirst:
+    """The edge `create_app` put around the application (its write watch must be served)."""
+    found = app.asgi_app
+    assert isinstance(found, BodyFirst)
+    return found
+
+
 def is_console(path: str) -> bool:
     """Whether a path is one of the console's pages (errors there are drawn as pages)."""
     return path == "/console" or path.startswith("/console/")

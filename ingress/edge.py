@@ -19,14 +19,14 @@ So, around the whole application, in one place that no route can bypass:
   whose client is still writing.
 - The answer's last message is sent shielded (bounded), so a disconnect cannot cut
   Hypercorn's end-of-request step in half.
-- Every write of the answer is bounded by `write_timeout_s` (`_WriteGuard`): a client
-  that stops reading is cut off instead of holding its request, its job and its
-  connection until TCP gives up.
+- Every write of the answer is bounded by `write_timeout_s` (`WriteWatch`, one task for
+  the whole process): a client that stops reading is cut off instead of holding its
+  request, its job and its connection until TCP gives up.
 """
 
 from __future__ import annotations
 
-import math
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, cast
 
@@ -56,7 +56,7 @@ class BodyFirst:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
-        self.write_timeout_s = write_timeout_s
+        self.writes = WriteWatch(write_timeout_s)  # its `serve` runs beside the server
         # POST paths whose bodies may be larger (file uploads): {path: their own limit}
         self.uploads = dict(uploads or {})
         # Whether a request carries a valid access key: only then may an upload path's body
@@ -83,12 +83,8 @@ class BodyFirst:
             return  # the client left before it finished sending
         if refusal:
             scope[REFUSAL] = refusal
-        async with trio.open_nursery() as nursery:
-            guard = _WriteGuard(send, self.write_timeout_s)
-            nursery.start_soon(guard.watch)
-            answer = _Answer(guard.send, request, closing=bool(refusal))
-            await self.app(scope, request.replay, answer.send)
-            nursery.cancel_scope.cancel()
+        answer = _Answer(_Watched(self.writes, send).send, request, closing=bool(refusal))
+        await self.app(scope, request.replay, answer.send)
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -184,36 +180,70 @@ class _Answer:
         await self._send(message)
 
 
-class _WriteGuard:
-    """Every write of the answer within `timeout_s`, although Hypercorn shields them.
+class WriteWatch:
+    """Every write of every answer within `timeout_s`, although Hypercorn shields them.
 
     Hypercorn writes to the socket inside a shielded cancel scope (`protocol_send` in
     hypercorn/trio/tcp_server.py), so no timeout around `send` can end a write to a client
-    that stopped reading. A guard task watches the write instead: when one has lasted
-    `timeout_s`, it tells Hypercorn that the application is done (`send(None)`, what
-    Hypercorn's own task runner sends when an application returns). The answer being
-    unfinished, Hypercorn closes the connection; the stuck write returns, and the
-    application hears `http.disconnect` (the SSE relay then withdraws the job).
+    that stopped reading. One task (`serve`) watches the writes instead: when one has
+    lasted `timeout_s`, it tells Hypercorn that the application is done with that answer
+    (`send(None)`, what Hypercorn's own task runner sends when an application returns).
+    The answer being unfinished, Hypercorn closes the connection; the stuck write returns,
+    and the application hears `http.disconnect` (the SSE relay then withdraws the job).
+
+    One task for the process, not one per request: every write has the same timeout, so
+    writes fall due in the order they began, and the watch sleeps until the oldest one
+    under way is due (`_writes`, oldest first).
     """
 
-    def __init__(self, send: Send, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._writes: OrderedDict[_Watched, float] = OrderedDict()  # under way: their deadlines
+        self._begun = trio.Event()  # set when a write begins while none was under way
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch until cancelled (the server's nursery ends it after the last answer)."""
+        async with trio.open_nursery() as ending:
+            task_status.started()
+            while True:
+                if not self._writes:
+                    self._begun = trio.Event()
+                    await self._begun.wait()
+                    continue
+                watched, due = next(iter(self._writes.items()))
+                if trio.current_time() < due:
+                    await trio.sleep_until(due)  # (writes begun meanwhile are due later)
+                    continue
+                del self._writes[watched]
+                log_event("client_write_timeout", timeout_s=self.timeout_s)
+                ending.start_soon(watched.end)
+
+    def begin(self, watched: _Watched) -> None:
+        if not self._writes:
+            self._begun.set()
+        self._writes[watched] = trio.current_time() + self.timeout_s
+
+    def end(self, watched: _Watched) -> None:
+        self._writes.pop(watched, None)
+
+
+class _Watched:
+    """One answer's `send`, its writes registered with the process's WriteWatch."""
+
+    __slots__ = ("_send", "_watch")
+
+    def __init__(self, watch: WriteWatch, send: Send) -> None:
+        self._watch = watch
         self._send = send
-        self._timeout_s = timeout_s
-        self._deadline = math.inf  # the current write's; inf while none is under way
-        self._timer = trio.CancelScope()  # the watch's sleep, woken by that deadline
 
     async def send(self, message: Message) -> None:
-        self._deadline = self._timer.deadline = trio.current_time() + self._timeout_s
+        self._watch.begin(self)
         try:
             await self._send(message)
         finally:
-            self._deadline = self._timer.deadline = math.inf
+            self._watch.end(self)
 
-    async def watch(self) -> None:
-        """Sleep until a write outlasts the timeout; then end the response."""
-        while trio.current_time() < self._deadline:  # else the write ended just in time
-            with trio.CancelScope(deadline=self._deadline) as self._timer:
-                await trio.sleep_forever()
-        log_event("client_write_timeout", timeout_s=self._timeout_s)
+    async def end(self) -> None:
+        """End the answer: the application is done with it, as far as Hypercorn knows."""
         end = cast(Callable[[None], Awaitable[None]], self._send)
         await end(None)

@@ -10,7 +10,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from ingress import connections
-from ingress.app import create_app
+from ingress.app import create_app, edge
 from ingress.gateway import Gateway
 from ingress.replies import ReplyHub
 from schemas.config import Config
@@ -58,6 +58,7 @@ async def _serve(config: Config, host: str, port: int, spans: Spans, stop: trio.
         server.keep_alive_timeout = 75
         server.graceful_timeout = config.limits.shutdown_grace_s
         async with trio.open_nursery() as nursery:
+            await nursery.start(edge(app).writes.serve)  # bounds every answer's writes
             await nursery.start(hub.serve)
             await nursery.start(gateway.keys.serve_invalidations)
             await nursery.start(gateway.keys.serve_last_used)
