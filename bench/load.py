@@ -1,4 +1,4 @@
-"""The load generator: an httpx client under trio sending checked chat completions.
+"""The load generator: keep-alive connections under trio sending checked chat completions.
 
 `Load` runs one scenario against one `Target` (a path: "direct", "switchboard",
 "litellm" or "portkey") as a closed loop of callers, each on its own keep-alive
@@ -17,13 +17,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import h11
 import msgspec
 import trio
+
+from wire import Connection
 
 PROMPT = "Say hello to the benchmark"
 WORDS = "The quick brown fox jumps over the lazy dog while the gateway relays every token".split()
 GRACE_S = 5.0  # after the duration cap, in-flight requests get this long before they are cut
+REQUEST_TIMEOUT_S = 30.0
+FAILURES = (OSError, h11.ProtocolError, trio.TooSlowError)  # (ConnectionResetError is an OSError)
 
 
 @dataclass
@@ -65,14 +69,12 @@ def percentile(sorted_values: list[float], q: float) -> float:
 class Load:
     """Runs one scenario against one target: a closed loop of callers.
 
-    Caller i uses `clients[i]`, an AsyncClient that holds one keep-alive connection:
-    one AsyncClient shared by 32 callers spends most of its time in its connection
-    pool (httpcore), which made the load generator, not the server, the bottleneck.
+    Caller i uses `connections[i]`, one keep-alive connection of its own (bench/wire.py).
     """
 
-    def __init__(self, clients: list[httpx.AsyncClient], target: Target, stream: bool,
+    def __init__(self, connections: list[Connection], target: Target, stream: bool,
                  chunks: int) -> None:
-        self.clients = clients
+        self.connections = connections
         self.target = target
         self.stream = stream
         self.chunks = chunks
@@ -95,16 +97,17 @@ class Load:
         started = time.perf_counter()
         stop_issuing = started + cap_s
 
-        async def caller(client: httpx.AsyncClient) -> None:
+        async def caller(connection: Connection) -> None:
             nonlocal issued, in_flight
             while issued < requests and time.perf_counter() < stop_issuing:
                 issued += 1
                 in_flight += 1
                 t0 = time.perf_counter()
                 try:
-                    problem, first = await (self._stream_once(client, t0) if self.stream
-                                            else self._plain_once(client))
-                except httpx.HTTPError as exc:
+                    with trio.fail_after(REQUEST_TIMEOUT_S):
+                        problem, first = await (self._stream_once(connection, t0) if self.stream
+                                                else self._plain_once(connection))
+                except FAILURES as exc:
                     problem, first = type(exc).__name__, None
                 finally:
                     in_flight -= 1
@@ -117,18 +120,18 @@ class Load:
 
         with trio.move_on_after(cap_s + GRACE_S):
             async with trio.open_nursery() as nursery:
-                for client in self.clients[:concurrency]:
-                    nursery.start_soon(caller, client)
+                for connection in self.connections[:concurrency]:
+                    nursery.start_soon(caller, connection)
         wall = time.perf_counter() - started
         return latencies, firsts, errors, in_flight, wall
 
-    async def _plain_once(self, client: httpx.AsyncClient) -> tuple[str | None, None]:
-        response = await client.post(self.target.url, content=self.body,
-                                          headers=self.target.headers)
-        if response.status_code != 200:
-            return f"HTTP {response.status_code}", None
+    async def _plain_once(self, connection: Connection) -> tuple[str | None, None]:
+        status = await connection.post(self.body)
+        content = await connection.body()
+        if status != 200:
+            return f"HTTP {status}", None
         try:
-            answer = msgspec.json.decode(response.content)
+            answer = msgspec.json.decode(content)
             text = answer["choices"][0]["message"]["content"]
         except (msgspec.DecodeError, KeyError, IndexError, TypeError):
             return "malformed body", None
@@ -136,25 +139,29 @@ class Load:
             return "wrong content", None
         return None, None
 
-    async def _stream_once(self, client: httpx.AsyncClient, t0: float) -> tuple[str | None, float | None]:
+    async def _stream_once(self, connection: Connection,
+                           t0: float) -> tuple[str | None, float | None]:
         first: float | None = None
         events = 0
         done = False
         parts: list[str] = []
-        async with client.stream("POST", self.target.url, content=self.body,
-                                      headers=self.target.headers) as response:
-            if response.status_code != 200:
-                await response.aread()
-                return f"HTTP {response.status_code}", None
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+        status = await connection.post(self.body)
+        if status != 200:
+            await connection.body()
+            return f"HTTP {status}", None
+        pending = b""
+        async for received in connection.body_parts():
+            pending += received
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
                 if first is None:
                     first = time.perf_counter()
                 if done:
                     return "data after [DONE]", None
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     done = True
                     continue
                 try:
@@ -183,12 +190,15 @@ def smoke(target: Target, chunks: int) -> None:
     """One plain and one streamed request, checked, before any load."""
 
     async def check() -> None:
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        connection = Connection(target.url, target.headers)
+        try:
             for stream in (False, True):
-                load = Load([client], target, stream, chunks)
+                load = Load([connection], target, stream, chunks)
                 _, _, errors, _, _ = await load.run(1, 1, 10)
                 if errors:
                     raise RuntimeError(f"{target.name}: the first {'streamed' if stream else 'plain'} "
                                        f"request failed: {dict(errors)}")
+        finally:
+            await connection.aclose()
 
     trio.run(check)

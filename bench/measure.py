@@ -12,12 +12,12 @@ import argparse
 import contextlib
 from dataclasses import dataclass, field
 
-import httpx
 import trio
 
 from load import Load, Result, Target, ms, percentile
 from procs import Processes, cpu_seconds, redis_commandstats, tree_cpu_seconds, upstream_stats
 from spy import Sampler
+from wire import Connection
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Bench:
                        subprocesses=max(self.args.ingress_processes, self.args.worker_processes) > 1)
 
     async def measure(self, scenario: Scenario, target: Target,
-                      clients: list[httpx.AsyncClient]) -> Result:
+                      clients: list[Connection]) -> Result:
         load = Load(clients, target, scenario.stream, self.args.chunks)
         warmup = min(self.args.warmup, scenario.requests)
         if warmup:
@@ -110,13 +110,12 @@ class Bench:
             scenarios += [Scenario(f"{kind} c={c}", stream, c, args.requests)
                           for c in args.concurrency if c > 1 or not args.serial_requests]
         async with contextlib.AsyncExitStack() as stack:
-            clients: dict[str, list[httpx.AsyncClient]] = {}
+            clients: dict[str, list[Connection]] = {}
             for target in self.targets:
-                clients[target.name] = [
-                    await stack.enter_async_context(httpx.AsyncClient(
-                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                        timeout=httpx.Timeout(30.0), trust_env=False))
-                    for _ in range(max(args.concurrency))]
+                clients[target.name] = [Connection(target.url, target.headers)
+                                        for _ in range(max(args.concurrency))]
+                for connection in clients[target.name]:
+                    stack.push_async_callback(connection.aclose)
             for scenario in scenarios:
                 self.results[scenario.name] = {}
                 for target in self.targets:

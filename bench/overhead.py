@@ -4,8 +4,9 @@ One run starts everything it needs on 127.0.0.1 only: a private redis-server, th
 fast fake upstream (bench/fast_upstream.py), and a real Switchboard deployment as
 subprocesses (`switchboard serve` + `switchboard worker` with a temporary config that
 routes one model slug to the fake upstream through a provider of kind "openai").
-An httpx load generator under trio then runs the same requests twice, once straight
-to the upstream ("direct") and once through the gateway ("switchboard"):
+A load generator under trio (h11 on keep-alive connections, bench/wire.py) then runs the
+same requests twice, once straight to the upstream ("direct") and once through the
+gateway ("switchboard"):
 
 - plain (non-streamed) completions, one at a time (c=1) and at --concurrency;
 - streamed completions (--chunks content chunks + a finish chunk + a usage chunk +
