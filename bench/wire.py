@@ -28,8 +28,9 @@ class Connection:
         self.host = parts.hostname
         self.port = parts.port or 80
         self.path = parts.path or "/"
-        self.headers = [("host", f"{self.host}:{self.port}"), ("content-type", "application/json"),
-                        *headers.items()]
+        given = {name.lower(): value for name, value in headers.items()}
+        self.headers = [("host", f"{self.host}:{self.port}"),
+                        *({"content-type": "application/json"} | given).items()]
         self._stream: trio.SocketStream | None = None
         self._h11 = h11.Connection(h11.CLIENT)
 
