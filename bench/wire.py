@@ -33,12 +33,28 @@ class Connection:
                         *({"content-type": "application/json"} | given).items()]
         self._stream: trio.SocketStream | None = None
         self._h11 = h11.Connection(h11.CLIENT)
+        self._answering = False
 
     async def post(self, body: bytes) -> int:
-        """Send a POST and read its status line and headers; then read `body_parts()`."""
-        if self._stream is None or self._h11.our_state is not h11.IDLE:
+        """Send a POST and read its status line and headers; then read `body_parts()`.
+
+        A kept-alive connection that the server closed while it was idle (Node's and
+        uvicorn's servers do after 5 s) fails before any byte of an answer: the request is
+        sent again once, on a new connection, as HTTP clients do."""
+        reused = self._stream is not None and self._h11.our_state is h11.IDLE
+        if not reused:
             await self._reconnect()
+        try:
+            return await self._exchange(body)
+        except (OSError, h11.ProtocolError):
+            if not reused or self._answering:
+                raise
+        await self._reconnect()
+        return await self._exchange(body)
+
+    async def _exchange(self, body: bytes) -> int:
         assert self._stream is not None
+        self._answering = False  # whether any byte of an answer came
         wire = self._h11.send(h11.Request(method="POST", target=self.path,
                                           headers=[*self.headers,
                                                    ("content-length", str(len(body)))]))
@@ -87,4 +103,6 @@ class Connection:
                 if isinstance(event, h11.ConnectionClosed):
                     raise ConnectionResetError("the server closed the connection")
                 return event  # type: ignore[return-value]
-            self._h11.receive_data(await self._stream.receive_some(READ_BYTES))
+            received = await self._stream.receive_some(READ_BYTES)
+            self._answering = self._answering or bool(received)
+            self._h11.receive_data(received)
