@@ -24,6 +24,11 @@ from schemas.windows import WINDOW_LUA
 SWEEP_BATCH = 16  # expired reservations released per admission (bounded work per call)
 EXPIRY_GRACE_S = 60.0  # past its job's deadline a reservation is abandoned (no job runs then)
 MAX_ESTIMATE = 2**40  # tokens; above any plan, and far below what overflows a counter
+# What one more entry can add to a stream's memory as Redis counts it, at most: its job
+# rounded up to the allocator's next size class (jemalloc's are at most 25% apart), and a
+# node of its own with the entry's id and field.
+ENTRY_GROWTH = 1.25
+ENTRY_OVERHEAD = 256
 
 # Sweep expired reservations; refuse if any limit has no room or the queue is full;
 # else reserve every Hold, record the reservation and XADD: one step (invariants 4, 9).
@@ -31,7 +36,8 @@ MAX_ESTIMATE = 2**40  # tokens; above any plan, and far below what overflows a c
 # those delivered and running. Windows are read on Redis's clock (one for all ingresses).
 # Returns {code, entry id or refused index, ms until the refused limit has room, then
 # for each window Hold: its level (after this request, if admitted), ms until empty}.
-_ADMIT = RELEASE_LUA + """
+_ADMIT = RELEASE_LUA + f"""
+local ENTRY_GROWTH, ENTRY_OVERHEAD = {ENTRY_GROWTH}, {ENTRY_OVERHEAD}""" + """
 local clock = redis.call('TIME')
 local sec = tonumber(clock[1])
 local now_ms = sec * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -80,11 +86,19 @@ if len >= max then
   if len - running >= max then return answer(-1, 0) end
 end
 -- The provider's byte budget (max_queue_bytes, ARGV[8]; -1: none): the stream's memory as
--- Redis counts it, running entries included, plus this job must fit.
+-- Redis counts it, running entries included, plus this job must fit. Counting it walks
+-- every node of the stream, so the count is kept a second (KEYS[4]) with what every job
+-- admitted since can have added at most; a job that does not fit by that reckoning is
+-- refused only on a new count.
 local max_bytes = tonumber(ARGV[8])
 if max_bytes >= 0 then
-  local held = redis.call('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0') or 0
+  local held = tonumber(redis.call('GET', KEYS[4]) or '-1')
+  if held < 0 or held + #ARGV[2] > max_bytes then
+    held = redis.call('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0') or 0
+    redis.call('SET', KEYS[4], held, 'PX', 1000)
+  end
   if held + #ARGV[2] > max_bytes then return answer(-2, 0) end
+  redis.call('INCRBY', KEYS[4], math.floor(#ARGV[2] * ENTRY_GROWTH) + ENTRY_OVERHEAD)
 end
 local recorded = 0
 for i = 0, holds - 1 do
@@ -227,7 +241,7 @@ class Admission:
                      _flags(hold)]
         result: Any = await self._admit(
             keys=[names.queue(job.route.provider), names.reservation(job.request_id),
-                  names.RESERVATIONS_DUE], args=args)
+                  names.RESERVATIONS_DUE, names.queue_bytes(job.route.provider)], args=args)
         code = int(result[0])
         figures = iter(int(figure) for figure in result[3:])
         windows = tuple(WindowState(hold, next(figures), next(figures))

@@ -38,6 +38,12 @@ def queue(provider: str) -> str:
     return f"{PREFIX}q:{provider}"
 
 
+def queue_bytes(provider: str) -> str:
+    """A provider stream's memory as last counted, plus the jobs admitted since (kept a
+    second: see the admission script)."""
+    return f"{PREFIX}qbytes:{provider}"
+
+
 def reply(ingress_id: str) -> str:
     """The pub/sub channel on which an ingress process receives frames."""
     return f"{PREFIX}reply:{ingress_id}"

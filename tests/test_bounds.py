@@ -4,6 +4,8 @@ names it (issue 9, item 20), and upstream errors that never carry the credential
 from __future__ import annotations
 
 import json
+import math
+import time
 from typing import Any
 
 import httpx
@@ -227,6 +229,24 @@ async def test_a_provider_queue_holds_at_most_its_byte_budget(nursery: trio.Nurs
     assert error["code"] == "queue_full" and full.headers["retry-after"]
     assert 3 <= queued <= budget // 8000, queued  # the budget, not the count, stopped it
     assert used <= budget + 9000  # never more than one job over the budget
+
+
+async def test_admission_counts_a_queue_s_memory_at_most_once_a_second_far_from_full(
+        nursery: trio.Nursery, redis_url: str) -> None:
+    # Counting a stream's memory walks all of it: once per admission, a deep queue made
+    # every admission cost Redis time in proportion to the queue (0.27 ms at 10,000 jobs).
+    config = make_config(redis_url, {"local": {"kind": "mock", "max_queue_bytes": 2**30}},
+                         [{"slug": "echo", "routes": [{"provider": "local", "model": "echo"}]}])
+    gateway = await start_gateway(nursery, config)
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hello"}]}
+    await gateway.redis.config_resetstat()
+    started = time.monotonic()
+    for _ in range(40):
+        assert (await post(gateway, CHAT, body)).status_code == 200
+    seconds = time.monotonic() - started
+    stats = await gateway.redis.info("commandstats")
+    counted = stats.get("cmdstat_memory|usage", {}).get("calls", 0)
+    assert 1 <= counted <= math.ceil(seconds) + 1, (counted, seconds)
 
 
 async def _keep(answers: list[Any], request: Any) -> None:
