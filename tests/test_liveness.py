@@ -9,6 +9,7 @@ SIGSTOPped, and the default liveness settings wherever a test is about timing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ from schemas.envelopes import Done, Job, job_encoder
 from tests.conftest import TLS, Gateway, RedisServer, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from workers.connection import connect, subscription
-from workers.queue import Delivery, Queue
+from workers.queue import HEARTBEAT_ENTRIES, Delivery, Queue
 
 HI = [{"role": "user", "content": "hi there"}]
 SWITCHBOARD = str(Path(sys.executable).with_name("switchboard"))
@@ -527,3 +528,30 @@ async def test_frozen_workers_job_is_rerun_and_not_answered_twice_when_it_resume
     assert rerun_after < 10, f"re-run {rerun_after:.1f} s after the worker froze"
     assert len(fake_openai.requests) == 2
     assert (await gateway.usage())["requests"] == 1  # the resumed worker answered nothing
+
+
+async def test_a_heartbeat_refreshes_many_entries_in_bounded_script_calls(redis_url: str) -> None:
+    """A worker holding many streams refreshes them a few hundred per script call, so no
+    call holds Redis for long, and every entry is refreshed or reported lost."""
+    count = 3 * HEARTBEAT_ENTRIES + 10
+    async with connect(redis_url) as redis:
+        queue = Queue(redis)
+        await queue.ensure_group("up")
+        for i in range(count):
+            job = Job(request_id=f"req_{i}", org="acme", project="p", key_id="k", model="m",
+                      routes=[Route(provider="up", model="u")], body=b"{}", stream=False,
+                      reply_to="sb:reply:test", deadline=time.time() + 60)
+            await redis.xadd("sb:q:up", {"j": job_encoder.encode(job)})
+        mine = [delivery.entry_id for delivery in await queue.read("up", "worker-a", count, 10)]
+        assert len(mine) == count
+        taken = [mine[5], mine[HEARTBEAT_ENTRIES + 7], mine[-1]]  # one in each of three calls
+        await redis.xclaim("sb:q:up", "workers", "worker-b", 0, taken, justid=True)
+        await redis.config_resetstat()
+        lost = await queue.heartbeat("up", "worker-a", mine, alive_ms=5000)
+        stats = await redis.info("commandstats")
+        assert sorted(lost) == sorted(taken)
+        assert stats["cmdstat_evalsha"]["calls"] == math.ceil(count / HEARTBEAT_ENTRIES)
+        assert stats["cmdstat_xclaim"]["calls"] == count - len(taken)  # each one of ours, once
+        assert await redis.exists([names.alive("worker-a")]) == 1
+        owners = await redis.xpending("sb:q:up", "workers", "-", "+", count)
+        assert all(row.idle < 5000 for row in owners)
