@@ -540,12 +540,12 @@ async def test_a_heartbeat_refreshes_many_entries_in_bounded_script_calls(redis_
         for i in range(count):
             job = Job(request_id=f"req_{i}", org="acme", project="p", key_id="k", model="m",
                       routes=[Route(provider="up", model="u")], body=b"{}", stream=False,
-                      reply_to="sb:reply:test", deadline=time.time() + 60)
-            await redis.xadd("sb:q:up", {"j": job_encoder.encode(job)})
+                      reply_to=names.reply("test"), deadline=time.time() + 60)
+            await redis.xadd(names.queue("up"), {"j": job_encoder.encode(job)})
         mine = [delivery.entry_id for delivery in await queue.read("up", "worker-a", count, 10)]
         assert len(mine) == count
         taken = [mine[5], mine[HEARTBEAT_ENTRIES + 7], mine[-1]]  # one in each of three calls
-        await redis.xclaim("sb:q:up", "workers", "worker-b", 0, taken, justid=True)
+        await redis.xclaim(names.queue("up"), "workers", "worker-b", 0, taken, justid=True)
         await redis.config_resetstat()
         lost = await queue.heartbeat("up", "worker-a", mine, alive_ms=5000)
         stats = await redis.info("commandstats")
@@ -553,5 +553,5 @@ async def test_a_heartbeat_refreshes_many_entries_in_bounded_script_calls(redis_
         assert stats["cmdstat_evalsha"]["calls"] == math.ceil(count / HEARTBEAT_ENTRIES)
         assert stats["cmdstat_xclaim"]["calls"] == count - len(taken)  # each one of ours, once
         assert await redis.exists([names.alive("worker-a")]) == 1
-        owners = await redis.xpending("sb:q:up", "workers", "-", "+", count)
+        owners = await redis.xpending(names.queue("up"), "workers", "-", "+", count)
         assert all(row.idle < 5000 for row in owners)
