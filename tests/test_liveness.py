@@ -546,6 +546,7 @@ async def test_a_heartbeat_refreshes_many_entries_in_bounded_script_calls(redis_
         assert len(mine) == count
         taken = [mine[5], mine[HEARTBEAT_ENTRIES + 7], mine[-1]]  # one in each of three calls
         await redis.xclaim(names.queue("up"), "workers", "worker-b", 0, taken, justid=True)
+        await queue.heartbeat("up", "worker-a", [])  # (loads the script: no NOSCRIPT below)
         await redis.config_resetstat()
         lost = await queue.heartbeat("up", "worker-a", mine, alive_ms=5000)
         stats = await redis.info("commandstats")
