@@ -19,10 +19,6 @@ _encode = msgspec.json.Encoder().encode
 
 def setup(level: int = logging.INFO) -> None:
     """Send switchboard log lines to stderr, once per process."""
-    # A line is its message alone: a record need not look up its process, thread or task
-    # (a getpid() system call per line, on the request path).
-    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
-    logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # (Python 3.12 and later)
     if not _log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
