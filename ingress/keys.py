@@ -126,7 +126,7 @@ class KeyStore:
     async def serve_invalidations(self, *,
                                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                                   ) -> None:
-        """Listen on `sb:keys:changed` and drop what each change names, until cancelled.
+        """Listen on `{sb}:keys:changed` and drop what each change names, until cancelled.
 
         `started()` at once (lookups work meanwhile; the cache lifetimes bound staleness);
         `wait_listening` tells when the first subscription is in place. A lost

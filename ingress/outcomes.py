@@ -1,7 +1,7 @@
 """Outcomes that were published while this ingress was not subscribed, read back.
 
 A worker's finish script keeps an outcome frame whose PUBLISH reached nobody under
-`sb:outcome:{request_id}` for a few seconds (workers/queue.py). After (re-)subscribing,
+`{sb}:outcome:{request_id}` for a few seconds (workers/queue.py). After (re-)subscribing,
 the reply hub reads back those of the requests it still waits for, so an answer that
 was published during the gap is delivered instead of lost.
 """

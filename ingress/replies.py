@@ -35,7 +35,7 @@ class RepliesLost(Exception):
 
 
 class ReplyHub:
-    """Receives frames on `sb:reply:{ingress_id}` and hands each to its waiter.
+    """Receives frames on `{sb}:reply:{ingress_id}` and hands each to its waiter.
 
     Waiters are failed only on evidence: the subscription ended or was re-made (frames
     may be lost), Redis answered ZERO_CHECKS times in a row that the channel has no

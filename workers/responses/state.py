@@ -1,6 +1,6 @@
 """Stored responses (`store: true`): one Redis hash each, written by the worker that ran it.
 
-`sb:resp:{id}` holds `org`, `response` (the response object JSON), `input` (this request's
+`{sb}:resp:{id}` holds `org`, `response` (the response object JSON), `input` (this request's
 own input items), `context` (every item the model saw plus the output: what a later
 `previous_response_id` continues) and `created`; it expires `responses.retention_days`
 after it was written. Secret variables are put back as `{{name}}` in all of it.
