@@ -145,7 +145,7 @@ def alive(consumer: str) -> str:
 
 def worker(consumer: str) -> str:
     """A worker process's own channel: its cancel listener subscribes to it beside the
-    cancel channel, so `PUBSUB NUMSUB` tells whether that subscription is still alive."""
+    cancel channel, so `PUBSUB SHARDNUMSUB` tells whether that subscription is still alive."""
     return f"{PREFIX}worker:{consumer}"
 
 

@@ -32,7 +32,7 @@ from schemas.config import Route
 from schemas.envelopes import Done, Job, job_encoder
 from tests.conftest import TLS, Gateway, RedisServer, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
-from workers.connection import connect, subscription
+from workers.connection import connect, listeners, subscription
 from workers.queue import Delivery, Queue
 
 HI = [{"role": "user", "content": "hi there"}]
@@ -231,7 +231,7 @@ async def owners_of(redis: Any) -> list[str]:
 
 async def wait_subscribed(redis: Any, channel: str) -> None:
     with trio.fail_after(5):
-        while (await redis.pubsub_numsub(channel)).get(channel.encode(), 0) == 0:
+        while await listeners(redis, channel) == 0:
             await trio.sleep(0.01)
 
 
@@ -251,12 +251,12 @@ class GatedOpenAI(FakeOpenAI):
 
 @contextmanager
 def subscribe_denied(port: int) -> Iterator[None]:
-    """SUBSCRIBE is refused (PUBLISH still works) until the block ends."""
-    assert redis_command(port, "ACL", "SETUSER", "default", "-subscribe").startswith(b"+OK")
+    """SSUBSCRIBE is refused (SPUBLISH still works) until the block ends."""
+    assert redis_command(port, "ACL", "SETUSER", "default", "-ssubscribe").startswith(b"+OK")
     try:
         yield
     finally:
-        assert redis_command(port, "ACL", "SETUSER", "default", "+subscribe").startswith(b"+OK")
+        assert redis_command(port, "ACL", "SETUSER", "default", "+ssubscribe").startswith(b"+OK")
 
 
 async def test_outcome_published_while_ingress_resubscribes_is_read_back(
@@ -289,18 +289,18 @@ async def test_outcome_published_while_ingress_resubscribes_is_read_back(
         with trio.fail_after(5):
             while not fake.requests:
                 await trio.sleep(0.01)
-        channels = [c for c in (await gateway.redis.pubsub_channels()) if b"reply" in c]
+        channels = [c for c in (await gateway.redis.pubsub_shardchannels()) if b"reply" in c]
         with subscribe_denied(redis_server.port):
             redis_command(redis_server.port, "CLIENT", "KILL", "TYPE", "pubsub")
             with trio.fail_after(5):  # nobody listens on the ingress's reply channel now
-                while (await gateway.redis.pubsub_numsub(*channels)).get(channels[0], 0):
+                while await listeners(gateway.redis, channels[0].decode()):
                     await trio.sleep(0.01)
             fake.gate.set()  # the worker answers and publishes to nobody
             with trio.fail_after(5):
                 while await gateway.redis.xlen("{sb}:q:up"):
                     await trio.sleep(0.02)
             await trio.sleep(0.3)
-        with trio.fail_after(20):  # SUBSCRIBE works again: the ingress re-subscribes
+        with trio.fail_after(20):  # SSUBSCRIBE works again: the ingress re-subscribes
             while not answers:
                 await trio.sleep(0.05)
     assert answers[0].choices[0].message.content == "hi there"
