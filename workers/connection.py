@@ -163,16 +163,21 @@ def cluster_choice(url: str) -> tuple[str, bool | None]:
 
 async def _is_cluster(url: str, timeout_s: float) -> bool:
     """Whether the server at `url` is a cluster node; raises if its Redis is too old."""
+    info: dict[str, Any] = {}
+    unanswered = ""
     try:
         with anyio.fail_after(timeout_s):
             async with coredis.Redis.from_url(url, connect_timeout=timeout_s,
                                               stream_timeout=timeout_s) as probe:
                 info = await probe.info("server", "cluster")
-    except (coredis.exceptions.RedisError, OSError, TimeoutError) as exc:
+    except* (coredis.exceptions.RedisError, OSError, TimeoutError) as group:
+        # (Grouped: the client's pool runs connections in a task group of its own.)
+        unanswered = type(group.exceptions[0]).__name__
+    if unanswered:
         # workers.logs's line shape; a leaf imports no other leaf (tests/test_layout.py).
         logging.getLogger("switchboard").info(json.dumps(
             {"ts": round(time.time(), 3), "event": "redis_kind_unknown",
-             "error": type(exc).__name__, "assumed": "standalone"}, separators=(",", ":")))
+             "error": unanswered, "assumed": "standalone"}, separators=(",", ":")))
         return False
     found = str(info.get("redis_version", "0.0"))
     if tuple(int(part) for part in found.split(".")[:2]) < MIN_VERSION:
