@@ -10,6 +10,7 @@ ephemeral ports, fake upstreams that speak the providers' wire formats.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import subprocess
@@ -69,8 +70,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The session's private Redis, emptied for this test."""
+def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
+    """The session's private Redis, emptied for this test; with `SB_TEST_CLUSTER=1` in the
+    environment, the private cluster instead (`cluster_url`): the suite's own cases on a
+    cluster, but for those that drive the standalone server itself (`redis_server`)."""
+    if os.environ.get("SB_TEST_CLUSTER") == "1":
+        return str(request.getfixturevalue("cluster_url"))
     assert redis_server.command("FLUSHALL").startswith(b"+OK")
     return redis_server.url
 

@@ -125,27 +125,30 @@ async def connect(url: str, *, max_connections: int = 256,
     url, cluster = cluster_choice(url)
     if cluster is None:
         cluster = await _is_cluster(url, timeout_s)
-    client: RedisClient
-    if cluster:
-        node = urlsplit(url)
-        cluster_pool = ClusterPool.from_url(url, max_connections=max_connections,
-                                            startup_nodes=[TCPLocation(node.hostname or "localhost",
-                                                                       node.port or 6379)],
-                                            max_connections_per_node=True,
-                                            connect_timeout=timeout_s, stream_timeout=None,
-                                            timeout=timeout_s)
-        # Also retried: the cluster moving a slot or electing a primary (CLUSTERDOWN).
-        client = coredis.RedisCluster(connection_pool=cluster_pool, retry_policy=CompositeRetryPolicy(
-            ConstantRetryPolicy((coredis.exceptions.ClusterDownError,), retries=2, delay=0.1),
-            ConstantRetryPolicy((coredis.exceptions.ConnectionError, TimeoutError),
-                                retries=2, delay=0.01)))
-    else:
-        pool = Pool.from_url(url, max_connections=max_connections, connect_timeout=timeout_s,
-                             stream_timeout=None, timeout=timeout_s)
-        client = coredis.Redis(connection_pool=pool, retry_policy=ConstantRetryPolicy(
-            (coredis.exceptions.ConnectionError, TimeoutError), retries=2, delay=0.01))
-    async with client:
+    make = _cluster_client if cluster else _standalone_client
+    async with make(url, max_connections, timeout_s) as client:
         yield client
+
+
+def _standalone_client(url: str, max_connections: int, timeout_s: float) -> coredis.Redis[bytes]:
+    pool = Pool.from_url(url, max_connections=max_connections, connect_timeout=timeout_s,
+                         stream_timeout=None, timeout=timeout_s)
+    return coredis.Redis(connection_pool=pool, retry_policy=ConstantRetryPolicy(
+        (coredis.exceptions.ConnectionError, TimeoutError), retries=2, delay=0.01))
+
+
+def _cluster_client(url: str, max_connections: int,
+                    timeout_s: float) -> coredis.RedisCluster[bytes]:
+    node = urlsplit(url)
+    pool = ClusterPool.from_url(
+        url, startup_nodes=[TCPLocation(node.hostname or "localhost", node.port or 6379)],
+        max_connections=max_connections, max_connections_per_node=True,
+        connect_timeout=timeout_s, stream_timeout=None, timeout=timeout_s)
+    # Also retried: a cluster electing a primary or not yet covering every slot (CLUSTERDOWN).
+    return coredis.RedisCluster(connection_pool=pool, retry_policy=CompositeRetryPolicy(
+        ConstantRetryPolicy((coredis.exceptions.ClusterDownError,), retries=2, delay=0.1),
+        ConstantRetryPolicy((coredis.exceptions.ConnectionError, TimeoutError),
+                            retries=2, delay=0.01)))
 
 
 def cluster_choice(url: str) -> tuple[str, bool | None]:
