@@ -310,7 +310,7 @@ async def redis_usage(url: str) -> dict[str, int]:
     """Every org's metered usage, summed."""
     total: Counter[str] = Counter()
     async with connect(url) as redis:
-        for key in await redis.keys("sb:usage:*"):
+        for key in await redis.keys("{sb}:usage:*"):
             for name, value in (await redis.hgetall(key)).items():
                 total[name.decode()] += int(value)
     return dict(total)

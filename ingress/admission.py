@@ -14,12 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import coredis
-
 from schemas import names
 from schemas.envelopes import Job, job_encoder
 from schemas.reservations import RELEASE_LUA, Hold
 from schemas.windows import WINDOW_LUA
+from workers.connection import RedisClient
 
 SWEEP_BATCH = 16  # expired reservations released per admission (bounded work per call)
 EXPIRY_GRACE_S = 60.0  # past its job's deadline a reservation is abandoned (no job runs then)
@@ -129,7 +128,7 @@ _WITHDRAW = RELEASE_LUA + """
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 release(KEYS[3], KEYS[4])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+redis.call('SPUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -219,7 +218,7 @@ def _flags(hold: Hold) -> str:
 class Admission:
     """Puts jobs on the provider streams and takes back those whose client left."""
 
-    def __init__(self, redis: coredis.Redis[bytes]) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._admit = redis.register_script(_ADMIT)
         self._withdraw = redis.register_script(_WITHDRAW)

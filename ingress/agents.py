@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 
-import coredis
 import msgspec
 
 from ingress.access import managing_org
@@ -25,6 +24,7 @@ from schemas.admin import AgentList, AgentView, Source
 from schemas.agents import NAME, Agent, Variable
 from schemas.config import Config
 from schemas.errors import GatewayError
+from workers.connection import RedisClient
 
 _NAME = re.compile(NAME)
 _encode = msgspec.json.Encoder().encode
@@ -53,7 +53,7 @@ class Agents:
 
     MAX_PER_ORG = 1000  # an org's own agents: a list answer stays small, Redis bounded
 
-    def __init__(self, config: Config, redis: coredis.Redis[bytes]) -> None:
+    def __init__(self, config: Config, redis: RedisClient) -> None:
         self.config = config
         self.redis = redis
         self.slugs = frozenset(model.slug for model in config.models)

@@ -20,6 +20,7 @@ from ingress.batchstore import BatchStore
 from schemas import names
 from schemas.batch import ACTIVE
 from schemas.metrics import QUEUE_SCRIPT
+from workers.connection import RedisClient
 from workers.logs import log_event
 
 LISTED = 100
@@ -33,7 +34,7 @@ class BatchGauges:
     `switchboard_batch_queue_pending{provider}`, `switchboard_batch_retry_waiting{provider}`
     and `switchboard_batch_read_ok`."""
 
-    def __init__(self, registry: CollectorRegistry, redis: coredis.Redis[bytes],
+    def __init__(self, registry: CollectorRegistry, redis: RedisClient,
                  providers: Sequence[str]) -> None:
         r = registry
         self.providers = list(providers)

@@ -15,10 +15,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import coredis
-
 from schemas import names
 from schemas.batch import BatchState, state_fields, state_from_hash
+from workers.connection import RedisClient
 
 PUSH_CHUNK = 1000  # line jobs per RPUSH
 UNPUBLISHED_S = 3600  # line lists not (yet) pointed to by a batch expire after this
@@ -38,7 +37,7 @@ return status
 class BatchStore:
     """Batches as the ingress (and the CLI) sees them."""
 
-    def __init__(self, redis: coredis.Redis[bytes]) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._cancel = redis.register_script(_CANCEL)
 

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from schemas.config import Config, ConfigError, load_config
+from workers.connection import RedisClient
 from workers.tracing import check as check_tracing
 
 if TYPE_CHECKING:
-    import coredis
+    pass
 
 BUILT_IN = Path(__file__).with_name("dev.toml")
 
@@ -132,7 +133,7 @@ def _port_message(host: str, port: int) -> str:
             f"another: `make run PORT={other}` or `switchboard dev --port {other}`")
 
 
-async def dev_key(redis: coredis.Redis[bytes], state: Path) -> str:
+async def dev_key(redis: RedisClient, state: Path) -> str:
     """The development key: the one saved in `state`/dev-key if Redis still takes it as an
     admin of org `dev`, else a new one, saved there (mode 0600) for the next start."""
     from ingress.keys import KeyStore

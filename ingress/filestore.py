@@ -31,6 +31,7 @@ from ingress.gateway import redis_error
 from schemas import names
 from schemas.batch import FILE_PREFIX, FileObject
 from schemas.errors import GatewayError
+from workers.connection import RedisClient
 
 CHUNK = 4 * 1024 * 1024  # bytes per APPEND / GETRANGE
 UNPUBLISHED_S = 3600  # how long bytes whose upload did not finish may stay
@@ -52,7 +53,7 @@ def new_file_id() -> str:
 class FileStore:
     """An org's files, read and written in bounded steps."""
 
-    def __init__(self, redis: coredis.Redis[bytes], timeout_s: float) -> None:
+    def __init__(self, redis: RedisClient, timeout_s: float) -> None:
         self.redis = redis
         self.timeout_s = timeout_s
 

@@ -43,6 +43,7 @@ from schemas.kinds import dialect
 from schemas.pricing import Prices
 from schemas.trace import TraceContext
 from schemas.tracking import identity_id, log_ids, strip_tracking
+from workers.connection import RedisClient
 from workers.logs import log_event
 from workers.tracing import Span, Spans
 
@@ -99,7 +100,7 @@ class Submission:
 class Gateway:
     """Everything an ingress process shares between requests."""
 
-    def __init__(self, config: Config, redis: coredis.Redis[bytes], hub: ReplyHub,
+    def __init__(self, config: Config, redis: RedisClient, hub: ReplyHub,
                  spans: Spans | None = None) -> None:
         self.config = config
         self.redis = redis

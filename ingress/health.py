@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import coredis
 import trio
 
 from ingress.balance import ProviderState, Wheel, order_routes
 from schemas import names
 from schemas.config import Config, Route
+from workers.connection import RedisClient
 from workers.logs import log_event
 
 # KEYS: per provider: health hash, cool-down key, probe token, job stream. ARGV[1]: group.
@@ -51,7 +51,7 @@ return 0
 class RouteHealth:
     """Orders each request's routes from the latest view of the providers."""
 
-    def __init__(self, redis: coredis.Redis[bytes], config: Config) -> None:
+    def __init__(self, redis: RedisClient, config: Config) -> None:
         self.config = config
         self.providers = list(config.providers)
         self.states: dict[str, ProviderState] = {}
@@ -80,6 +80,8 @@ class RouteHealth:
         """Read every provider's cool-down, probe and waiting jobs (one round trip)."""
         keys = [key for p in self.providers for key in (
             names.health(p), names.cooldown(p), names.probe(p), names.queue(p))]
+        if not keys:  # no provider: nothing to read (and a script needs a key on a cluster)
+            return
         result: Any = await self._read(keys=keys, args=[names.GROUP])
         now = trio.current_time()
         states: dict[str, ProviderState] = {}

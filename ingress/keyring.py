@@ -14,12 +14,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
-import coredis
-
 from schemas import names
 from schemas.admin import valid_id
 from schemas.keys import ROLES, KeyChange, KeyRecord, Role
 from schemas.limits import NO_LIMITS, LimitSet, decode_limits, limits_encoder
+from workers.connection import RedisClient
 
 SECRET_PREFIX = "sb-"
 _ATTEMPTS = 5  # re-reads of a key id whose secret changed meanwhile (a racing rotation)
@@ -76,7 +75,7 @@ def check_id(value: str, field: str) -> None:
 class KeyRing:
     """The management half of the key store (the lookup half is `ingress.keys.KeyStore`)."""
 
-    def __init__(self, redis: coredis.Redis[bytes],
+    def __init__(self, redis: RedisClient,
                  invalidate: Callable[[KeyChange], Awaitable[None]]) -> None:
         self.redis = redis
         self._invalidate = invalidate

@@ -28,7 +28,7 @@ from schemas import names
 from schemas.errors import GatewayError
 from schemas.keys import ROLES, KeyChange, KeyRecord, Role
 from schemas.limits import NO_LIMITS, LimitSet, ScopedLimits, decode_limits
-from workers.connection import subscription
+from workers.connection import SUBSCRIBED, RedisClient, publish, subscription
 from workers.logs import log_event
 
 __all__ = ["SECRET_PREFIX", "Identity", "KeyStore", "hash_secret"]
@@ -62,7 +62,7 @@ def _text(raw: dict[bytes, bytes], field: str) -> str:
 class KeyStore:
     """Keys in Redis, with short caches of found and unknown keys, dropped on change."""
 
-    def __init__(self, redis: coredis.Redis[bytes], cache_s: float = 5.0,
+    def __init__(self, redis: RedisClient, cache_s: float = 5.0,
                  miss_cache_s: float = 5.0, miss_cache_max: int = MISS_CACHE_MAX) -> None:
         self.redis = redis
         self.cache_s = cache_s
@@ -106,7 +106,7 @@ class KeyStore:
         (revocation; rotation and limit changes): call it after the change is stored.
         """
         self.drop(change)
-        await self.redis.publish(names.KEYS_CHANGED, _change_encoder.encode(change))
+        await publish(self.redis, names.KEYS_CHANGED, _change_encoder.encode(change))
 
     def drop(self, change: KeyChange | None = None) -> None:
         """Forget cached keys: those `change` names, or all of them."""
@@ -126,7 +126,7 @@ class KeyStore:
     async def serve_invalidations(self, *,
                                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                                   ) -> None:
-        """Listen on `sb:keys:changed` and drop what each change names, until cancelled.
+        """Listen on `{sb}:keys:changed` and drop what each change names, until cancelled.
 
         `started()` at once (lookups work meanwhile; the cache lifetimes bound staleness);
         `wait_listening` tells when the first subscription is in place. A lost
@@ -137,7 +137,7 @@ class KeyStore:
             try:
                 async with subscription(self.redis, names.KEYS_CHANGED) as pubsub:
                     async for message in pubsub:
-                        if message["type"] == "subscribe":
+                        if message["type"] == SUBSCRIBED:
                             self.drop()
                             self._listening.set()
                         elif message["type"] == "message" and isinstance(message["data"], bytes):

@@ -20,6 +20,7 @@ from ingress.batchmetrics import BatchGauges
 from schemas import names
 from schemas.config import Config
 from schemas.metrics import LATENCY_BUCKETS, QUEUE_SCRIPT, QueueGauges
+from workers.connection import RedisClient
 from workers.logs import log_event
 
 __all__ = ["CONTENT_TYPE", "IngressMetrics"]
@@ -30,7 +31,7 @@ TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 class IngressMetrics:
     """What one ingress counts; `render()` reads the queues and returns the text format."""
 
-    def __init__(self, config: Config, redis: coredis.Redis[bytes],
+    def __init__(self, config: Config, redis: RedisClient,
                  in_flight: Callable[[], int]) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("switchboard_requests", "Requests answered, by endpoint, model "
@@ -88,13 +89,15 @@ class IngressMetrics:
     async def render(self) -> bytes:
         """The text format, with the queue and batch gauges read from Redis now (each
         read bounded by `redis_timeout_s`)."""
-        try:
-            with trio.fail_after(self._timeout_s):
-                rows = await self._read_queues.execute(keys=self.queues.keys(), args=[names.GROUP])
-        except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
-            log_event("metrics_queue_read_failed", error=type(exc).__name__)
-            self.queues.failed()
-        else:
-            self.queues.record(rows)
+        if self.queues.providers:  # a script without keys would go to any node of a cluster
+            try:
+                with trio.fail_after(self._timeout_s):
+                    rows = await self._read_queues.execute(keys=self.queues.keys(),
+                                                           args=[names.GROUP])
+            except (trio.TooSlowError, coredis.exceptions.RedisError, OSError) as exc:
+                log_event("metrics_queue_read_failed", error=type(exc).__name__)
+                self.queues.failed()
+            else:
+                self.queues.record(rows)
         await self.batches.read(self._timeout_s)
         return generate_latest(self.registry)

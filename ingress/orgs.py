@@ -13,12 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import coredis
-
 from ingress.keyring import check_id
 from schemas import names
 from schemas.keys import KeyChange
 from schemas.limits import NO_LIMITS, LimitSet, decode_limits, limits_encoder
+from workers.connection import RedisClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +42,7 @@ class Project:
 class OrgStore:
     """Read and change orgs and projects; `invalidate` is `KeyStore.invalidate`."""
 
-    def __init__(self, redis: coredis.Redis[bytes],
+    def __init__(self, redis: RedisClient,
                  invalidate: Callable[[KeyChange], Awaitable[None]]) -> None:
         self.redis = redis
         self._invalidate = invalidate

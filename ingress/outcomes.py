@@ -1,7 +1,7 @@
 """Outcomes that were published while this ingress was not subscribed, read back.
 
-A worker's finish script keeps an outcome frame whose PUBLISH reached nobody under
-`sb:outcome:{request_id}` for a few seconds (workers/queue.py). After (re-)subscribing,
+A worker's finish script keeps an outcome frame whose SPUBLISH reached nobody under
+`{sb}:outcome:{request_id}` for a few seconds (workers/queue.py). After (re-)subscribing,
 the reply hub reads back those of the requests it still waits for, so an answer that
 was published during the gap is delivered instead of lost.
 """
@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import coredis
-
 from schemas import names
+from workers.connection import RedisClient
 
 # Take each kept outcome once: the first reader delivers it, nobody gets it twice.
 _READ_BACK = """
@@ -30,7 +29,7 @@ BATCH = 500  # keys per script call, so one call never holds Redis long
 class KeptOutcomes:
     """Reads back outcomes kept for this ingress's waiting requests."""
 
-    def __init__(self, redis: coredis.Redis[bytes]) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._script: Any = None  # registered on first use
 

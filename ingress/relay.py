@@ -18,6 +18,7 @@ from schemas.config import Limits
 from schemas.envelopes import Chunk, Done, Error, Frame, Head
 from schemas.errors import GatewayError
 from schemas.kinds import Dialect
+from workers.connection import RedisClient
 
 
 def sse_event(payload: bytes, event: str = "") -> bytes:
@@ -55,7 +56,7 @@ async def first_frame(replies: Replies, deadline: float) -> Frame:
     raise timeout_error()
 
 
-async def whole_body(redis: coredis.Redis[bytes], done: Done, limits: Limits) -> bytes:
+async def whole_body(redis: RedisClient, done: Done, limits: Limits) -> bytes:
     """The body of a whole answer: in the frame, or (too big for one) read once from its key."""
     if not done.body_key:
         return done.body

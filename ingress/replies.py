@@ -16,7 +16,7 @@ from ingress.stalls import LoopMonitor
 from schemas import names
 from schemas.envelopes import Chunk, Done, Error, Frame, Head, frame_decoder
 from schemas.errors import GatewayError
-from workers.connection import subscription
+from workers.connection import SUBSCRIBED, RedisClient, listeners, subscription
 from workers.logs import log_event
 
 BUFFER = 1024  # frames a slow client may fall behind before its stream is failed
@@ -35,7 +35,7 @@ class RepliesLost(Exception):
 
 
 class ReplyHub:
-    """Receives frames on `sb:reply:{ingress_id}` and hands each to its waiter.
+    """Receives frames on `{sb}:reply:{ingress_id}` and hands each to its waiter.
 
     Waiters are failed only on evidence: the subscription ended or was re-made (frames
     may be lost), Redis answered ZERO_CHECKS times in a row that the channel has no
@@ -47,7 +47,7 @@ class ReplyHub:
     one, the probe and the frames queue behind every request's commands.
     """
 
-    def __init__(self, redis: coredis.Redis[bytes], ingress_id: str | None = None, *,
+    def __init__(self, redis: RedisClient, ingress_id: str | None = None, *,
                  timeout_s: float = 2.0) -> None:
         self.redis = redis
         self.ingress_id = ingress_id or uuid.uuid4().hex[:16]
@@ -95,7 +95,7 @@ class ReplyHub:
         async with subscription(self.redis, self.channel) as pubsub:
             async for message in pubsub:
                 self._heard = trio.current_time()
-                if message["type"] == "subscribe":
+                if message["type"] == SUBSCRIBED:
                     # (Re-)subscribed: outcomes published meanwhile reached nobody and were
                     # kept by the worker; read them back instead of failing their requests.
                     await self._read_back()
@@ -136,12 +136,12 @@ class ReplyHub:
             self._asked = trio.current_time()
             with trio.move_on_after(PROBE_LIMIT_S):
                 try:
-                    counts = await self.redis.pubsub_numsub(self.channel)
+                    subscribers = await listeners(self.redis, self.channel)
                 except (coredis.exceptions.RedisError, OSError):
                     pass  # an error is no answer: ask again
                 else:
                     self._heard = trio.current_time()
-                    self._subscribers = int(counts.get(self.channel.encode(), 0))
+                    self._subscribers = subscribers
                     self._asked = None
             await trio.sleep(WATCH_S)
 

@@ -35,6 +35,7 @@ from schemas.requestlog import (
     record_decoder,
     record_encoder,
 )
+from workers.connection import RedisClient
 from workers.logs import log_event
 
 _error_decoder = msgspec.json.Decoder(ErrorBody)
@@ -55,7 +56,7 @@ DAY_MS = 86_400_000
 class RequestLog:
     """One ingress's buffer of records and the task that writes them."""
 
-    def __init__(self, redis: coredis.Redis[bytes], *, retention_days: int, buffer: int,
+    def __init__(self, redis: RedisClient, *, retention_days: int, buffer: int,
                  timeout_s: float) -> None:
         self.redis = redis
         self.retention_ms = retention_days * DAY_MS
@@ -161,7 +162,7 @@ def _day_ms(day: datetime.date) -> int:
                * 1000)
 
 
-async def read_log(redis: coredis.Redis[bytes], org: str, query: RequestsQuery,
+async def read_log(redis: RedisClient, org: str, query: RequestsQuery,
                    retention_days: int, timeout_s: float = 30.0) -> RequestPage:
     """A page of the org's log, newest first, filtered; `next_cursor` when more may follow
     (a full page, or `MAX_SCAN` records read without filling it). Each read of up to a few

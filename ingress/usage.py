@@ -13,7 +13,6 @@ import datetime
 import io
 from typing import cast
 
-import coredis
 import trio
 
 from schemas import names
@@ -30,6 +29,7 @@ from schemas.usage import (
     UsageRow,
     decode_dimensions,
 )
+from workers.connection import RedisClient
 
 DAYS_PER_READ = 7  # day hashes per pipeline: one reply stays small enough to parse at once
 
@@ -64,7 +64,7 @@ def checked_range(query: UsageQuery) -> tuple[datetime.date, datetime.date, list
     return start, end, cast(list[Group], groups)
 
 
-async def usage_report(redis: coredis.Redis[bytes], org: str, query: UsageQuery,
+async def usage_report(redis: RedisClient, org: str, query: UsageQuery,
                        timeout_s: float = 30.0) -> UsageReport:
     """The org's usage from `query.from_` to `query.to` (UTC days, both included), one row
     per group in ascending order, and the totals.

@@ -129,7 +129,7 @@ class Usage(Struct, forbid_unknown_fields=True):
 
 class Responses(Struct, forbid_unknown_fields=True):
     """Stored Responses API responses (`store: true`, the default): kept this many days
-    after they were written, then Redis expires them (`sb:resp:{id}`)."""
+    after they were written, then Redis expires them (`{sb}:resp:{id}`)."""
 
     retention_days: Annotated[int, Meta(ge=1, le=3660)] = 30
 

@@ -1,13 +1,16 @@
 """Every Redis key, stream and channel name, in one place.
 
-All names share the `sb:` prefix so a shared Redis can hold other data beside them.
+All names share the `{sb}:` prefix so a shared Redis can hold other data beside them.
+`{sb}` is a Redis Cluster hash tag: only it is hashed, so every name lands in one hash
+slot, and every script and MULTI (which touch several names, some of them computed
+inside Lua from prefixes passed in from here) runs on one shard of a cluster.
 """
 
 from __future__ import annotations
 
 import time
 
-PREFIX = "sb:"
+PREFIX = "{sb}:"
 GROUP = "workers"  # the consumer group on every provider stream
 CANCEL_CHANNEL = PREFIX + "cancel"  # request ids whose client went away
 KEY_IDS = PREFIX + "keys"  # set of every key id
@@ -148,7 +151,7 @@ def alive(consumer: str) -> str:
 
 def worker(consumer: str) -> str:
     """A worker process's own channel: its cancel listener subscribes to it beside the
-    cancel channel, so `PUBSUB NUMSUB` tells whether that subscription is still alive."""
+    cancel channel, so `PUBSUB SHARDNUMSUB` tells whether that subscription is still alive."""
     return f"{PREFIX}worker:{consumer}"
 
 

@@ -3,12 +3,14 @@ ephemeral ports, fake upstreams that speak the providers' wire formats.
 
     fake_upstream(kind)      a started fake upstream of that kind (tests/kinds.py's table)
     kind_gateway(kind, ...)  ingress + workers with `SLUG` routed to that kind's fake
+    cluster_url              a private 3-master Redis Cluster, emptied, for tests/test_cluster.py
     openai_gateway           ingress + workers with one `openai` provider and a mock
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import subprocess
@@ -29,6 +31,7 @@ from schemas.config import Config, parse_config
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import serve_asgi
 from tests.kinds import CASES, KindCase
+from tests.redis_cluster import Cluster, start_cluster
 from workers.connection import connect
 from workers.service import run_workers
 
@@ -67,10 +70,31 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The session's private Redis, emptied for this test."""
+def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
+    """The session's private Redis, emptied for this test; with `SB_TEST_CLUSTER=1` in the
+    environment, the private cluster instead (`cluster_url`): the suite's own cases on a
+    cluster, but for those that drive the standalone server itself (`redis_server`)."""
+    if os.environ.get("SB_TEST_CLUSTER") == "1":
+        return str(request.getfixturevalue("cluster_url"))
     assert redis_server.command("FLUSHALL").startswith(b"+OK")
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The session's private Redis Cluster (three masters, tests/redis_cluster.py), started
+    by the first test that asks for it."""
+    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: Cluster) -> str:
+    """The private cluster, emptied for this test: the URL of a node that does not own the
+    gateway's hash slot (every name is `{sb}`-tagged)."""
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 class FakeUpstreams(Protocol):

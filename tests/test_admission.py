@@ -29,7 +29,7 @@ ECHO = [{"slug": "echo", "routes": [{"provider": "local", "model": "m"}]}]
 async def leftovers(redis: Any) -> list[bytes]:
     """Reservation records, their due list and held counters still in Redis."""
     found: list[bytes] = []
-    for pattern in ("sb:resv*", "sb:held*"):
+    for pattern in ("{sb}:resv*", "{sb}:held*"):
         found += await redis.keys(pattern)
     return sorted(found)
 
@@ -144,7 +144,7 @@ async def test_withdrawn_queued_job_releases_its_reservation(
     with trio.CancelScope() as client_gone:
         async def leave_once_queued() -> None:
             await wait_for(lambda: gateway.redis.exists([names.held_tokens("acme", names.month())]))
-            assert await gateway.redis.xlen("sb:q:local") == 1
+            assert await gateway.redis.xlen("{sb}:q:local") == 1
             client_gone.cancel()
 
         async with trio.open_nursery() as inner:
@@ -161,7 +161,7 @@ async def test_withdrawn_queued_job_releases_its_reservation(
 
 
 async def _empty(gateway: Gateway) -> bool:
-    return await gateway.redis.xlen("sb:q:local") == 0 and await leftovers(gateway.redis) == []
+    return await gateway.redis.xlen("{sb}:q:local") == 0 and await leftovers(gateway.redis) == []
 
 
 async def test_withdrawn_entry_of_a_dead_worker_leaves_nothing_behind(
@@ -199,7 +199,7 @@ async def _has(fake: FakeOpenAI) -> bool:
 
 
 async def _settled(gateway: Gateway) -> bool:
-    pending = await gateway.redis.xpending("sb:q:up", "workers")
+    pending = await gateway.redis.xpending("{sb}:q:up", "workers")
     return int(pending.pending) == 0 and await leftovers(gateway.redis) == []
 
 
@@ -219,7 +219,7 @@ async def test_reservation_of_a_process_that_died_expires(redis_url: str, nurser
     holds = holds_for(dead, month, token_limit=100, estimate=40, org_cap=10)
     verdict = await admission.admit(dead, holds=holds, max_queue=10, expires_at=1.0)
     assert verdict.code == ADMITTED
-    await gateway.redis.delete(["sb:q:local"])  # its job is gone without a trace
+    await gateway.redis.delete(["{sb}:q:local"])  # its job is gone without a trace
     assert await gateway.redis.get(names.held_tokens("o", month)) == b"40"
     # The next admission sweeps the expired reservation before checking its own.
     fresh = job("req_new", time.time() + 60)
@@ -242,7 +242,7 @@ async def test_plan_missing_from_config_fails_closed(nursery: trio.Nursery, redi
         await gateway.client().chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
     assert caught.value.body["code"] == "plan_not_configured"  # type: ignore[index]
     assert "gold" in caught.value.body["message"]  # type: ignore[index]
-    assert await gateway.redis.xlen("sb:q:local") == 0
+    assert await gateway.redis.xlen("{sb}:q:local") == 0
     assert await gateway.usage() == {} and await leftovers(gateway.redis) == []
 
 
@@ -279,7 +279,7 @@ async def test_one_org_flooding_a_provider_leaves_room_for_another(
 
 
 async def _settled_count(gateway: Gateway, refused: list[Any], n: int) -> bool:
-    return int(await gateway.redis.xlen("sb:q:local")) + len(refused) == n
+    return int(await gateway.redis.xlen("{sb}:q:local")) + len(refused) == n
 
 
 async def test_revocation_reaches_every_ingress_within_a_second(

@@ -164,7 +164,7 @@ async def test_a_bad_agent_is_a_422_naming_the_field_and_stores_nothing(
     if param:
         assert error["param"] == param
     assert [a["name"] for a in (await admin.get("/agents")).json()["data"]] == ["house"]
-    assert not await gateway.redis.keys("sb:agent*")
+    assert not await gateway.redis.keys("{sb}:agent*")
     assert (await admin.get(f"/agents/{name}")).status_code in (404, 422)
 
 

@@ -195,5 +195,5 @@ async def test_the_batch_leaves_only_its_files_and_record(nursery: trio.Nursery,
     gateway = await batch_gateway(nursery, redis_url, workers=True)
     batch = await run_batch(gateway.client(), [line(n) for n in range(5)])
     assert not await gateway.redis.sismember(names.BATCHES_ACTIVE, batch.id)
-    left = {key.decode() for key in await gateway.redis.keys(f"sb:batch:{batch.id}*")}
+    left = {key.decode() for key in await gateway.redis.keys(names.batch(batch.id) + "*")}
     assert left == {names.batch(batch.id)}

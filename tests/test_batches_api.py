@@ -75,7 +75,7 @@ async def test_lines_that_cannot_run_fail_the_batch_at_once(gateway: Gateway) ->
     assert batch.request_counts is not None and batch.request_counts.total == 0
     assert await client.batches.retrieve(batch.id) == batch
     assert not await gateway.redis.sismember(names.BATCHES_ACTIVE, batch.id)
-    assert await keys(gateway, f"sb:batch:{batch.id}:*") == []  # no line lists
+    assert await keys(gateway, names.batch(batch.id) + ":*") == []  # no line lists
 
     # A chat file given as an embeddings batch: every line's url is wrong.
     mismatched = await client.batches.create(input_file_id=file_id, endpoint="/v1/embeddings",
@@ -178,8 +178,8 @@ async def test_bad_create_bodies_change_nothing(gateway: Gateway, body: bytes, s
     assert error["code"] and error["message"]
     if param is not None:
         assert error["param"] == param
-    assert set(await gateway.redis.keys("*")) - before <= {b"sb:keys:used"}
-    assert await keys(gateway, "sb:batch*") == []
+    assert set(await gateway.redis.keys("*")) - before <= {b"{sb}:keys:used"}
+    assert await keys(gateway, "{sb}:batch*") == []
 
 
 async def test_bad_cancel_bodies_change_nothing(gateway: Gateway) -> None:

@@ -13,6 +13,7 @@ import openai
 import pytest
 import trio
 
+from schemas import names
 from schemas.config import Limits
 from tests.conftest import TLS, UPSTREAM_SECRET, Gateway, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
@@ -43,7 +44,7 @@ def refused(reply: httpx.Response, knob: str, status: int = 400) -> dict[str, An
 
 async def assert_nothing_changed(gateway: Gateway) -> None:
     for provider in gateway.config.providers:
-        assert await gateway.redis.xlen(f"sb:q:{provider}") == 0
+        assert await gateway.redis.xlen(names.queue(provider)) == 0
     assert await gateway.usage() == {}
 
 
@@ -217,12 +218,12 @@ async def test_a_provider_queue_holds_at_most_its_byte_budget(nursery: trio.Nurs
         for sent in range(1, 41):  # far more than fit: the count limit (10,000) never binds here
             waiting.start_soon(_keep, answers, post(gateway, CHAT, body))
             with trio.fail_after(10):  # each one is either queued (it waits) or answered
-                while not answers and await gateway.redis.xlen("sb:q:local") < sent:
+                while not answers and await gateway.redis.xlen("{sb}:q:local") < sent:
                     await trio.sleep(0.01)
             if answers:
                 break
-        queued = await gateway.redis.xlen("sb:q:local")
-        used = await gateway.redis.memory_usage("sb:q:local", samples=0)
+        queued = await gateway.redis.xlen("{sb}:q:local")
+        used = await gateway.redis.memory_usage("{sb}:q:local", samples=0)
         waiting.cancel_scope.cancel()
     full = answers[-1]
     error = refused(full, "max_queue_bytes", status=429)

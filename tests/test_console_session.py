@@ -135,7 +135,7 @@ async def test_revoking_the_key_ends_its_console_sessions(console_gateway: Conso
         gone = await http.get("/console/models")
         assert gone.status_code == 303
         assert gone.headers["location"].startswith("/console/sign-in")
-        assert not await console_gateway.redis.keys("sb:console:session:*")
+        assert not await console_gateway.redis.keys("{sb}:console:session:*")
 
 
 async def test_pages_are_not_cached_framed_or_scripted_from_elsewhere(

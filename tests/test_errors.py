@@ -7,6 +7,7 @@ import openai
 import pytest
 import trio
 
+from schemas import names
 from schemas.envelopes import job_decoder
 from tests.conftest import TLS, UPSTREAM_SECRET, Gateway, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
@@ -17,7 +18,7 @@ HI = [{"role": "user", "content": "hi"}]
 async def assert_nothing_changed(gateway: Gateway) -> None:
     """Bad input leaves no job on any stream and no metered usage."""
     for provider in gateway.config.providers:
-        assert await gateway.redis.xlen(f"sb:q:{provider}") == 0
+        assert await gateway.redis.xlen(names.queue(provider)) == 0
     assert await gateway.usage() == {}
 
 
@@ -38,7 +39,7 @@ async def test_missing_unknown_and_revoked_keys_are_401(openai_gateway: Gateway)
 
 
 async def test_keys_are_stored_hashed(openai_gateway: Gateway) -> None:
-    for key in await openai_gateway.redis.keys("sb:*"):
+    for key in await openai_gateway.redis.keys("{sb}:*"):
         assert openai_gateway.secret.encode() not in key
         if (await openai_gateway.redis.type(key)) == b"hash":
             values = await openai_gateway.redis.hgetall(key)
@@ -124,13 +125,13 @@ async def test_full_queue_is_429_with_retry_after_and_keeps_accepted_jobs(
     async with trio.open_nursery() as waiting:
         for _ in range(2):
             waiting.start_soon(lambda: client.chat.completions.create(model="echo", messages=HI))
-        while await gateway.redis.xlen("sb:q:local") < 2:
+        while await gateway.redis.xlen("{sb}:q:local") < 2:
             await trio.sleep(0.01)
         with pytest.raises(openai.RateLimitError) as caught:
             await client.chat.completions.create(model="echo", messages=HI)  # type: ignore[arg-type]
         assert caught.value.response.headers["retry-after"] == "1"
         assert caught.value.body["code"] == "queue_full"  # type: ignore[index]
-        assert await gateway.redis.xlen("sb:q:local") == 2  # nothing accepted was trimmed
+        assert await gateway.redis.xlen("{sb}:q:local") == 2  # nothing accepted was trimmed
         await gateway.start_worker()  # the queued two are served
     assert (await gateway.usage())["requests"] == 2
 
@@ -167,9 +168,9 @@ async def test_job_envelopes_carry_no_credential_or_key(nursery: trio.Nursery, r
     gateway = await start_gateway(nursery, config, workers=False)  # the job stays queued
     async with trio.open_nursery() as waiting:
         waiting.start_soon(lambda: gateway.client().chat.completions.create(model="m", messages=HI))
-        while await gateway.redis.xlen("sb:q:up") == 0:
+        while await gateway.redis.xlen("{sb}:q:up") == 0:
             await trio.sleep(0.01)
-        entries = await gateway.redis.xrange("sb:q:up")
+        entries = await gateway.redis.xrange("{sb}:q:up")
         waiting.cancel_scope.cancel()
     raw = entries[0].field_values[b"j"]
     job = job_decoder.decode(raw)

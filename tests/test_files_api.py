@@ -97,7 +97,7 @@ async def test_a_bad_file_is_refused_with_its_lines_and_nothing_is_stored(
     ], found
     assert all(e["message"] for e in error["details"]["errors"])
     assert error["details"]["truncated"] is False
-    assert await keys(gateway, "sb:file*") == []
+    assert await keys(gateway, "{sb}:file*") == []
 
 
 @pytest.mark.parametrize("content,code", [(b"", "empty_file"), (b"\n\n", "empty_file")])
@@ -254,7 +254,7 @@ async def test_files_the_workers_write_are_served(gateway: Gateway) -> None:
     with pytest.raises(openai.NotFoundError):
         await rival.files.content(meta.id)
     assert (await client.files.delete(meta.id)).deleted
-    assert await keys(gateway, "sb:file:*") == []
+    assert await keys(gateway, "{sb}:file:*") == []
 
 
 @pytest.mark.parametrize("authorization", ["", "Bearer sk-not-a-key"])

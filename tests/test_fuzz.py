@@ -369,9 +369,9 @@ async def _leftovers(redis: Any, before: set[bytes]) -> list[str]:
     for key in sorted(set(await redis.keys("*")) - before):
         # usage and the request log of the requests that were answered (and the stored
         # responses of answered Responses requests), and when their key was last used
-        if not key.startswith((b"sb:usage:", b"sb:log:", b"sb:resp:")) and key != b"sb:keys:used":
+        if not key.startswith((b"{sb}:usage:", b"{sb}:log:", b"{sb}:resp:")) and key != b"{sb}:keys:used":
             found.append(f"new key {key!r} ({(await redis.type(key)).decode()})")
-    for key in await redis.keys("sb:q:*"):
+    for key in await redis.keys("{sb}:q:*"):
         if await redis.xlen(key):
             found.append(f"{key!r} still holds {await redis.xlen(key)} jobs")
     return found

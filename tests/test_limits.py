@@ -89,7 +89,7 @@ async def wait_for(predicate: Any) -> None:
 
 
 async def held_keys(redis: Any) -> list[bytes]:
-    return sorted([*await redis.keys("sb:held*"), *await redis.keys("sb:resv*")])
+    return sorted([*await redis.keys("{sb}:held*"), *await redis.keys("{sb}:resv*")])
 
 
 SCOPES = ["org", "project", "key"]

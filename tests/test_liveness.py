@@ -33,7 +33,7 @@ from schemas.config import Route
 from schemas.envelopes import Done, Job, job_encoder
 from tests.conftest import TLS, Gateway, RedisServer, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
-from workers.connection import connect, subscription
+from workers.connection import connect, listeners, subscription
 from workers.queue import HEARTBEAT_ENTRIES, Delivery, Queue
 
 HI = [{"role": "user", "content": "hi there"}]
@@ -129,7 +129,7 @@ async def ingress(nursery: trio.Nursery, redis_url: str, fake: FakeOpenAI) -> Ga
 
 async def owners(gateway: Gateway) -> list[str]:
     """The consumers that hold pending entries of provider `up`, one per entry."""
-    rows = await gateway.redis.xpending("sb:q:up", "workers", "-", "+", 100)
+    rows = await gateway.redis.xpending("{sb}:q:up", "workers", "-", "+", 100)
     return [row.consumer.decode() for row in rows]
 
 
@@ -199,18 +199,18 @@ async def test_reclaimed_job_is_not_taken_back_and_late_finish_is_void(redis_url
         await queue.ensure_group("up")
         job = Job(request_id="req_1", org="acme", project="p", key_id="k", model="m",
                   routes=[Route(provider="up", model="u")],
-                  body=b"{}", stream=False, reply_to="sb:reply:test", deadline=time.time() + 60)
-        await redis.xadd("sb:q:up", {"j": job_encoder.encode(job)})
+                  body=b"{}", stream=False, reply_to="{sb}:reply:test", deadline=time.time() + 60)
+        await redis.xadd("{sb}:q:up", {"j": job_encoder.encode(job)})
         [mine] = await queue.read("up", "worker-a", 1, 10)
         # worker-a is presumed dead (it froze); worker-b reclaims the entry legitimately
-        await redis.xclaim("sb:q:up", "workers", "worker-b", 0, [mine.entry_id], justid=True)
+        await redis.xclaim("{sb}:q:up", "workers", "worker-b", 0, [mine.entry_id], justid=True)
         lost = await queue.heartbeat("up", "worker-a", [mine.entry_id])  # a resumed: its beat
         assert await owners_of(redis) == ["worker-b"]  # not taken back...
         assert lost == [mine.entry_id]  # ...but reported, so that a stops its run
         done = Done(request_id="req_1", attempt=0, seq=0, provider="up", body=b'{"a":1}')
         usage = {"tokens": 5, "prompt_tokens": 2, "completion_tokens": 3, "requests": 1}
-        async with subscription(redis, "sb:reply:test") as pubsub:
-            await wait_subscribed(redis, "sb:reply:test")
+        async with subscription(redis, "{sb}:reply:test") as pubsub:
+            await wait_subscribed(redis, "{sb}:reply:test")
             await queue.finish(mine, done, usage=usage)  # a's late finish
             theirs = Delivery(mine.entry_id, mine.job, 1, "worker-b")
             await queue.finish(theirs, done, usage=usage)  # b's: the one answer
@@ -226,13 +226,13 @@ async def test_reclaimed_job_is_not_taken_back_and_late_finish_is_void(redis_url
 
 
 async def owners_of(redis: Any) -> list[str]:
-    rows = await redis.xpending("sb:q:up", "workers", "-", "+", 100)
+    rows = await redis.xpending("{sb}:q:up", "workers", "-", "+", 100)
     return [row.consumer.decode() for row in rows]
 
 
 async def wait_subscribed(redis: Any, channel: str) -> None:
     with trio.fail_after(5):
-        while (await redis.pubsub_numsub(channel)).get(channel.encode(), 0) == 0:
+        while await listeners(redis, channel) == 0:
             await trio.sleep(0.01)
 
 
@@ -252,12 +252,12 @@ class GatedOpenAI(FakeOpenAI):
 
 @contextmanager
 def subscribe_denied(port: int) -> Iterator[None]:
-    """SUBSCRIBE is refused (PUBLISH still works) until the block ends."""
-    assert redis_command(port, "ACL", "SETUSER", "default", "-subscribe").startswith(b"+OK")
+    """SSUBSCRIBE is refused (SPUBLISH still works) until the block ends."""
+    assert redis_command(port, "ACL", "SETUSER", "default", "-ssubscribe").startswith(b"+OK")
     try:
         yield
     finally:
-        assert redis_command(port, "ACL", "SETUSER", "default", "+subscribe").startswith(b"+OK")
+        assert redis_command(port, "ACL", "SETUSER", "default", "+ssubscribe").startswith(b"+OK")
 
 
 async def test_outcome_published_while_ingress_resubscribes_is_read_back(
@@ -290,18 +290,18 @@ async def test_outcome_published_while_ingress_resubscribes_is_read_back(
         with trio.fail_after(5):
             while not fake.requests:
                 await trio.sleep(0.01)
-        channels = [c for c in (await gateway.redis.pubsub_channels()) if b"reply" in c]
+        channels = [c for c in (await gateway.redis.pubsub_shardchannels()) if b"reply" in c]
         with subscribe_denied(redis_server.port):
             redis_command(redis_server.port, "CLIENT", "KILL", "TYPE", "pubsub")
             with trio.fail_after(5):  # nobody listens on the ingress's reply channel now
-                while (await gateway.redis.pubsub_numsub(*channels)).get(channels[0], 0):
+                while await listeners(gateway.redis, channels[0].decode()):
                     await trio.sleep(0.01)
             fake.gate.set()  # the worker answers and publishes to nobody
             with trio.fail_after(5):
-                while await gateway.redis.xlen("sb:q:up"):
+                while await gateway.redis.xlen("{sb}:q:up"):
                     await trio.sleep(0.02)
             await trio.sleep(0.3)
-        with trio.fail_after(20):  # SUBSCRIBE works again: the ingress re-subscribes
+        with trio.fail_after(20):  # SSUBSCRIBE works again: the ingress re-subscribes
             while not answers:
                 await trio.sleep(0.05)
     assert answers[0].choices[0].message.content == "hi there"
@@ -334,7 +334,7 @@ async def test_stream_cut_while_ingress_resubscribes_ends_with_an_error_not_a_ha
         with subscribe_denied(redis_server.port):
             redis_command(redis_server.port, "CLIENT", "KILL", "TYPE", "pubsub")
             with trio.fail_after(5):  # the next chunk reaches nobody: the job ends
-                while await gateway.redis.xlen("sb:q:up"):
+                while await gateway.redis.xlen("{sb}:q:up"):
                     await trio.sleep(0.02)
         with trio.fail_after(20):
             async for line in lines:
@@ -412,7 +412,7 @@ async def test_withdrawn_check_on_a_hung_redis_gives_up_within_its_timeout(
                              limits={"redis_timeout_s": 0.5})
         job = Job(request_id="req_2", org="acme", project="p", key_id="k", model="m",
                   routes=[Route(provider="up", model="u")],
-                  body=b'{"model":"m","messages":[]}', stream=False, reply_to="sb:reply:x",
+                  body=b'{"model":"m","messages":[]}', stream=False, reply_to="{sb}:reply:x",
                   deadline=time.time() + 60)
         async with connect(config.redis_url) as redis, httpx.AsyncClient() as http:
             await redis.ping()
@@ -441,7 +441,7 @@ async def test_dead_consumers_are_removed(nursery: trio.Nursery, redis_url: str,
     first = await gateway.start_worker(config=config)
     await gateway.client().chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
     first.cancel()  # that worker stops; its name stays in the group
-    assert redis_command(redis_port(gateway), "XGROUP", "CREATECONSUMER", "sb:q:up", "workers",
+    assert redis_command(redis_port(gateway), "XGROUP", "CREATECONSUMER", "{sb}:q:up", "workers",
                          "worker-gone").startswith(b":1")  # another one that never ran
     before = await consumer_names(gateway)
     assert "worker-gone" in before and len(before) == 2
@@ -461,7 +461,7 @@ def redis_port(gateway: Gateway) -> int:
 
 
 async def consumer_names(gateway: Gateway) -> list[str]:
-    rows = await gateway.redis.xinfo_consumers("sb:q:up", "workers")
+    rows = await gateway.redis.xinfo_consumers("{sb}:q:up", "workers")
     return sorted(row[b"name"].decode() for row in rows)
 
 

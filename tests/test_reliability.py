@@ -86,7 +86,7 @@ async def test_dead_worker_job_is_reclaimed_and_answered_once(
     # the same at the default settings, with real worker processes)
     assert time.monotonic() - started < 5
     assert len(fake_openai.requests) == 2
-    assert await gateway.redis.xlen("sb:q:up") == 0  # acknowledged and removed
+    assert await gateway.redis.xlen("{sb}:q:up") == 0  # acknowledged and removed
 
 
 async def test_worker_dying_mid_stream_ends_stream_with_error(
@@ -165,7 +165,7 @@ async def test_client_disconnect_cancels_plain_request_upstream(
             await trio.sleep(0.02)
     assert fake_openai.disconnects[0] - left < 1.0  # the worker closed its upstream call
     with trio.fail_after(1):
-        while await openai_gateway.redis.xlen("sb:q:up") != 0:
+        while await openai_gateway.redis.xlen("{sb}:q:up") != 0:
             await trio.sleep(0.02)  # ... and the job was acknowledged
 
 
@@ -177,7 +177,7 @@ async def test_queued_job_of_a_departed_client_never_runs(
     with trio.move_on_after(0.3):
         await gateway.client().chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
     with trio.fail_after(1):  # withdrawn from the queue within a second
-        while await gateway.redis.xlen("sb:q:up") != 0:
+        while await gateway.redis.xlen("{sb}:q:up") != 0:
             await trio.sleep(0.02)
     await gateway.start_worker()
     await trio.sleep(0.5)
@@ -328,8 +328,8 @@ async def test_workers_take_only_what_they_can_run(nursery: trio.Nursery, redis_
         while len(fake_openai.requests) < 2:
             await trio.sleep(0.01)
         await trio.sleep(0.2)
-        pending = await gateway.redis.xpending("sb:q:up", "workers")
-        assert await gateway.redis.xlen("sb:q:up") == 5  # all admitted...
+        pending = await gateway.redis.xpending("{sb}:q:up", "workers")
+        assert await gateway.redis.xlen("{sb}:q:up") == 5  # all admitted...
         assert pending.pending == 2  # ...but only two delivered: the rest wait in Redis
         assert len(fake_openai.requests) == 2
     assert len(fake_openai.requests) == 5
@@ -390,10 +390,10 @@ async def test_own_entry_read_but_never_run_is_reclaimed(nursery: trio.Nursery, 
 
     async with trio.open_nursery() as inner:
         inner.start_soon(ask)
-        while await gateway.redis.xlen("sb:q:up") == 0:
+        while await gateway.redis.xlen("{sb}:q:up") == 0:
             await trio.sleep(0.01)
-        await gateway.redis.xgroup_create("sb:q:up", "workers", "0")
-        taken = await gateway.redis.xreadgroup("workers", "worker-fixed", streams={"sb:q:up": ">"},
+        await gateway.redis.xgroup_create("{sb}:q:up", "workers", "0")
+        taken = await gateway.redis.xreadgroup("workers", "worker-fixed", streams={"{sb}:q:up": ">"},
                                                count=1)
         assert taken  # delivered to "worker-fixed", whose reply never arrived
         await nursery.start(partial(run_workers, config, consumer_id="worker-fixed"))
@@ -414,21 +414,21 @@ async def test_failover_copy_of_a_departed_client_is_not_run(
     fake_openai.then(Behavior(status=500))
     async with trio.open_nursery() as inner:
         inner.start_soon(lambda: gateway.client().chat.completions.create(model="m", messages=HI))
-        while await gateway.redis.xlen("sb:q:backup") == 0:  # failed over, waiting
+        while await gateway.redis.xlen("{sb}:q:backup") == 0:  # failed over, waiting
             await trio.sleep(0.01)
         inner.cancel_scope.cancel()  # the client leaves
     with trio.fail_after(2):
-        while not await gateway.redis.exists(["sb:gone:" + (await last_request_id(gateway))]):
+        while not await gateway.redis.exists(["{sb}:gone:" + (await last_request_id(gateway))]):
             await trio.sleep(0.02)
     await gateway.start_worker(("backup",))
     with trio.fail_after(5):
-        while await gateway.redis.xlen("sb:q:backup") != 0:  # taken and acknowledged...
+        while await gateway.redis.xlen("{sb}:q:backup") != 0:  # taken and acknowledged...
             await trio.sleep(0.02)
     assert backup.requests == []  # ...without calling the backup upstream
 
 
 async def last_request_id(gateway: Gateway) -> str:
-    entries = await gateway.redis.xrange("sb:q:backup")
+    entries = await gateway.redis.xrange("{sb}:q:backup")
     from schemas.envelopes import job_decoder
 
     return job_decoder.decode(entries[-1].field_values[b"j"]).request_id

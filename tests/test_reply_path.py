@@ -79,7 +79,7 @@ async def test_frozen_redis_answers_every_waiting_request_within_the_bound(
                     "messages": [{"role": "user", "content": words}]})
                 with trio.fail_after(10):
                     await started["drip"].wait()
-                    while await gateway.redis.xlen("sb:q:slow") < 2:  # both admitted
+                    while await gateway.redis.xlen("{sb}:q:slow") < 2:  # both admitted
                         await trio.sleep(0.02)
                 await trio.sleep(0.3)  # all three wait for their next frame
                 os.kill(process.pid, signal.SIGSTOP)  # Redis stops answering, sockets stay open
@@ -105,7 +105,7 @@ async def test_frozen_redis_answers_every_waiting_request_within_the_bound(
         # once Redis answers again (the withdrawals waited for it, the clients did not).
         assert await served_after_outage(gateway.client(timeout=10), within_s=15) == "hi there"
         with trio.fail_after(10):
-            while await gateway.redis.xlen("sb:q:slow") + await gateway.redis.xlen("sb:q:drip"):
+            while await gateway.redis.xlen("{sb}:q:slow") + await gateway.redis.xlen("{sb}:q:drip"):
                 await trio.sleep(0.1)
     finally:
         process.kill()
@@ -172,7 +172,7 @@ async def test_a_client_that_stops_reading_loses_its_job_and_connection(
                 await trio.sleep(0.05)
         assert fake_openai.disconnects[0] - stopped < 10  # the upstream call was cancelled
         with trio.fail_after(5):
-            while await gateway.redis.xlen("sb:q:up") != 0:
+            while await gateway.redis.xlen("{sb}:q:up") != 0:
                 await trio.sleep(0.05)  # the job is gone from Redis
         if write_timeout_s > 60:
             return  # the connection is let go only when its write times out

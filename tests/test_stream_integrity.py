@@ -39,7 +39,7 @@ from tests.conftest import (
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from tests.fakes.server import Received, send_json, serve_asgi, start_sse
 from tests.kinds import CASES, KindCase
-from workers.connection import connect, subscription
+from workers.connection import connect, publish, subscription
 from workers.providers._meter import UsageMeter
 from workers.publisher import StreamPublisher
 from workers.queue import Queue
@@ -163,10 +163,10 @@ async def test_a_late_error_of_an_older_attempt_is_ignored(
                 continue
             events.append(line.removeprefix("data: "))
             if len(events) == 1:  # the worker presumed dead for attempt 0 speaks up late
-                [channel] = await gateway.redis.pubsub_channels(names.reply("*"))
+                [channel] = await gateway.redis.pubsub_shardchannels(names.reply("*"))
                 late = Error(request_id=request_id, attempt=0, seq=0, status=502,
                              body=b'{"error": {"message": "late"}}')
-                assert await gateway.redis.publish(channel, frame_encoder.encode(late)) == 1
+                assert await publish(gateway.redis, channel.decode(), frame_encoder.encode(late)) == 1
     assert events[-1] == "[DONE]"
     assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
                    for e in events[:-1]) == "p0p1p2p3p4p5"
@@ -294,7 +294,7 @@ async def test_an_empty_answer_to_a_stream_is_a_stream_in_every_dialect(
                 for entry in await gateway.redis.xrange(names.queue(provider)):
                     job = job_decoder.decode(entry.field_values[b"j"])
                     done = Done(request_id=job.request_id, attempt=0, seq=0, provider=provider)
-                    await gateway.redis.publish(job.reply_to, frame_encoder.encode(done))
+                    await publish(gateway.redis, job.reply_to, frame_encoder.encode(done))
                     await gateway.redis.xdel(names.queue(provider), [entry.identifier])
             await trio.sleep(0.02)
 

@@ -2,12 +2,12 @@
 
 Waiting happens in Redis, not in worker memory (invariant 4): a job is read only when
 a slot is free for it. Every `heartbeat_s` the worker refreshes its liveness key
-(`sb:alive:{consumer}`, expiring after `reclaim_after_s`) and the idle time of the
+(`{sb}:alive:{consumer}`, expiring after `reclaim_after_s`) and the idle time of the
 entries it still owns; the entries of a worker whose key expired are taken over and
 re-run (invariant 3). Entries another worker took over from us (we were presumed dead:
 frozen, or cut off from Redis) are stopped here, never taken back.
 
-Batch lines (`sb:bq:{provider}`, fed by `workers.batches`) share the slots but always
+Batch lines (`{sb}:bq:{provider}`, fed by `workers.batches`) share the slots but always
 yield: they are read only when the interactive stream has nothing waiting, and at most
 `batch_cap` of them run at once ((1 - `batch.interactive_share`) of the slots, at least
 one), so interactive jobs always find a slot. Both streams are heartbeated, reclaimed
@@ -42,7 +42,7 @@ BATCH_PROBE_S = 0.5  # with no batch work about, how often the batch stream is l
 
 
 class Consumer:
-    """Consumes `sb:q:{provider}` for one worker process."""
+    """Consumes `{sb}:q:{provider}` for one worker process."""
 
     def __init__(self, provider: str, consumer_id: str, config: Config, queue: Queue,
                  runner: Runner, lanes: frozenset[Lane] = LANES) -> None:

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-import coredis
 import trio
 
 from schemas import names
 from schemas.config import Config
+from workers.connection import RedisClient
 from workers.logs import log_event
 from workers.providers._base import CLIENT_FAULT, UpstreamFailure
 
@@ -76,7 +76,7 @@ def verdict(error: BaseException | None) -> Verdict | None:
 class ProviderHealth:
     """Records job outcomes per provider in Redis (see the module docstring)."""
 
-    def __init__(self, redis: coredis.Redis[bytes], config: Config) -> None:
+    def __init__(self, redis: RedisClient, config: Config) -> None:
         self.config = config
         self._record = redis.register_script(_RECORD)
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 
 from schemas import names
 from schemas.metrics import LATENCY_BUCKETS, QUEUE_SCRIPT, QueueGauges
+from workers.connection import RedisClient
 from workers.logs import log_event
 
 
@@ -87,7 +88,7 @@ class WorkerMetrics:
         self.batch_lines.labels(provider, outcome).inc()
 
 
-async def serve_metrics(registry: CollectorRegistry, redis: coredis.Redis[bytes],
+async def serve_metrics(registry: CollectorRegistry, redis: RedisClient,
                         providers: Sequence[str], timeout_s: float, bind: tuple[str, int], *,
                         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                         ) -> None:

@@ -60,6 +60,7 @@ from schemas.config import Config
 from schemas.envelopes import Job
 from schemas.errors import GatewayError
 from schemas.providers import ProviderBase
+from workers.connection import RedisClient
 from workers.logs import log_event
 from workers.providers._base import UpstreamFailure
 
@@ -196,7 +197,7 @@ class Ticket:
 class Pace:
     """The per-provider rolling windows of one worker process (module docstring)."""
 
-    def __init__(self, redis: coredis.Redis[bytes], config: Config, *,
+    def __init__(self, redis: RedisClient, config: Config, *,
                  window_ms: int | None = None, guard_ms: int | None = None) -> None:
         self.config = config
         # Other lengths are for tests only: the config's limits are per minute.

@@ -19,6 +19,7 @@ from schemas.envelopes import Frame, Head, Job, frame_encoder, job_decoder, job_
 from schemas.reservations import RELEASE_LUA
 from schemas.usage import day_expiry, encode_dimensions
 from workers.batches.lines import LineOutcome
+from workers.connection import RedisClient, publish
 from workers.logs import log_event
 
 # Take over entries whose owner is dead: its liveness key (`names.alive`, refreshed by
@@ -109,9 +110,11 @@ if #owner == 0 or owner[1][2] ~= ARGV[10] then
   return 0
 end
 if ARGV[3] == 'publish' then
-  -- Outcome retention: when the PUBLISH reached nobody (the ingress was re-subscribing),
-  -- keep the frame for ARGV[11] ms; the ingress reads it back once subscribed again.
-  if redis.call('PUBLISH', ARGV[4], ARGV[5]) == 0 then
+  -- Outcome retention: when the SPUBLISH reached nobody (the ingress was re-subscribing),
+  -- keep the frame for ARGV[11] ms; the ingress reads it back once subscribed again. On a
+  -- cluster the reply channel's slot is this script's (names.py's hash tag), so the count
+  -- is that of the one shard whose subscribers it reaches.
+  if redis.call('SPUBLISH', ARGV[4], ARGV[5]) == 0 then
     redis.call('SET', KEYS[6], ARGV[5], 'PX', ARGV[11])
   end
 elseif ARGV[3] == 'forward' then
@@ -199,7 +202,7 @@ class Delivery:
 class Queue:
     """The job streams of all providers, seen through one Redis client."""
 
-    def __init__(self, redis: coredis.Redis[bytes]) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self._reclaim = redis.register_script(_RECLAIM)
         self._finish = redis.register_script(_FINISH)
@@ -293,14 +296,14 @@ class Queue:
 
     async def publish(self, channel: str, frame: Frame) -> int:
         """Publish one frame; returns how many ingress processes heard it."""
-        return await self.redis.publish(channel, frame_encoder.encode(frame))
+        return await publish(self.redis, channel, frame_encoder.encode(frame))
 
     # ── stream integrity (output-began marker, stored big answers) ──────────────
     async def publish_head(self, channel: str, frame: Head, ttl_s: int) -> int:
         """Publish a stream's Head and mark that its output began, in one MULTI."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(names.began(frame.request_id), b"1", ex=max(ttl_s, 1))
-            listeners = pipe.publish(channel, frame_encoder.encode(frame))
+            listeners = pipe.spublish(channel, frame_encoder.encode(frame))
         return int(await listeners)
 
     async def output_began(self, request_id: str) -> bool:

@@ -7,14 +7,13 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-import coredis
 import httpx2
 import trio
 
 from schemas import names
 from schemas.config import Config
 from workers.batches import Feeder
-from workers.connection import connect, subscription
+from workers.connection import SUBSCRIBED, RedisClient, connect, listeners, subscription
 from workers.consumer import LANES, Consumer, Lane
 from workers.logs import log_event
 from workers.metrics import serve_metrics
@@ -161,7 +160,7 @@ class CancelListener:
     # Short: while the listener waits, a client that leaves keeps its upstream call running.
     MAX_BACKOFF_S = 1.0
 
-    def __init__(self, redis: coredis.Redis[bytes], runner: Runner, consumer_id: str) -> None:
+    def __init__(self, redis: RedisClient, runner: Runner, consumer_id: str) -> None:
         self.redis = redis
         self.runner = runner
         self.own_channel = names.worker(consumer_id)
@@ -190,7 +189,7 @@ class CancelListener:
     async def _listen(self) -> None:
         async with subscription(self.redis, names.CANCEL_CHANNEL, self.own_channel) as pubsub:
             async for message in pubsub:
-                if message["type"] == "subscribe":
+                if message["type"] == SUBSCRIBED:
                     self._backoff = self.MIN_BACKOFF_S  # healthy again
                     self._subscribed.set()
                     if message["channel"] == names.CANCEL_CHANNEL.encode():
@@ -218,8 +217,7 @@ class CancelListener:
             await trio.sleep(self.WATCH_S)
             try:
                 with trio.fail_after(self.WATCH_S * 2):
-                    counts = await self.redis.pubsub_numsub(self.own_channel)
-                listening = counts.get(self.own_channel.encode(), 0) > 0
+                    listening = await listeners(self.redis, self.own_channel) > 0
             except Exception:
                 listening = False
             misses = 0 if listening else misses + 1

@@ -20,11 +20,10 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import coredis
-
 from ingress.keys import Identity, KeyStore
 from schemas import names
 from schemas.errors import GatewayError
+from workers.connection import RedisClient
 
 COOKIE = "sb_console"  # the session token (HttpOnly)
 CSRF_COOKIE = "sb_console_csrf"  # the sign-in form's double-submit token
@@ -57,7 +56,7 @@ def _hash(token: str) -> str:
 class Sessions:
     """Console sessions in Redis, shared by every ingress process."""
 
-    def __init__(self, redis: coredis.Redis[bytes], keys: KeyStore, ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: KeyStore, ttl_s: int) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s

@@ -26,6 +26,7 @@ from schemas import names
 from schemas.batch import BatchState, state_from_hash
 from schemas.config import Config
 from workers.batches.finalizer import Finalizer
+from workers.connection import RedisClient
 from workers.logs import log_event
 
 FEED_EVERY_S = 0.2
@@ -89,7 +90,7 @@ return 0
 class Feeder:
     """Feeds the batch streams of `providers` and moves batches along (module docstring)."""
 
-    def __init__(self, redis: coredis.Redis[bytes], config: Config, providers: Sequence[str],
+    def __init__(self, redis: RedisClient, config: Config, providers: Sequence[str],
                  consumer_id: str) -> None:
         self.redis = redis
         self.config = config

@@ -34,6 +34,7 @@ from schemas.batch import FILE_PREFIX, BatchState, FileObject
 from schemas.config import Config
 from schemas.envelopes import job_decoder
 from workers.batches.lines import EXPIRED, error_line, keep_seconds
+from workers.connection import RedisClient
 from workers.logs import log_event
 
 LEASE_S = 60
@@ -98,7 +99,7 @@ class Finalizer:
 
     lease_s = LEASE_S
 
-    def __init__(self, redis: coredis.Redis[bytes], config: Config, writer: str) -> None:
+    def __init__(self, redis: RedisClient, config: Config, writer: str) -> None:
         self.redis = redis
         self.config = config
         self.writer = writer

@@ -19,6 +19,7 @@ from schemas import names
 from schemas.config import Config
 from schemas.envelopes import Job
 from workers.batches.lines import EXPIRED, LineOutcome, keep_seconds, not_answered
+from workers.connection import RedisClient
 from workers.logs import log_event
 
 if TYPE_CHECKING:  # workers.queue imports workers.batches.lines
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # workers.queue imports workers.batches.lines
 RUNNABLE = frozenset({b"in_progress", b"validating", b"finalizing"})
 
 
-async def line_gate(redis: coredis.Redis[bytes], config: Config, job: Job) -> LineOutcome | None:
+async def line_gate(redis: RedisClient, config: Config, job: Job) -> LineOutcome | None:
     """None: run it. Else how to end it without an upstream call."""
     status = await redis.hget(names.batch(job.batch), "status")
     if status == b"expired" or (status in RUNNABLE and time.time() >= job.deadline):

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import coredis
 import msgspec
 
 from schemas.chat import Usage
@@ -32,6 +31,7 @@ from schemas.responses import (
     ResponseUsage,
     resolved_decoder,
 )
+from workers.connection import RedisClient
 from workers.providers._base import Adapter, Answer, Call, Emit
 from workers.responses import native, state
 from workers.responses.builtins import BUILTINS
@@ -118,7 +118,7 @@ class Responses:
     """What a worker needs to serve Responses jobs: the providers (which relay natively)
     and where finished responses are stored."""
 
-    redis: coredis.Redis[bytes]
+    redis: RedisClient
     config: Config
 
     def _native(self, adapter: Adapter, call: Call) -> native.NativeUpstream | None:

@@ -1,6 +1,6 @@
 """Stored responses (`store: true`): one Redis hash each, written by the worker that ran it.
 
-`sb:resp:{id}` holds `org`, `response` (the response object JSON), `input` (this request's
+`{sb}:resp:{id}` holds `org`, `response` (the response object JSON), `input` (this request's
 own input items), `context` (every item the model saw plus the output: what a later
 `previous_response_id` continues) and `created`; it expires `responses.retention_days`
 after it was written. Secret variables are put back as `{{name}}` in all of it.
@@ -18,6 +18,7 @@ from schemas import names
 from schemas.agents import Variable, redact_secrets
 from schemas.errors import GatewayError
 from schemas.responses import Item, Resolved
+from workers.connection import RedisClient
 
 _encode = msgspec.json.Encoder().encode
 
@@ -32,7 +33,7 @@ def redacted(data: bytes, secrets: dict[str, Variable]) -> bytes:
     return redact_secrets(data.decode(), escaped).encode()
 
 
-async def store(redis: coredis.Redis[bytes], *, org: str, resolved: Resolved,
+async def store(redis: RedisClient, *, org: str, resolved: Resolved,
                 response_id: str, response: bytes, output: list[Item], retention_days: int,
                 timeout_s: float) -> None:
     """Write the finished response (`response`: its JSON), bounded: Redis trouble is a
