@@ -250,14 +250,14 @@ def start(args: argparse.Namespace, workdir: Path, processes: Processes) -> tupl
     secret = create_key(config, env)
     port = free_port()
     processes.start("ingress", [str(SWITCHBOARD), "serve", "--config", str(config), "--host", HOST,
-                                "--port", str(port)], env)
+                                "--port", str(port), "--processes", "1"], env)
     for i in range(args.workers):
         # --lanes: the first worker takes interactive jobs only, the others batch lines only,
         # at a lower CPU priority (README, "How batches drain": lanes).
         lane = [] if not args.lanes else ["--lane", "interactive"] if i == 0 else \
             ["--lane", "batch", "--nice", str(args.batch_nice)]
         processes.start(f"worker{i}", [str(SWITCHBOARD), "worker", "--config", str(config),
-                                       *lane], env)
+                                       "--processes", "1", *lane], env)
         log = workdir / f"worker{i}.log"
         wait_until(f"worker {i}", lambda log=log: b'"worker_ready"' in log.read_bytes(), processes)  # type: ignore[misc]
     wait_until("switchboard ingress", lambda: http_ok(f"http://{HOST}:{port}/readyz"), processes)

@@ -198,7 +198,8 @@ def measure(args: argparse.Namespace, count: int) -> Run:
         secret = create_key(config, env)
         port = free_port()
         processes.start("ingress", switchboard_argv("serve", args, "--config", str(config),
-                                                    "--host", HOST, "--port", str(port)), env)
+                                                    "--host", HOST, "--port", str(port),
+                                                    "--processes", "1"), env)
         processes.start("worker", switchboard_argv("worker", args, "--config", str(config),
                                                    "--processes", str(args.workers)), env)
         log = workdir / "worker.log"

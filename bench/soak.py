@@ -160,7 +160,7 @@ class Soak:
             port = free_port()
             self.processes.start(name, [str(Path(sys.executable).with_name("switchboard")),
                                         "serve", "--config", str(config), "--host", "127.0.0.1",
-                                        "--port", str(port)], self.env)
+                                        "--port", str(port), "--processes", "1"], self.env)
             base = f"http://127.0.0.1:{port}"
             wait_until(name, lambda b=base: http_ok(b + "/readyz"), self.processes)
             self.bases.append(base)
@@ -171,7 +171,7 @@ class Soak:
         self.generation += 1
         self.processes.start(f"{name}.{self.generation}",
                              [str(Path(sys.executable).with_name("switchboard")), "worker",
-                              "--config", str(self.config)], self.env)
+                              "--config", str(self.config), "--processes", "1"], self.env)
 
     async def call(self, http: httpx.AsyncClient, index: int) -> None:
         text = f"soak request {index} " + " ".join(self.rng.sample(WORDS, 6))

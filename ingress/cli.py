@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--processes", type=_processes, default="auto",
                        help="ingress processes sharing the port (SO_REUSEPORT), or auto: "
-                       f"half the usable cores, at least 1 (here {default_processes()})")
+                       f"one per usable core (here {default_processes()})")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     worker = verbs.add_parser("worker", help="run worker groups")
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="lower this process's CPU priority by N (os.nice) first")
     worker.add_argument("--processes", type=_processes, default="auto",
                         help="worker processes (child i serves metrics on --metrics-port + i), "
-                        f"or auto: half the usable cores, at least 1 (here {default_processes()})")
+                        f"or auto: one per usable core (here {default_processes()})")
 
     keys = verbs.add_parser("keys", help="manage access keys (as the operator)")
     key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
@@ -139,10 +139,10 @@ def _positive(text: str) -> int:
 
 
 def default_processes() -> int:
-    """`--processes auto`: half the cores this process may run on, at least one. One machine
-    usually runs both sides (the Procfile's `web` and `worker`) and often Redis beside them;
-    a machine given to one side alone says `--processes` with its core count."""
-    return max(1, len(os.sched_getaffinity(0)) // 2)
+    """`--processes auto`: one process per core this process may run on. Even when one
+    machine runs both sides and Redis, one of each per core served the most (2-core
+    machine: 2 ingress + 2 worker processes 1.2-1.6x one of each; docs/operations.md)."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def _processes(text: str) -> int:

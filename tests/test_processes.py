@@ -139,10 +139,10 @@ async def test_processes_must_be_at_least_one(tmp_path: Path, redis_url: str) ->
     assert "must be 1 or more" in fleet.log_text()
 
 
-def test_the_default_is_half_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_one_process_per_usable_core(monkeypatch: pytest.MonkeyPatch) -> None:
     # The machine's cores are what the OS lets this process run on (taskset, cgroups' cpusets).
     parser = cli._parser()
-    for cores, expected in ((range(1), 1), (range(2), 1), (range(4), 2), (range(9), 4)):
+    for cores, expected in ((range(1), 1), (range(2), 2), (range(4), 4), (range(9), 9)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, c=cores: set(c))
         for verb in ("serve", "worker"):
             assert parser.parse_args([verb]).processes == expected

@@ -336,7 +336,7 @@ async def start_worker_process(config: Path, log: Path) -> subprocess.Popen[byte
     """A `switchboard worker` process (its own `log`), once its consumers are ready."""
     with log.open("wb") as sink:
         # Popen only starts the process (no waiting), so the event loop keeps running.
-        process = subprocess.Popen([SWITCHBOARD, "worker", "--config", str(config)],  # noqa: ASYNC220
+        process = subprocess.Popen([SWITCHBOARD, "worker", "--config", str(config), "--processes", "1"],  # noqa: ASYNC220
                                    env={**os.environ, "REDIS_URL": ""}, stdout=sink, stderr=sink)
     with trio.fail_after(30):
         while not said_ready(log):
