@@ -166,8 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         config = load_config(path)
         if args.verb in ("serve", "worker"):
+            from workers.connection import cluster_choice
             from workers.tracing import check as check_tracing
             check_tracing(config.tracing)  # the SDK is there if [tracing] asks for it
+            try:
+                cluster_choice(config.redis_url)  # a bad `?cluster=` is the config's fault
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
     except ConfigError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2

@@ -125,11 +125,16 @@ async def test_cli_keys_serve_worker_models(nursery: trio.Nursery, redis_url: st
 def test_bad_config_names_file_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[providers.x]\nkind = "openai"\nmax_concurrency = "lots"\n')
+    (tmp_path / "ok.toml").write_text('[providers.x]\nkind = "mock"\n')
     result = run("serve", "--config", str(bad), env=dict(os.environ))
     assert result.returncode == 2
     assert str(bad) in result.stderr and "max_concurrency" in result.stderr
     missing = run("worker", "--config", str(tmp_path / "nope.toml"), env=dict(os.environ))
     assert missing.returncode == 2 and "nope.toml" in missing.stderr
+    clustered = run("serve", "--config", str(bad.with_name("ok.toml")),
+                    env={**os.environ, "REDIS_URL": "redis://127.0.0.1:9/0?cluster=maybe"})
+    assert clustered.returncode == 2 and "cluster='maybe'" in clustered.stderr
+    assert "Traceback" not in clustered.stderr
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('[providers.x]\nkind = "carrier-pigeon"\n')
     result = run("models", "--config", str(unknown), env=dict(os.environ))
