@@ -235,7 +235,7 @@ async def test_a_provider_queue_holds_at_most_its_byte_budget(nursery: trio.Nurs
 async def test_admission_counts_a_queue_s_memory_at_most_once_a_second_far_from_full(
         nursery: trio.Nursery, redis_url: str) -> None:
     # Counting a stream's memory walks all of it: once per admission, a deep queue made
-    # every admission cost Redis time in proportion to the queue (0.27 ms at 10,000 jobs).
+    # every admission cost Redis time in proportion to the queue's length.
     config = make_config(redis_url, {"local": {"kind": "mock", "max_queue_bytes": 2**30}},
                          [{"slug": "echo", "routes": [{"provider": "local", "model": "echo"}]}])
     gateway = await start_gateway(nursery, config)
