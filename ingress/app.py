@@ -27,6 +27,7 @@ from ingress.openapi import openapi_document
 from ingress.reports import reports
 from ingress.respond import identity, json_response, relay
 from ingress.responses import responses
+from schemas import names
 from schemas.errors import GatewayError
 from schemas.kinds import dialect_of_path
 from workers.logs import log_event
@@ -204,7 +205,9 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        await gateway.redis_call(gateway.redis.ping())
+        # A keyed read, not PING (which a cluster client sends to every master): the
+        # shard that holds the gateway's names is the one that must answer.
+        await gateway.redis_call(gateway.redis.exists([names.KEY_IDS]))
         if not gateway.hub.ready:
             raise GatewayError(503, "service_unavailable", "the reply channel is not subscribed")
         return json_response({"status": "ready"})

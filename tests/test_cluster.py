@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import coredis
+import httpx
 import openai
 import pytest
 import trio
@@ -24,13 +25,13 @@ from ingress.admission import Admission
 from ingress.keys import KeyStore
 from ingress.server import run_ingress
 from schemas import names
-from tests.conftest import UPSTREAM_SECRET, Gateway, make_config, start_gateway
+from tests.conftest import TLS, UPSTREAM_SECRET, Gateway, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
 from tests.fleet import Fleet
 from tests.redis_cluster import Cluster
 from tests.test_limits import set_limits
 from tests.test_redis_client import assert_slots_come_back
-from workers.connection import connect
+from workers.connection import SUBSCRIBED, connect, listeners, subscription
 
 HI = [{"role": "user", "content": "hi there"}]
 
@@ -218,3 +219,48 @@ async def test_a_worker_killed_mid_job_on_the_cluster_is_replaced_and_answered_o
 async def test_the_cluster_client_gives_back_the_slots_of_cancelled_commands(
         cluster_url: str) -> None:
     await assert_slots_come_back(cluster_url)
+
+
+async def test_a_channel_s_listeners_are_asked_of_its_own_shard_only(
+        cluster_url: str, redis_cluster: Cluster) -> None:
+    # coredis sends PUBSUB SHARDNUMSUB to every master and cannot add up a node's error
+    # (TypeError, which once took down an ingress's reply channel); the count is the
+    # owning shard's alone, so that shard is the only one asked: a master that does not
+    # answer (here stopped, for less than the cluster's node timeout) changes nothing.
+    channel = names.reply("listeners")
+    owner = redis_cluster.owner(redis_cluster.slot(channel))
+    others = [node for node in redis_cluster.nodes if node is not owner]
+    async with connect(cluster_url) as redis, connect(cluster_url) as subscriber:
+        assert await listeners(redis, channel) == 0
+        async with subscription(subscriber, channel) as pubsub:
+            async for message in pubsub:
+                assert message["type"] == SUBSCRIBED
+                break
+            for node in others:
+                node.process.send_signal(signal.SIGSTOP)
+            try:
+                with trio.fail_after(2):
+                    assert await listeners(redis, channel) == 1
+            finally:
+                for node in others:
+                    node.process.send_signal(signal.SIGCONT)
+
+
+async def test_readiness_asks_the_shard_that_holds_the_gateway_s_names(
+        nursery: trio.Nursery, cluster_url: str, redis_cluster: Cluster,
+        fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PING goes to every master; a stopped master that holds none of the gateway's names
+    # must not make the gateway unready (nor a request wait for it).
+    gateway = await cluster_gateway(nursery, cluster_url, fake_openai, monkeypatch)
+    owner = redis_cluster.owner(redis_cluster.slot("{sb}"))
+    others = [node for node in redis_cluster.nodes if node is not owner]
+    async with httpx.AsyncClient(base_url=gateway.base_url, verify=TLS) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        for node in others:
+            node.process.send_signal(signal.SIGSTOP)
+        try:
+            with trio.fail_after(2):
+                assert (await http.get("/readyz")).status_code == 200
+        finally:
+            for node in others:
+                node.process.send_signal(signal.SIGCONT)

@@ -230,7 +230,13 @@ async def publish(redis: RedisClient, channel: str, message: bytes) -> int:
     return await redis.spublish(channel, message)
 
 
+# PUBSUB SHARDNUMSUB in a script whose one key is the channel: a cluster client sends it to
+# the shard that owns the channel, whose count is the only one there is. The command itself
+# is sent by coredis to every master, and one that errs or hangs fails the whole question.
+_LISTENERS = "return redis.call('PUBSUB', 'SHARDNUMSUB', KEYS[1])[2]"
+
+
 async def listeners(redis: RedisClient, channel: str) -> int:
     """How many subscribers `channel` (a shard channel) has."""
-    counts = await redis.pubsub_shardnumsub(channel)
-    return int(counts.get(channel.encode(), 0))
+    count = await redis.register_script(_LISTENERS).execute(keys=[channel])
+    return int(count)  # type: ignore[arg-type]
