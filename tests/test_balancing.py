@@ -375,3 +375,34 @@ async def test_the_cool_down_and_its_probe_are_shared_by_every_ingress(
                 await trio.sleep(0.02)
         assert sorted(served) == ["a"] + ["b"] * 11  # one probe between both ingresses
         assert len(a.requests) == 4
+
+
+async def test_a_success_clears_a_streak_in_the_step_that_answers_the_job(
+        nursery: trio.Nursery, redis_url: str, fake_upstream: FakeUpstreams) -> None:
+    # The provider's success is recorded by the worker's finish script (its first key the
+    # job stream), not by a script call of its own on the provider's health keys: Redis's
+    # slow log, told to log every command, shows which scripts ran on which keys.
+    gateway, a, _ = await two_providers(nursery, redis_url, fake_upstream,
+                                        [{"provider": "a", "model": "m"}])
+    redis = gateway.redis
+    async with http(gateway) as client:
+        a.then(Behavior(status=500), Behavior(status=500))
+        assert [(await ask(client)).status_code for _ in range(2)] == [502, 502]
+        assert await redis.hget(names.health("a"), "fails") == b"2"
+        await redis.config_set({"slowlog-log-slower-than": 0, "slowlog-max-len": 100_000})
+        try:
+            await redis.slowlog_reset()
+            answers = [await ask(client) for _ in range(10)]
+            logged = await redis.slowlog_get(100_000)
+        finally:
+            await redis.config_set({"slowlog-log-slower-than": 10_000, "slowlog-max-len": 128})
+            await redis.slowlog_reset()
+    assert [answer.status_code for answer in answers] == [200] * 10
+    assert await redis.exists([names.health("a")]) == 0  # the streak is over
+    scripts = [[bytes(word) for word in entry.command] for entry in logged
+               if entry.command[0].lower() in (b"evalsha", b"eval")]
+    keys = [[word.decode() for word in command[3:3 + int(command[2])]] for command in scripts]
+    finishes = [k for k in keys if k[0] == names.queue("a") and names.health("a") in k]
+    assert len(finishes) == 10  # each answer's finish step, with the provider's health keys
+    records = [k for k in keys if k == [names.health("a"), names.cooldown("a"), names.probe("a")]]
+    assert records == []  # and no health record of its own

@@ -23,20 +23,27 @@ from workers.connection import RedisClient
 from workers.logs import log_event
 from workers.providers._base import CLIENT_FAULT, UpstreamFailure
 
-# KEYS: health hash, cool-down key, probe token. ARGV: 'ok' | 'fail', threshold,
-# cool-down ms, how long a streak is remembered (ms).
-# Returns {event, failures}: event 1 = a cool-down began, 2 = one ended, 0 = neither.
-_RECORD = """
-if ARGV[1] == 'ok' then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+# A success for a provider (defined for the scripts that record one: `_RECORD` here, and
+# the worker's finish script, which records a job's success in the step that answers it).
+# Returns {event, failures}: event 2 = a cool-down ended, 0 = nothing changed.
+HEALTHY_LUA = """
+local function provider_ok(health, cooldown, probe)
+  if redis.call('EXISTS', health) == 0 then return {0, 0} end
   -- A success while the cool-down runs (a job begun before it) ends nothing: the cool-down
   -- runs its course and the probe after it decides.
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
-  local state = redis.call('HMGET', KEYS[1], 'fails', 'tripped')
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  if redis.call('EXISTS', cooldown) == 1 then return {0, 0} end
+  local state = redis.call('HMGET', health, 'fails', 'tripped')
+  redis.call('DEL', health, cooldown, probe)
   if state[2] then return {2, tonumber(state[1] or '0')} end
   return {0, tonumber(state[1] or '0')}
 end
+"""
+
+# KEYS: health hash, cool-down key, probe token. ARGV: 'ok' | 'fail', threshold,
+# cool-down ms, how long a streak is remembered (ms).
+# Returns {event, failures}: event 1 = a cool-down began, 2 = one ended, 0 = neither.
+_RECORD = HEALTHY_LUA + """
+if ARGV[1] == 'ok' then return provider_ok(KEYS[1], KEYS[2], KEYS[3]) end
 local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local threshold = tonumber(ARGV[2])
@@ -82,9 +89,11 @@ class ProviderHealth:
 
     @asynccontextmanager
     async def watch(self, provider: str) -> AsyncIterator[None]:
-        """Run one job's attempt at `provider` and record what its outcome says.
+        """Run one job's attempt at `provider` and record what its failure says.
 
-        The attempt's exception passes through unchanged; recording never raises.
+        A success is not recorded here: the finish script records it in the step that
+        answers the job (`Queue.finish(healthy=True)`), saving a round trip per job. The
+        attempt's exception passes through unchanged; recording never raises.
         """
         try:
             yield
@@ -93,7 +102,6 @@ class ProviderHealth:
             if said is not None:
                 await self.record(provider, said)
             raise
-        await self.record(provider, "ok")
 
     async def record(self, provider: str, said: Verdict) -> None:
         """Count one outcome for `provider`; log when a cool-down begins or ends."""
@@ -103,7 +111,7 @@ class ProviderHealth:
         try:
             with trio.fail_after(self.config.limits.redis_timeout_s):
                 result: Any = await self._record(
-                    keys=[names.health(provider), names.cooldown(provider), names.probe(provider)],
+                    keys=health_keys(provider),
                     args=[said, settings.cooldown_failures, int(settings.cooldown_s * 1000),
                           STREAK_MEMORY_MS + int(settings.cooldown_s * 1000)])
         except Exception as exc:  # Redis trouble must not change the job's outcome
@@ -114,4 +122,14 @@ class ProviderHealth:
             log_event("provider_cooldown", provider=provider, phase="start", failures=failures,
                       seconds=settings.cooldown_s)
         elif event == 2:
-            log_event("provider_cooldown", provider=provider, phase="end", failures=failures)
+            cooldown_ended(provider, failures)
+
+
+def health_keys(provider: str) -> list[str]:
+    """The keys of `provider`'s health, in the order `provider_ok` takes them."""
+    return [names.health(provider), names.cooldown(provider), names.probe(provider)]
+
+
+def cooldown_ended(provider: str, failures: int) -> None:
+    """Log the end of `provider`'s cool-down (its probe, or any job after it, succeeded)."""
+    log_event("provider_cooldown", provider=provider, phase="end", failures=failures)

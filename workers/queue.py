@@ -20,6 +20,7 @@ from schemas.reservations import RELEASE_LUA
 from schemas.usage import day_expiry, encode_dimensions
 from workers.batches.lines import LineOutcome
 from workers.connection import RedisClient, publish
+from workers.health import HEALTHY_LUA, cooldown_ended, health_keys
 from workers.logs import log_event
 
 # Take over entries whose owner is dead: its liveness key (`names.alive`, refreshed by
@@ -100,14 +101,16 @@ return removed
 """
 
 # Publish the outcome (or move the job to its next route), meter, acknowledge: one step.
-# Returns 1, or 0 when this consumer no longer owned the entry (then nothing happened).
+# Returns {1, cool-down event, failures} (`provider_ok`'s, when ARGV[23] = '1' records the
+# attempt's success), or {0, 0, 0} when this consumer no longer owned the entry (then
+# nothing happened).
 _FINISH = """
 -- Ownership guard: finish only an entry this consumer (ARGV[10]) still owns. When another
 -- worker reclaimed it (we were presumed dead, or frozen), that worker answers, meters and
 -- acknowledges it; our late outcome must not be published, forwarded or metered again.
 local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #owner == 0 or owner[1][2] ~= ARGV[10] then
-  return 0
+  return {0, 0, 0}
 end
 if ARGV[3] == 'publish' then
   -- Outcome retention: when the SPUBLISH reached nobody (the ingress was re-subscribing),
@@ -178,9 +181,15 @@ redis.call('UNLINK', KEYS[7])
 -- metered (tokens-per-minute windows get its real tokens, ARGV[6], for their estimate); a
 -- job moving to its next route keeps it until it ends there.
 if ARGV[3] ~= 'forward' then release(KEYS[4], KEYS[5], ARGV[6]) end
-return 1
+-- The provider answered (KEYS[13..15] its health): this step is its success's record.
+if ARGV[23] == '1' then
+  local health = provider_ok(KEYS[13], KEYS[14], KEYS[15])
+  return {1, health[1], health[2]}
+end
+return {1, 0, 0}
 """
-_FINISH = RELEASE_LUA + _FINISH  # defines release(), which the settle block calls
+# Defines release() and provider_ok(), which the settle and health blocks call.
+_FINISH = RELEASE_LUA + HEALTHY_LUA + _FINISH
 # How long an outcome nobody heard is kept for the ingress to read back: longer than a
 # re-subscription takes, short enough that unclaimed bodies do not pile up in memory.
 OUTCOME_KEEP_MS = 10_000
@@ -319,7 +328,7 @@ class Queue:
     async def finish(self, delivery: Delivery, frame: Frame | None, *,
                      usage: dict[str, int] | None = None, forward: Job | None = None,
                      error: bool = False, retention_days: int = 400,
-                     line: LineOutcome | None = None) -> bool:
+                     line: LineOutcome | None = None, healthy: bool = False) -> bool:
         """Publish the outcome, meter usage, and acknowledge: all or nothing (invariant 3).
         False when this consumer no longer owns the entry: then nothing was done.
 
@@ -330,8 +339,10 @@ class Queue:
         With `forward`, the job moves to another provider's stream instead of publishing;
         with `line` (a batch line: no frame) its outcome becomes a line of its batch's output
         or error file, a retry or nothing (`workers.batches.lines`); with neither (the client
-        left) it is only acknowledged. One script call: atomic, and one command on the
-        worker's hot path instead of a MULTI of nine.
+        left) it is only acknowledged. `healthy` (the provider answered this attempt) is
+        recorded for the provider's cool-downs (`workers.health`) in the same step. One
+        script call: atomic, and one command on the worker's hot path instead of a MULTI of
+        nine.
         """
         job = delivery.job
         batch = bool(job.batch)
@@ -356,7 +367,8 @@ class Queue:
                   names.usage_project(job.org, job.project, month),
                   names.usage_key(job.key_id, month), names.usage_day(job.org, day),
                   names.batch(job.batch) if batch else own,
-                  line.key if line is not None and line.key else own],
+                  line.key if line is not None and line.key else own,
+                  *health_keys(job.route.provider)],
             args=[names.GROUP, delivery.entry_id, action, target, payload,
                   *(metered.get(field, 0) for field in USAGE_FIELDS),
                   delivery.consumer, OUTCOME_KEEP_MS,
@@ -368,8 +380,11 @@ class Queue:
                   "1" if job.project else "0",
                   line.counter if line is not None else "", job.batch_line, "",
                   line.due if line is not None else 0,
-                  line.keep_s if line is not None else 0])
-        return bool(done)
+                  line.keep_s if line is not None else 0, "1" if healthy else "0"])
+        owned, event, failures = (int(value) for value in done)
+        if event == 2:
+            cooldown_ended(job.route.provider, failures)
+        return bool(owned)
 
 
 def stream(provider: str, batch: bool = False) -> str:

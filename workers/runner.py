@@ -117,12 +117,14 @@ class Runner:
         usage: Usage | None = None
         forward: Job | None = None
         failed: GatewayError | None = None  # why this route did not answer (for the log)
+        answered = False  # the provider answered this attempt: its health's success
         progress = _Progress()
         with trio.CancelScope(deadline=self.drain_at) as scope:
             self.running[job.request_id] = scope
             try:
                 async with self.health.watch(job.route.provider):
                     outcome, usage = await self._attempt(delivery, attempt, progress)
+                answered = True
             except UpstreamFailure as failure:
                 failed = failure
                 next_index = job.route_index + 1
@@ -170,7 +172,8 @@ class Runner:
             line = batch_line(self.config, job, attempt, outcome, failed)
         if outcome is not None or forward is not None or not job.batch:
             # (A batch line with no outcome, cut off or lost, stays pending: it is re-run.)
-            await self._finish(delivery, outcome, usage, forward, line)
+            await self._finish(delivery, outcome, usage, forward, line,
+                               healthy=answered and not scope.cancelled_caught)
         kind = "forwarded" if forward else "retried" if line and line.mode == "retry" else \
             type(outcome).__name__.lower() if outcome else "cancelled"
         # A route that failed over says how it failed: its answer was not the client's 200.
@@ -304,7 +307,7 @@ class Runner:
 
     async def _finish(self, delivery: Delivery, outcome: Done | Error | None,
                       usage: Usage | None, forward: Job | None,
-                      line: LineOutcome | None = None) -> bool:
+                      line: LineOutcome | None = None, *, healthy: bool = False) -> bool:
         """Publish (or, for a batch line, write its `line`), meter and acknowledge; False
         if Redis did not take it (the job stays pending and is reclaimed)."""
         metered = None
@@ -332,7 +335,8 @@ class Runner:
                 error = isinstance(outcome, Error) and not (line and line.mode == "retry")
                 if await self.queue.finish(delivery, None if line else outcome, usage=metered,
                                            forward=forward, error=error, line=line,
-                                           retention_days=self.config.usage.retention_days):
+                                           retention_days=self.config.usage.retention_days,
+                                           healthy=healthy):
                     if metered is not None:  # counted once: only the run that metered it
                         self.metrics.cost.labels(delivery.job.model, delivery.job.route.provider
                                                  ).inc(metered["cost_micro_usd"] / MICRO_USD)
