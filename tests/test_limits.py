@@ -432,7 +432,7 @@ async def test_a_429_relayed_in_an_error_frame_carries_retry_after(
         job = deliveries[0].job
         await queue.publish(job.reply_to, Error(request_id=job.request_id, attempt=0, seq=0,
                                                 status=429, body=upstream.encode(),
-                                                provider="up"))
+                                                provider="up"), 5.0)
 
     nursery.start_soon(worker)
     error = await refused(gateway)

@@ -103,7 +103,8 @@ class StreamPublisher:
                     ttl = max(int(self.job.deadline - time.time()), 0) + 60
                     listeners = await self.queue.publish_head(self.job.reply_to, frame, ttl)
                 else:
-                    listeners = await self.queue.publish(self.job.reply_to, frame)
+                    listeners = await self.queue.publish(self.job.reply_to, frame,
+                                                         self.limits.redis_timeout_s)
         except trio.TooSlowError:
             self.seq += 1  # it may still land (Redis queued it): the error frame comes after
             raise GatewayError(503, "service_unavailable",

@@ -18,10 +18,11 @@ from schemas import names
 from schemas.envelopes import Frame, Head, Job, frame_encoder, job_decoder, job_encoder
 from schemas.usage import day_expiry, encode_dimensions
 from workers.batches.lines import LineOutcome
-from workers.connection import RedisClient, publish
+from workers.connection import RedisClient
 from workers.finish_script import COST_FIELDS, FINISH_LUA, OUTCOME_KEEP_MS, USAGE_FIELDS
 from workers.health import cooldown_ended, health_keys
 from workers.logs import log_event
+from workers.outbox import Outbox
 
 # Take over entries whose owner is dead: its liveness key (`names.alive`, refreshed by
 # every heartbeat, expiring after `reclaim_after_s`) is gone. Idle time (ARGV[3]) is only a
@@ -118,6 +119,7 @@ class Queue:
 
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
+        self.outbox = Outbox(redis)  # stream frames: one round trip for many streams
         self._reclaim = redis.register_script(_RECLAIM)
         self._finish = redis.register_script(FINISH_LUA)
         self._heartbeat = redis.register_script(_HEARTBEAT)
@@ -208,9 +210,10 @@ class Queue:
             pipe.xack(stream(provider, batch), names.GROUP, list(entry_ids))
             pipe.xdel(stream(provider, batch), list(entry_ids))
 
-    async def publish(self, channel: str, frame: Frame) -> int:
-        """Publish one frame; returns how many ingress processes heard it."""
-        return await publish(self.redis, channel, frame_encoder.encode(frame))
+    async def publish(self, channel: str, frame: Frame, timeout_s: float) -> int:
+        """Publish one frame (in a round trip shared with other streams' frames, within
+        `timeout_s`); returns how many ingress processes heard it."""
+        return await self.outbox.publish(channel, frame_encoder.encode(frame), timeout_s)
 
     # ── stream integrity (output-began marker, stored big answers) ──────────────
     async def publish_head(self, channel: str, frame: Head, ttl_s: int) -> int:

@@ -1,0 +1,114 @@
+"""The worker's outbox: many streams' frames in shared round trips, each stream's in order
+(workers/outbox.py), on the session's private redis-server."""
+
+from __future__ import annotations
+
+import coredis
+import trio
+
+from tests.conftest import RedisServer
+from workers.connection import RedisClient, connect, subscription
+from workers.outbox import Outbox
+
+CHANNEL = "{sb}:replies:outbox-test"
+
+
+async def heard(redis: RedisClient, count: int, into: list[bytes],
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Collect the next `count` messages on CHANNEL (subscribed when started)."""
+    async with subscription(redis, CHANNEL) as pubsub:
+        async for message in pubsub:
+            if message["type"] != "message":
+                task_status.started()
+                continue
+            assert isinstance(message["data"], bytes)
+            into.append(message["data"])
+            if len(into) == count:
+                return
+
+
+async def test_many_streams_share_round_trips_and_each_keeps_its_order(redis_url: str) -> None:
+    streams, frames = 40, 25
+    received: list[bytes] = []
+    counts: list[int] = []
+    async with connect(redis_url) as redis, connect(redis_url) as listener:
+        outbox = Outbox(redis)
+
+        async def stream(number: int) -> None:
+            for seq in range(frames):
+                counts.append(await outbox.publish(CHANNEL, b"%d:%d" % (number, seq), 2.0))
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(heard, listener, streams * frames, received)
+            async with trio.open_nursery() as publishers:
+                for number in range(streams):
+                    publishers.start_soon(stream, number)
+    assert counts == [1] * (streams * frames)  # each frame's own listener count
+    for number in range(streams):  # every frame of each stream, in its order
+        mine = [m for m in received if m.startswith(b"%d:" % number)]
+        assert mine == [b"%d:%d" % (number, seq) for seq in range(frames)]
+    # A round trip carried many frames: far fewer round trips than frames.
+    assert outbox.rounds <= streams * frames // 4, outbox.rounds
+
+
+async def test_a_frame_alone_goes_at_once_in_a_round_trip_of_its_own(redis_url: str) -> None:
+    async with connect(redis_url) as redis:
+        outbox = Outbox(redis)
+        assert await outbox.publish(CHANNEL, b"nobody listens", 2.0) == 0
+        assert outbox.rounds == 1
+
+
+async def test_a_round_trip_that_hangs_fails_its_frames_within_the_timeout(
+        redis_url: str, redis_server: RedisServer) -> None:
+    async with connect(redis_url) as redis:
+        outbox = Outbox(redis)
+        assert await outbox.publish(CHANNEL, b"warm", 2.0) == 0  # a connection to hold
+        assert redis_server.command("CLIENT", "PAUSE", "1500", "ALL").startswith(b"+OK")
+        try:
+            outcomes: list[str] = []
+
+            async def publisher(name: str) -> None:
+                try:
+                    await outbox.publish(CHANNEL, name.encode(), 0.5)
+                    outcomes.append("sent")
+                except (trio.TooSlowError, coredis.exceptions.ConnectionError):
+                    outcomes.append("failed")  # (a new connection's handshake is held too)
+
+            async with trio.open_nursery() as publishers:
+                for name in ("a", "b", "c"):
+                    publishers.start_soon(publisher, name)
+            # Each round trip failed with its frames, before Redis answered again (then
+            # they would have been sent).
+            assert outcomes == ["failed"] * 3
+            assert outbox.rounds == 3  # the warm-up, a's (sent at once), and b's with c's
+        finally:
+            redis_server.command("CLIENT", "UNPAUSE")
+
+
+async def test_a_frame_whose_publisher_gave_up_before_its_round_trip_never_goes(
+        redis_url: str, redis_server: RedisServer) -> None:
+    received: list[bytes] = []
+    outcomes: dict[str, str] = {}
+    async with connect(redis_url) as redis, connect(redis_url) as listener:
+        outbox = Outbox(redis)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(heard, listener, 3, received)
+            assert await outbox.publish(CHANNEL, b"warm", 2.0) == 1  # a connection to hold
+            assert redis_server.command("CLIENT", "PAUSE", "600", "ALL").startswith(b"+OK")
+
+            async def first() -> None:  # a round trip that Redis holds, then answers
+                await outbox.publish(CHANNEL, b"held", 5.0)
+                outcomes["held"] = "sent"
+
+            async def second() -> None:  # waits behind it, and gives up first
+                with trio.move_on_after(0.2):
+                    await outbox.publish(CHANNEL, b"given up", 5.0)
+                    outcomes["given up"] = "sent"
+
+            async with trio.open_nursery() as publishers:
+                publishers.start_soon(first)
+                await trio.sleep(0.05)
+                publishers.start_soon(second)
+            assert outcomes == {"held": "sent"}
+            assert await outbox.publish(CHANNEL, b"after", 2.0) == 1  # the next round trip
+    assert received == [b"warm", b"held", b"after"]
