@@ -112,3 +112,48 @@ async def test_a_frame_whose_publisher_gave_up_before_its_round_trip_never_goes(
             assert outcomes == {"held": "sent"}
             assert await outbox.publish(CHANNEL, b"after", 2.0) == 1  # the next round trip
     assert received == [b"warm", b"held", b"after"]
+
+
+async def test_a_publisher_that_gives_up_while_its_frame_is_in_flight_gets_its_own_end(
+        redis_url: str, redis_server: RedisServer) -> None:
+    # Two frames travel in one round trip sent by one of their publishers; both publishers
+    # give up while Redis holds it. The sender is shielded and sees its round trip through;
+    # the other must get its own cancellation (its frame may land), not an error of the
+    # outbox's, and the outbox must stay usable. (Found by bench/held.py at 10,000 streams:
+    # a ValueError crashed such jobs.)
+    received: list[bytes] = []
+    ends: dict[str, str] = {}
+    async with connect(redis_url) as redis, connect(redis_url) as listener:
+        outbox = Outbox(redis)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(heard, listener, 5, received)
+            assert await outbox.publish(CHANNEL, b"warm", 2.0) == 1
+            assert redis_server.command("CLIENT", "PAUSE", "2500", "ALL").startswith(b"+OK")
+            try:
+                async def first() -> None:  # held, and fails at its 0.4 s bound
+                    try:
+                        await outbox.publish(CHANNEL, b"timed out", 0.4)
+                    except trio.TooSlowError:
+                        ends["timed out"] = "too slow"
+
+                async def behind(name: str) -> None:  # in the next round trip, held too
+                    with trio.move_on_after(1.2) as scope:
+                        await outbox.publish(CHANNEL, name.encode(), 5.0)
+                    ends[name] = "gave up" if scope.cancelled_caught else "sent"
+
+                async with trio.open_nursery() as publishers:
+                    publishers.start_soon(first)
+                    await trio.sleep(0.1)
+                    publishers.start_soon(behind, "b")
+                    publishers.start_soon(behind, "y")
+            finally:
+                redis_server.command("CLIENT", "UNPAUSE")
+            assert ends["timed out"] == "too slow"
+            # One of the two sent the round trip and saw it through; the other gave up.
+            assert sorted(ends[name] for name in ("b", "y")) == ["gave up", "sent"]
+            assert outbox.rounds == 3
+            assert await outbox.publish(CHANNEL, b"after", 2.0) == 1
+    # Every frame that was sent landed once, the given-up one too (it was on its way), and
+    # each round trip's in its turn.
+    assert received[:2] == [b"warm", b"timed out"] and received[-1] == b"after"
+    assert sorted(received[2:4]) == [b"b", b"y"]

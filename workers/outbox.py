@@ -28,11 +28,12 @@ MAX_FRAMES = 256  # frames per round trip: bounds one pipeline's size and its ti
 class _Handed:
     """One frame waiting for its round trip: where it goes, and then what came back."""
 
-    __slots__ = ("channel", "done", "error", "listeners", "payload")
+    __slots__ = ("channel", "done", "error", "listeners", "payload", "sent")
 
     def __init__(self, channel: str, payload: bytes) -> None:
         self.channel = channel
         self.payload = payload
+        self.sent = False  # taken into a round trip: from then on it may land
         self.done = False
         self.listeners = 0
         self.error: BaseException | None = None
@@ -61,10 +62,10 @@ class Outbox:
                     await self._send(timeout_s)
                 else:
                     await self._out.wait()
-        except BaseException:  # gave up before its round trip: the frame must not go later
-            if not handed.done:
+        except BaseException:  # gave up: a frame not yet taken must not go later
+            if not handed.sent:
                 self._handed.remove(handed)
-            raise
+            raise  # one in another publisher's round trip may land: the caller's to say
         if handed.error is not None:
             raise handed.error
         return handed.listeners
@@ -73,6 +74,8 @@ class Outbox:
         """Send the frames handed in so far (up to MAX_FRAMES) as one round trip."""
         batch = self._handed[:MAX_FRAMES]
         del self._handed[:MAX_FRAMES]
+        for handed in batch:
+            handed.sent = True
         self._out = out = trio.Event()
         self.rounds += 1
         try:
