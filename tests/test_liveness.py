@@ -556,3 +556,27 @@ async def test_a_heartbeat_refreshes_many_entries_in_bounded_script_calls(redis_
         assert await redis.exists([names.alive("worker-a")]) == 1
         owners = await redis.xpending(names.queue("up"), "workers", "-", "+", count)
         assert all(row.idle < 5000 for row in owners)
+
+
+async def test_every_call_of_a_long_heartbeat_renews_the_worker_s_liveness(
+        redis_url: str) -> None:
+    """bench/held.py at 10,000 streams (~5,000 per worker): 64 running streams of a live
+    worker were taken at once as a dead worker's and ended `worker_lost`. Only the first of
+    a heartbeat's script calls renewed the liveness, so on a busy worker the gap between
+    renewals was a pause plus all its calls; now it is a pause plus one call."""
+    count = 3 * HEARTBEAT_ENTRIES
+    async with connect(redis_url) as redis:
+        queue = Queue(redis)
+        await queue.ensure_group("up")
+        for i in range(count):
+            job = Job(request_id=f"req_{i}", org="acme", project="p", key_id="k", model="m",
+                      routes=[Route(provider="up", model="u")], body=b"{}", stream=True,
+                      reply_to=names.reply("test"), deadline=time.time() + 60)
+            await redis.xadd(names.queue("up"), {"j": job_encoder.encode(job)})
+        mine = [delivery.entry_id for delivery in await queue.read("up", "worker-a", count, 10)]
+        await queue.heartbeat("up", "worker-a", [])  # (loads the script)
+        await redis.config_resetstat()
+        assert await queue.heartbeat("up", "worker-a", mine, alive_ms=5000) == []
+        stats = await redis.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 3
+        assert stats["cmdstat_set"]["calls"] == 3  # the liveness, in each of the three calls

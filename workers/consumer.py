@@ -228,7 +228,8 @@ class Consumer:
             alive_ms=int(self.limits.reclaim_after_s * 1000))]
         if self.batch_running:
             lost += [(entry_id, self.batch_running) for entry_id in await self.queue.heartbeat(
-                self.provider, self.consumer_id, list(self.batch_running), batch=True)]
+                self.provider, self.consumer_id, list(self.batch_running),
+                alive_ms=int(self.limits.reclaim_after_s * 1000), batch=True)]
         for entry_id, running in lost:
             request_id = running.get(entry_id)
             if request_id is not None:  # another worker re-runs it: its answer counts

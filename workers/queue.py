@@ -183,13 +183,15 @@ class Queue:
 
         The entries go `HEARTBEAT_ENTRIES` to a script call: a script holds Redis for its
         whole run, so one for all of a worker's thousands of held streams made every other
-        command (every stream's chunks included) wait for all of them."""
+        command (every stream's chunks included) wait for all of them. Each call renews the
+        liveness: on a busy worker the calls for thousands of entries can take longer than
+        `alive_ms`, and a worker alive but slow must not be taken for dead meanwhile."""
         lost: list[bytes] = []
         for start in range(0, max(1, len(entry_ids)), HEARTBEAT_ENTRIES):
             part = entry_ids[start:start + HEARTBEAT_ENTRIES]
             found: Any = await self._heartbeat(
                 keys=[stream(provider, batch), names.alive(consumer)],
-                args=[names.GROUP, consumer, alive_ms if start == 0 else 0, *part])
+                args=[names.GROUP, consumer, alive_ms, *part])
             lost += [bytes(entry_id) for entry_id in found]
         return lost
 
