@@ -10,9 +10,11 @@ them open until every one has ended. Each stream must end with every chunk and
 
 The ingress's RSS is read from /proc before the streams open (after a warm-up wave that
 loads everything lazily imported) and once a second while they are held; "RSS per held
-stream" is (highest RSS while all N were held - RSS before) / N; Redis's `used_memory`
-is read the same way, for the Redis data a held stream costs (its job entry in the
-stream, its reservation, its output-began mark).
+stream" is (highest RSS while all N were held - RSS before) / N, or, when some had ended
+before the last one opened, the same at the sample with the most open, per stream open
+then; Redis's `used_memory` is read the same way, for the Redis data a held stream costs
+(its job entry in the stream, its reservation, its output-began mark). The processes'
+logs stay in the run's folder (printed at the end) when a stream did not end whole.
 
     .venv/bin/python bench/held.py [--streams 1000,5000,10000] [--open-rate 250]
                                    [--chunk-every-s 5] [--hold-s 20] [--workers 2]
@@ -60,21 +62,35 @@ class Run:
     streams: int
     outcomes: Counter[str] = field(default_factory=Counter)
     rss_before_kib: int = 0
-    rss_held_kib: int = 0  # highest VmRSS while all streams were open
+    rss_held_kib: int = 0  # highest VmRSS once all were opened, with `held_at` open
+    held_at: int = 0  # streams open at that sample (all of them, unless some had ended)
     most_open: int = 0  # most streams open (sent, not yet ended) at one time
     open_s: float = 0.0  # how long opening them took
     worker_rss_kib: int = 0
     redis_rss_kib: int = 0
     redis_before: int = 0  # Redis's used_memory (bytes) before the streams opened
-    redis_held: int = 0  # ... and at its highest while all were held
+    redis_held: int = 0  # ... and at the same samples
 
     @property
     def per_stream_kib(self) -> float:
-        return (self.rss_held_kib - self.rss_before_kib) / self.streams
+        return (self.rss_held_kib - self.rss_before_kib) / max(self.held_at, 1)
 
     @property
     def redis_per_stream_b(self) -> float:
-        return (self.redis_held - self.redis_before) / self.streams
+        return (self.redis_held - self.redis_before) / max(self.held_at, 1)
+
+    async def sample_held(self, open_now: int, ingress_pid: int, redis_port: int) -> None:
+        """Keep the memory of the sample with the most streams open (the highest among
+        equals): when some ended before the last opened, per stream is per one held."""
+        if open_now == 0 or open_now < self.held_at:
+            return
+        rss = rss_kib(ingress_pid)
+        redis = await trio.to_thread.run_sync(redis_used_memory, redis_port)
+        if open_now > self.held_at:
+            self.held_at, self.rss_held_kib, self.redis_held = open_now, rss, redis
+        else:
+            self.rss_held_kib = max(self.rss_held_kib, rss)
+            self.redis_held = max(self.redis_held, redis)
 
 
 def redis_used_memory(port: int) -> int:
@@ -151,10 +167,8 @@ async def hold(streams: Streams, run: Run, rate: float, ingress_pid: int,
 
     async def sample() -> None:
         while True:
-            if all_open.is_set() and streams.open == run.streams:
-                run.rss_held_kib = max(run.rss_held_kib, rss_kib(ingress_pid))
-                run.redis_held = max(run.redis_held, await trio.to_thread.run_sync(
-                    redis_used_memory, redis_port))
+            if all_open.is_set():
+                await run.sample_held(streams.open, ingress_pid, redis_port)
             run.most_open = max(run.most_open, streams.open)
             await trio.sleep(1.0)
 
@@ -168,8 +182,7 @@ async def hold(streams: Streams, run: Run, rate: float, ingress_pid: int,
             all_open.set()
             await trio.sleep(1.5)  # at least one sample with every stream open
             run.most_open = max(run.most_open, streams.open)
-            if streams.open == run.streams:
-                run.rss_held_kib = max(run.rss_held_kib, rss_kib(ingress_pid))
+            await run.sample_held(streams.open, ingress_pid, redis_port)
         nursery.cancel_scope.cancel()
 
 
@@ -241,7 +254,8 @@ def measure(args: argparse.Namespace, count: int) -> Run:
 
 def report(runs: list[Run]) -> str:
     lines = ["| streams | opened in s | most open at once | ended whole | other ends "
-             "| ingress RSS before MiB | ingress RSS held MiB | RSS per held stream KiB "
+             "| ingress RSS before MiB | ingress RSS held MiB (streams open) "
+             "| RSS per held stream KiB "
              "| worker RSS MiB | redis RSS MiB | Redis data per held stream B |",
              "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run in runs:
@@ -249,6 +263,7 @@ def report(runs: list[Run]) -> str:
         lines.append(f"| {run.streams:,} | {run.open_s:.1f} | {run.most_open:,} "
                      f"| {run.outcomes['done']:,} | {other or 'none'} "
                      f"| {run.rss_before_kib / 1024:.1f} | {run.rss_held_kib / 1024:.1f} "
+                     f"({run.held_at:,}) "
                      f"| {run.per_stream_kib:.1f} | {run.worker_rss_kib / 1024:.1f} "
                      f"| {run.redis_rss_kib / 1024:.1f} | {run.redis_per_stream_b:,.0f} |")
     return "\n".join(lines)
