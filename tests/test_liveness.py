@@ -33,7 +33,7 @@ from schemas.config import Route
 from schemas.envelopes import Done, Job, job_encoder
 from tests.conftest import TLS, Gateway, RedisServer, make_config, start_gateway
 from tests.fakes.openai_upstream import Behavior, FakeOpenAI
-from workers.connection import connect, listeners, subscription
+from workers.connection import RedisClient, connect, listeners, subscription
 from workers.queue import HEARTBEAT_ENTRIES, Delivery, Queue
 
 HI = [{"role": "user", "content": "hi there"}]
@@ -530,20 +530,26 @@ async def test_frozen_workers_job_is_rerun_and_not_answered_twice_when_it_resume
     assert (await gateway.usage())["requests"] == 1  # the resumed worker answered nothing
 
 
+async def running_entries(redis: RedisClient, queue: Queue, count: int) -> list[bytes]:
+    """`count` jobs queued for provider "up" and read by worker-a: its running entries."""
+    await queue.ensure_group("up")
+    for i in range(count):
+        job = Job(request_id=f"req_{i}", org="acme", project="p", key_id="k", model="m",
+                  routes=[Route(provider="up", model="u")], body=b"{}", stream=False,
+                  reply_to=names.reply("test"), deadline=time.time() + 60)
+        await redis.xadd(names.queue("up"), {"j": job_encoder.encode(job)})
+    mine = [delivery.entry_id for delivery in await queue.read("up", "worker-a", count, 10)]
+    assert len(mine) == count
+    return mine
+
+
 async def test_a_heartbeat_refreshes_many_entries_in_bounded_script_calls(redis_url: str) -> None:
     """A worker holding many streams refreshes them a few hundred per script call, so no
     call holds Redis for long, and every entry is refreshed or reported lost."""
     count = 3 * HEARTBEAT_ENTRIES + 10
     async with connect(redis_url) as redis:
         queue = Queue(redis)
-        await queue.ensure_group("up")
-        for i in range(count):
-            job = Job(request_id=f"req_{i}", org="acme", project="p", key_id="k", model="m",
-                      routes=[Route(provider="up", model="u")], body=b"{}", stream=False,
-                      reply_to=names.reply("test"), deadline=time.time() + 60)
-            await redis.xadd(names.queue("up"), {"j": job_encoder.encode(job)})
-        mine = [delivery.entry_id for delivery in await queue.read("up", "worker-a", count, 10)]
-        assert len(mine) == count
+        mine = await running_entries(redis, queue, count)
         taken = [mine[5], mine[HEARTBEAT_ENTRIES + 7], mine[-1]]  # one in each of three calls
         await redis.xclaim(names.queue("up"), "workers", "worker-b", 0, taken, justid=True)
         await queue.heartbeat("up", "worker-a", [])  # (loads the script: no NOSCRIPT below)
@@ -567,13 +573,7 @@ async def test_every_call_of_a_long_heartbeat_renews_the_worker_s_liveness(
     count = 3 * HEARTBEAT_ENTRIES
     async with connect(redis_url) as redis:
         queue = Queue(redis)
-        await queue.ensure_group("up")
-        for i in range(count):
-            job = Job(request_id=f"req_{i}", org="acme", project="p", key_id="k", model="m",
-                      routes=[Route(provider="up", model="u")], body=b"{}", stream=True,
-                      reply_to=names.reply("test"), deadline=time.time() + 60)
-            await redis.xadd(names.queue("up"), {"j": job_encoder.encode(job)})
-        mine = [delivery.entry_id for delivery in await queue.read("up", "worker-a", count, 10)]
+        mine = await running_entries(redis, queue, count)
         await queue.heartbeat("up", "worker-a", [])  # (loads the script)
         await redis.config_resetstat()
         assert await queue.heartbeat("up", "worker-a", mine, alive_ms=5000) == []
