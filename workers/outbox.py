@@ -3,10 +3,10 @@
 A stream's publisher (`workers.publisher`) hands each frame to `Outbox.publish` and waits
 for its listener count. While one round trip is out, the frames handed in meanwhile wait;
 when it comes back, one of their publishers sends them all as one pipeline of SPUBLISH
-commands. A frame alone goes at once as one command, as before; under load a round trip carries
-many frames. coredis spends about as much CPU on a pipeline of one command as on the command
-alone, and a small fraction of it per command in a pipeline of many (`bench/publish.py`),
-so the worker's cost per frame falls as its load grows.
+commands. A frame alone goes at once, as one command; under load a round trip carries
+many frames, and coredis spends a small fraction of a lone command's CPU on each command
+of a pipeline of many (`bench/publish.py`), so the worker's cost per frame falls as its
+load grows.
 
 No task of its own: the publisher that finds no round trip out sends the next one, so the
 outbox needs no owner and stops with its callers. Each stream waits for its frame before
