@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import coredis
 import trio
 
@@ -25,6 +28,23 @@ async def heard(redis: RedisClient, count: int, into: list[bytes],
             into.append(message["data"])
             if len(into) == count:
                 return
+
+
+@asynccontextmanager
+async def paused_outbox(redis_url: str, redis_server: RedisServer, pause_ms: int, count: int,
+                        received: list[bytes]) -> AsyncIterator[Outbox]:
+    """An outbox whose "warm" frame was heard (a connection to hold), a listener collecting
+    `count` frames into `received`, and Redis paused for `pause_ms` (undone at the end)."""
+    async with connect(redis_url) as redis, connect(redis_url) as listener:
+        outbox = Outbox(redis)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(heard, listener, count, received)
+            assert await outbox.publish(CHANNEL, b"warm", 2.0) == 1
+            assert redis_server.command("CLIENT", "PAUSE", str(pause_ms), "ALL").startswith(b"+OK")
+            try:
+                yield outbox
+            finally:
+                redis_server.command("CLIENT", "UNPAUSE")
 
 
 async def test_many_streams_share_round_trips_and_each_keeps_its_order(redis_url: str) -> None:
@@ -89,28 +109,23 @@ async def test_a_frame_whose_publisher_gave_up_before_its_round_trip_never_goes(
         redis_url: str, redis_server: RedisServer) -> None:
     received: list[bytes] = []
     outcomes: dict[str, str] = {}
-    async with connect(redis_url) as redis, connect(redis_url) as listener:
-        outbox = Outbox(redis)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(heard, listener, 3, received)
-            assert await outbox.publish(CHANNEL, b"warm", 2.0) == 1  # a connection to hold
-            assert redis_server.command("CLIENT", "PAUSE", "600", "ALL").startswith(b"+OK")
+    async with paused_outbox(redis_url, redis_server, 600, 3, received) as outbox:
 
-            async def first() -> None:  # a round trip that Redis holds, then answers
-                await outbox.publish(CHANNEL, b"held", 5.0)
-                outcomes["held"] = "sent"
+        async def first() -> None:  # a round trip that Redis holds, then answers
+            await outbox.publish(CHANNEL, b"held", 5.0)
+            outcomes["held"] = "sent"
 
-            async def second() -> None:  # waits behind it, and gives up first
-                with trio.move_on_after(0.2):
-                    await outbox.publish(CHANNEL, b"given up", 5.0)
-                    outcomes["given up"] = "sent"
+        async def second() -> None:  # waits behind it, and gives up first
+            with trio.move_on_after(0.2):
+                await outbox.publish(CHANNEL, b"given up", 5.0)
+                outcomes["given up"] = "sent"
 
-            async with trio.open_nursery() as publishers:
-                publishers.start_soon(first)
-                await trio.sleep(0.05)
-                publishers.start_soon(second)
-            assert outcomes == {"held": "sent"}
-            assert await outbox.publish(CHANNEL, b"after", 2.0) == 1  # the next round trip
+        async with trio.open_nursery() as publishers:
+            publishers.start_soon(first)
+            await trio.sleep(0.05)
+            publishers.start_soon(second)
+        assert outcomes == {"held": "sent"}
+        assert await outbox.publish(CHANNEL, b"after", 2.0) == 1  # the next round trip
     assert received == [b"warm", b"held", b"after"]
 
 
@@ -123,36 +138,29 @@ async def test_a_publisher_that_gives_up_while_its_frame_is_in_flight_gets_its_o
     # a ValueError crashed such jobs.)
     received: list[bytes] = []
     ends: dict[str, str] = {}
-    async with connect(redis_url) as redis, connect(redis_url) as listener:
-        outbox = Outbox(redis)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(heard, listener, 5, received)
-            assert await outbox.publish(CHANNEL, b"warm", 2.0) == 1
-            assert redis_server.command("CLIENT", "PAUSE", "2500", "ALL").startswith(b"+OK")
+    async with paused_outbox(redis_url, redis_server, 2500, 5, received) as outbox:
+
+        async def first() -> None:  # held, and fails at its 0.4 s bound
             try:
-                async def first() -> None:  # held, and fails at its 0.4 s bound
-                    try:
-                        await outbox.publish(CHANNEL, b"timed out", 0.4)
-                    except trio.TooSlowError:
-                        ends["timed out"] = "too slow"
+                await outbox.publish(CHANNEL, b"timed out", 0.4)
+            except trio.TooSlowError:
+                ends["timed out"] = "too slow"
 
-                async def behind(name: str) -> None:  # in the next round trip, held too
-                    with trio.move_on_after(1.2) as scope:
-                        await outbox.publish(CHANNEL, name.encode(), 5.0)
-                    ends[name] = "gave up" if scope.cancelled_caught else "sent"
+        async def behind(name: str) -> None:  # in the next round trip, held too
+            with trio.move_on_after(1.2) as scope:
+                await outbox.publish(CHANNEL, name.encode(), 5.0)
+            ends[name] = "gave up" if scope.cancelled_caught else "sent"
 
-                async with trio.open_nursery() as publishers:
-                    publishers.start_soon(first)
-                    await trio.sleep(0.1)
-                    publishers.start_soon(behind, "b")
-                    publishers.start_soon(behind, "y")
-            finally:
-                redis_server.command("CLIENT", "UNPAUSE")
-            assert ends["timed out"] == "too slow"
-            # One of the two sent the round trip and saw it through; the other gave up.
-            assert sorted(ends[name] for name in ("b", "y")) == ["gave up", "sent"]
-            assert outbox.rounds == 3
-            assert await outbox.publish(CHANNEL, b"after", 2.0) == 1
+        async with trio.open_nursery() as publishers:
+            publishers.start_soon(first)
+            await trio.sleep(0.1)
+            publishers.start_soon(behind, "b")
+            publishers.start_soon(behind, "y")
+        assert ends["timed out"] == "too slow"
+        # One of the two sent the round trip and saw it through; the other gave up.
+        assert sorted(ends[name] for name in ("b", "y")) == ["gave up", "sent"]
+        assert outbox.rounds == 3
+        assert await outbox.publish(CHANNEL, b"after", 2.0) == 1
     # Every frame that was sent landed once, the given-up one too (it was on its way), and
     # each round trip's in its turn.
     assert received[:2] == [b"warm", b"timed out"] and received[-1] == b"after"

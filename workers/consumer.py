@@ -223,13 +223,13 @@ class Consumer:
 
     async def _beat(self) -> None:
         """Refresh our liveness and our running entries; stop the jobs we lost."""
+        alive_ms = int(self.limits.reclaim_after_s * 1000)
         lost = [(entry_id, self.running) for entry_id in await self.queue.heartbeat(
-            self.provider, self.consumer_id, list(self.running),
-            alive_ms=int(self.limits.reclaim_after_s * 1000))]
+            self.provider, self.consumer_id, list(self.running), alive_ms=alive_ms)]
         if self.batch_running:
             lost += [(entry_id, self.batch_running) for entry_id in await self.queue.heartbeat(
-                self.provider, self.consumer_id, list(self.batch_running),
-                alive_ms=int(self.limits.reclaim_after_s * 1000), batch=True)]
+                self.provider, self.consumer_id, list(self.batch_running), alive_ms=alive_ms,
+                batch=True)]
         for entry_id, running in lost:
             request_id = running.get(entry_id)
             if request_id is not None:  # another worker re-runs it: its answer counts
