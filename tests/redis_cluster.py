@@ -1,8 +1,9 @@
-"""A private Redis Cluster for tests: three masters (no replicas) on free localhost ports,
-persistence off, in a directory of its own; never the machine's Redis on 6379.
+"""A private Redis Cluster for tests: three masters on free localhost ports, persistence
+off, in a directory of its own; never the machine's Redis on 6379.
 
     cluster = start_cluster(workdir)    # cluster_state:ok on every node when it returns
     cluster.url                         # a node that does not own the gateway's slot
+    cluster.add_replica(master)         # a fourth node replicating `master` (failover tests)
     cluster.stop()
 """
 
@@ -18,6 +19,7 @@ from ingress.dev import free_port, redis_answers
 
 MASTERS = 3
 READY_S = 20.0
+NODE_TIMEOUT_MS = 5000  # how long a master may be silent before the others fail it
 _CLI = shutil.which("redis-cli") or "redis-cli"
 
 
@@ -41,6 +43,7 @@ class Node:
 class Cluster:
     nodes: list[Node]
     workdir: Path
+    node_timeout_ms: int = NODE_TIMEOUT_MS
 
     def owner(self, slot: int) -> Node:
         """The master serving `slot` (CLUSTER SHARDS would say the same; NODES is 7.0's)."""
@@ -66,6 +69,27 @@ class Cluster:
         other = next(node for node in self.nodes if node is not owner)
         return f"redis://127.0.0.1:{other.port}/0"
 
+    def node_id(self, node: Node) -> str:
+        return node.command("CLUSTER", "MYID").strip()
+
+    def add_replica(self, master: Node) -> Node:
+        """Start one more node and make it `master`'s replica; returns once it has synced."""
+        replica = _start_node(self.workdir / f"node{len(self.nodes)}", self.node_timeout_ms)
+        self.nodes.append(replica)
+        _wait_answering([replica], time.monotonic() + READY_S)
+        subprocess.run([_CLI, "--cluster", "add-node", f"127.0.0.1:{replica.port}",
+                        f"127.0.0.1:{master.port}", "--cluster-slave",
+                        "--cluster-master-id", self.node_id(master)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=READY_S)
+        deadline = time.monotonic() + READY_S
+        while "master_link_status:up" not in replica.command("INFO", "replication") \
+                or replica.cluster_info().get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync with its master")
+            time.sleep(0.1)
+        return replica
+
     def flush(self) -> None:
         for node in self.nodes:
             assert node.command("FLUSHALL").strip() == "OK"
@@ -81,30 +105,17 @@ class Cluster:
                 node.process.wait(timeout=5)
 
 
-def start_cluster(workdir: Path, masters: int = MASTERS) -> Cluster:
+def start_cluster(workdir: Path, masters: int = MASTERS,
+                  node_timeout_ms: int = NODE_TIMEOUT_MS) -> Cluster:
     """Start `masters` cluster-mode redis-servers and join them; ready on return."""
-    binary = shutil.which("redis-server")
-    if binary is None or shutil.which("redis-cli") is None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         raise RuntimeError("redis-server and redis-cli are needed (apt-get install redis-server)")
     nodes: list[Node] = []
     try:
         for index in range(masters):
-            port, bus = free_port(), free_port()  # the bus port too: not port + 10000
-            home = workdir / f"node{index}"
-            home.mkdir(parents=True, exist_ok=True)
-            process = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-port", str(bus), "--cluster-config-file", str(home / "nodes.conf"),
-                 "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no",
-                 "--dir", str(home), "--daemonize", "no", "--loglevel", "warning"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            nodes.append(Node(process, port))
+            nodes.append(_start_node(workdir / f"node{index}", node_timeout_ms))
         deadline = time.monotonic() + READY_S
-        for node in nodes:
-            while not redis_answers("127.0.0.1", node.port):
-                if node.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"cluster node on port {node.port} did not start")
-                time.sleep(0.05)
+        _wait_answering(nodes, deadline)
         subprocess.run([_CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
                         "--cluster-replicas", "0", "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -118,4 +129,25 @@ def start_cluster(workdir: Path, masters: int = MASTERS) -> Cluster:
     except BaseException:
         Cluster(nodes, workdir).stop()
         raise
-    return Cluster(nodes, workdir)
+    return Cluster(nodes, workdir, node_timeout_ms)
+
+
+def _start_node(home: Path, node_timeout_ms: int) -> Node:
+    port, bus = free_port(), free_port()  # the bus port too: not port + 10000
+    home.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port),
+         "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-port", str(bus),
+         "--cluster-config-file", str(home / "nodes.conf"),
+         "--cluster-node-timeout", str(node_timeout_ms), "--save", "", "--appendonly", "no",
+         "--dir", str(home), "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return Node(process, port)
+
+
+def _wait_answering(nodes: list[Node], deadline: float) -> None:
+    for node in nodes:
+        while not redis_answers("127.0.0.1", node.port):
+            if node.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cluster node on port {node.port} did not start")
+            time.sleep(0.05)
