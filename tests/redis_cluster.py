@@ -151,3 +151,23 @@ def _wait_answering(nodes: list[Node], deadline: float) -> None:
             if node.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"cluster node on port {node.port} did not start")
             time.sleep(0.05)
+
+
+def move_slot(cluster: Cluster, slot: int, target: Node, batch: int = 100) -> int:
+    """Move one slot and its keys to `target`, as `redis-cli --cluster reshard` does for
+    each slot it moves (IMPORTING/MIGRATING, MIGRATE in batches, then SETSLOT NODE on
+    every master); returns how many keys moved."""
+    source = cluster.owner(slot)
+    source_id, target_id = cluster.node_id(source), cluster.node_id(target)
+    target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+    source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+    moved = 0
+    while keys := source.command("CLUSTER", "GETKEYSINSLOT", str(slot), str(batch)).split():
+        answer = source.command("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000",
+                                "REPLACE", "KEYS", *keys)
+        if answer.strip() not in ("OK", "NOKEY"):
+            raise RuntimeError(f"MIGRATE answered {answer!r}")
+        moved += len(keys)
+    for node in (target, source, *(n for n in cluster.nodes if n not in (source, target))):
+        node.command("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+    return moved
