@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import trio
@@ -68,13 +69,26 @@ def failing_cluster(tmp_path: Path) -> Iterator[tuple[Cluster, Node, Node]]:
 
 
 def runs_and_answers(fleet: Fleet) -> tuple[set[str], set[str]]:
-    """From the fleet's logs: the requests whose job ran to an answer (each once: asserted)
-    and those whose client got a 200."""
+    """From the fleet's logs: the requests whose job ran to an answer and finished it
+    (each once: asserted), and those whose client got a 200."""
     events = [json.loads(line) for line in fleet.log_text().splitlines() if line.startswith("{")]
     ran = [e["request_id"] for e in events if e["event"] == "job" and e["outcome"] == "done"]
     assert len(ran) == len(set(ran)), ran  # no request ran upstream twice
-    return set(ran), {e["request_id"] for e in events
-                      if e["event"] == "request" and e["status"] == 200}
+    # A run whose finish found the job no longer its own published and metered nothing.
+    unfinished = {e["request_id"] for e in events if e["event"] == "job_not_owned"}
+    return set(ran) - unfinished, {e["request_id"] for e in events
+                                   if e["event"] == "request" and e["status"] == 200}
+
+
+async def steadily_ready(base: str, steady_s: float = 1.5) -> None:
+    """Return once the ingress's /readyz has answered 200 for `steady_s` without a break."""
+    async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=5) as http:
+        with trio.fail_after(RECOVER_S):
+            since = time.monotonic()
+            while time.monotonic() - since < steady_s:
+                if (await http.get("/readyz")).status_code != 200:
+                    since = time.monotonic()
+                await trio.sleep(0.05)
 
 
 def promoted(replica: Node) -> bool:
@@ -129,6 +143,10 @@ async def test_the_same_processes_answer_again_after_their_master_fails_over(
             assert {status for status, _ in refused} <= {429, 503}, refused
             assert all(code for _, code in refused), refused
 
+            # coredis's subscriber may still end once more soon after the promotion (the
+            # known gap below), which refuses requests for a moment while the hub
+            # re-subscribes; once /readyz has said ready for a while, it has settled.
+            await steadily_ready(base)
             # The same processes go on: plain and streamed answers, metered once each.
             after = [await ask(f"after {index}") for index in range(5)]
             assert after == [f"after {index}" for index in range(5)]
@@ -152,8 +170,9 @@ async def test_the_same_processes_answer_again_after_their_master_fails_over(
     assert usage["requests"] == len(ran), usage  # each run metered once
     # Known gap (docs/operations.md, "Redis Cluster"): coredis's sharded subscriber can
     # end just after re-subscribing on the promoted master, dropping a frame it had
-    # taken; that request ran and was metered, and its client was told 503. One request
-    # at most here: this client asks one at a time.
+    # taken; that request ran and was metered, and its client was told 503 when no frame
+    # came within the reply hub's GAP_WAIT_S. One request at most here: this client asks
+    # one at a time.
     assert len(ran - answered) <= 1, ran - answered
 
 
