@@ -28,6 +28,9 @@ SILENT_SHARE = 0.5
 BUSY_LAG_S = 1.0  # the event loop this late: refuse new requests (429) until it catches up
 PROBE_LIMIT_S = 30.0  # a probe unanswered this long is abandoned and sent again
 READ_BACK_S = 2.0  # bound on reading back kept outcomes after a (re-)subscription
+# A request waiting when its subscription ended keeps waiting this long for its next frame
+# (see `serve`); longer, and its frame may have been lost with the old subscription.
+GAP_WAIT_S = 5.0
 
 
 class RepliesLost(Exception):
@@ -37,14 +40,15 @@ class RepliesLost(Exception):
 class ReplyHub:
     """Receives frames on `{sb}:reply:{ingress_id}` and hands each to its waiter.
 
-    Waiters are failed only on evidence: the subscription ended or was re-made (frames
-    may be lost), Redis answered ZERO_CHECKS times in a row that the channel has no
-    subscriber, or Redis said nothing at all (no answer to the probe, no frame) for
-    SILENT_SHARE of `timeout_s`, not counting the time this process's own event loop was
-    stalled (`loop`). A slow answer is no evidence: a busy ingress reads its sockets late.
-    While the loop lags, `register` pushes back with 429 `ingress_busy`, so the requests
-    already admitted keep flowing. Give the hub a Redis client of its own: on the shared
-    one, the probe and the frames queue behind every request's commands.
+    Waiters are failed only on evidence: a frame did not come within GAP_WAIT_S after the
+    subscription ended (it may have been lost with it), Redis answered ZERO_CHECKS times
+    in a row that the channel has no subscriber, or Redis said nothing at all (no answer
+    to the probe, no frame) for SILENT_SHARE of `timeout_s`, not counting the time this
+    process's own event loop was stalled (`loop`). A slow answer is no evidence: a busy
+    ingress reads its sockets late. While the loop lags, `register` pushes back with 429
+    `ingress_busy`, so the requests already admitted keep flowing. Give the hub a Redis
+    client of its own: on the shared one, the probe and the frames queue behind every
+    request's commands.
     """
 
     def __init__(self, redis: RedisClient, ingress_id: str | None = None, *,
@@ -64,6 +68,9 @@ class ReplyHub:
         self._overflowed: set[str] = set()  # requests whose client fell BUFFER frames behind
         self._kept = KeptOutcomes(redis)
         self._behind: dict[str, Callable[[], None]] = {}  # called when the client falls behind
+        # Requests that waited through an ended subscription: trio time by which their next
+        # frame must come (the watchdog fails them after it).
+        self._gapped: dict[str, float] = {}
 
     def statistics(self) -> dict[str, int | bool | float]:
         return {"waiting": len(self._waiters), "ready": self.ready,
@@ -88,7 +95,7 @@ class ReplyHub:
                         log_event("reply_channel_error", error=type(exc).__name__)
                 if self._subscribed.is_set():  # the subscription ended: frames may be lost
                     self.ready = False
-                    self._fail_all("the reply channel's subscription ended")
+                    self._through_gap()
                 await trio.sleep(WATCH_S)
 
     async def _subscribe(self) -> None:
@@ -160,6 +167,7 @@ class ReplyHub:
             # order trio picks: count our own late wake-up too, or the stall is Redis's.
             due = trio.current_time() + WATCH_S
             await trio.sleep_until(due)
+            self._fail_gapped()
             if self._heard != answered:
                 answered, stalled = self._heard, self.loop.stalled
             now = trio.current_time()
@@ -187,6 +195,32 @@ class ReplyHub:
             if self._asked is None:
                 self.ready = self._subscribed.is_set() and self._subscribers > 0
 
+    def _through_gap(self) -> None:
+        """The subscription ended (Redis ends shard channels' subscriptions on a master
+        that loses their slot: a failover, a reshard). Its waiters keep waiting: what was
+        published while nobody listened is kept by the worker and read back when the next
+        subscription begins (`_read_back`). A frame taken by the old subscription but not
+        handed on is lost with it, so each waiter's next frame must come within
+        GAP_WAIT_S, or the watchdog fails it."""
+        due = trio.current_time() + GAP_WAIT_S
+        for request_id in self._waiters:
+            self._gapped.setdefault(request_id, due)
+        if self._waiters:
+            log_event("reply_channel_gap", ingress=self.ingress_id, requests=len(self._waiters))
+
+    def _fail_gapped(self) -> None:
+        """Fail the waiters whose next frame did not come in time after a gap."""
+        now = trio.current_time()
+        late = [request_id for request_id, due in self._gapped.items() if due <= now]
+        for request_id in late:
+            del self._gapped[request_id]
+            waiter = self._waiters.pop(request_id, None)
+            if waiter is not None:
+                waiter.close()
+        if late:
+            log_event("replies_lost", reason="no frame after the subscription ended",
+                      requests=len(late))
+
     def _dispatch(self, data: bytes) -> None:
         try:
             frame = frame_decoder.decode(data)
@@ -196,6 +230,7 @@ class ReplyHub:
         waiter = self._waiters.get(frame.request_id)
         if waiter is None:
             return  # the request already ended
+        self._gapped.pop(frame.request_id, None)  # its frames come: any gap is behind it
         try:
             waiter.send_nowait(frame)
         except trio.WouldBlock:  # the client reads too slowly: end its stream explicitly
@@ -207,6 +242,7 @@ class ReplyHub:
                 behind()  # withdraw its job now, not when its blocked write returns
 
     def _fail_all(self, reason: str) -> None:
+        self._gapped.clear()
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             waiter.close()
@@ -226,6 +262,7 @@ class ReplyHub:
 
     def _unregister(self, request_id: str) -> None:
         self._waiters.pop(request_id, None)
+        self._gapped.pop(request_id, None)
         self._overflowed.discard(request_id)
         self._behind.pop(request_id, None)
 

@@ -286,3 +286,38 @@ async def test_a_blocked_event_loop_is_not_taken_for_a_silent_redis(redis_url: s
         assert "req_waiting" in hub._waiters, "the waiting request was failed"
         replies.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_waiting_through_an_ended_subscription_is_failed_only_after_the_gap_bound(
+        redis_url: str) -> None:
+    """When the subscription ends (Redis ends it on a master that loses the slot), the
+    waiters keep waiting for their answers (tests/test_cluster_reshard.py), but a frame
+    the old subscription took and never handed on is lost: a waiter that hears nothing
+    is failed after GAP_WAIT_S, not left to its deadline; one whose frame comes is not."""
+    from ingress.replies import GAP_WAIT_S, WATCH_S, RepliesLost, ReplyHub
+    from schemas.envelopes import Done
+    from schemas.envelopes import frame_encoder as encoder
+    from workers.connection import connect, publish
+
+    async with connect(redis_url) as redis, trio.open_nursery() as nursery:
+        hub = ReplyHub(redis)
+        await nursery.start(hub.serve)
+        with trio.fail_after(5):
+            await hub.wait_ready()
+        silent, answered = hub.register("req_silent"), hub.register("req_answered")
+        hub._through_gap()  # what serve() does when the subscription ends
+        began = trio.current_time()
+        await trio.sleep(1.0)
+        await publish(redis, hub.channel, encoder.encode(
+            Done(request_id="req_answered", attempt=0, seq=0, provider="p", body=b"{}")))
+        with trio.fail_after(2):
+            assert isinstance(await answered.next(), Done)
+        with trio.fail_after(GAP_WAIT_S + 2):
+            with pytest.raises(RepliesLost):
+                await silent.next()
+        waited = trio.current_time() - began
+        assert GAP_WAIT_S - WATCH_S <= waited <= GAP_WAIT_S + 2 * WATCH_S + 0.5, waited
+        assert hub.ready  # the hub itself goes on
+        answered.close()
+        silent.close()
+        nursery.cancel_scope.cancel()
