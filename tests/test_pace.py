@@ -84,8 +84,9 @@ async def test_two_paces_never_pass_the_rpm_in_any_rolling_window(
 
 async def test_two_workers_send_at_most_rpm_per_window_and_answer_everyone(
         nursery: trio.Nursery, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A short window, the real guard: a call's trip from the pace's check through the
+    # queue to the upstream took more than a 200 ms guard once in CI (a 429 here).
     monkeypatch.setattr(pace_module, "WINDOW_MS", 1000)
-    monkeypatch.setattr(pace_module, "GUARD_MS", 200)
     monkeypatch.setenv("PACE_UP_KEY", KEY)
     fake = await limited(nursery, rpm=4, window_s=1.0)
     gateway = await start_gateway(nursery, config_for(redis_url, fake.base_url, rpm=4))
