@@ -212,14 +212,7 @@ class ReplyHub:
         """Fail the waiters whose next frame did not come in time after a gap."""
         now = trio.current_time()
         late = [request_id for request_id, due in self._gapped.items() if due <= now]
-        for request_id in late:
-            del self._gapped[request_id]
-            waiter = self._waiters.pop(request_id, None)
-            if waiter is not None:
-                waiter.close()
-        if late:
-            log_event("replies_lost", reason="no frame after the subscription ended",
-                      requests=len(late))
+        self._fail(late, "no frame after the subscription ended")
 
     def _dispatch(self, data: bytes) -> None:
         try:
@@ -230,7 +223,8 @@ class ReplyHub:
         waiter = self._waiters.get(frame.request_id)
         if waiter is None:
             return  # the request already ended
-        self._gapped.pop(frame.request_id, None)  # its frames come: any gap is behind it
+        if self._gapped:  # (almost always empty: no work per frame then)
+            self._gapped.pop(frame.request_id, None)  # its frames come: the gap is behind it
         try:
             waiter.send_nowait(frame)
         except trio.WouldBlock:  # the client reads too slowly: end its stream explicitly
@@ -242,12 +236,19 @@ class ReplyHub:
                 behind()  # withdraw its job now, not when its blocked write returns
 
     def _fail_all(self, reason: str) -> None:
-        self._gapped.clear()
-        waiters, self._waiters = self._waiters, {}
-        for waiter in waiters.values():
-            waiter.close()
-        if waiters:
-            log_event("replies_lost", reason=reason, requests=len(waiters))
+        self._fail(list(self._waiters), reason)
+
+    def _fail(self, request_ids: list[str], reason: str) -> None:
+        """End these requests' frames: each waiter raises RepliesLost (frames may be lost)."""
+        failed = 0
+        for request_id in request_ids:
+            self._gapped.pop(request_id, None)
+            waiter = self._waiters.pop(request_id, None)
+            if waiter is not None:
+                waiter.close()
+                failed += 1
+        if failed:
+            log_event("replies_lost", reason=reason, requests=failed)
 
     def register(self, request_id: str) -> Replies:
         """Start receiving a request's frames (before its job is enqueued); close when done."""
